@@ -1,0 +1,50 @@
+# burnlab — `make help` lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BURNLAB := $(VENV)/bin/burnlab
+ANALYZE := $(VENV)/bin/burnlab-analyze
+RUNS ?= runs
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_venv.sh
+	scripts/setup_venv.sh $(VENV)
+
+setup: $(VENV)/.installed ## create .venv (CPU or CUDA torch, pinned dependencies)
+
+test: setup ## run the test suite (CPU, under 10 minutes)
+	scripts/ensure_chromium.sh
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: setup ## run the slow end-to-end tests too
+	scripts/ensure_chromium.sh
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+burn-unet: setup ## the UNet burn study on the embedded toy world (samples, grids, GIFs, report)
+	$(BURNLAB) experiment=burn_unet $(ARGS)
+
+burn-te: setup ## the text-encoder burn study on the embedded toy world
+	$(BURNLAB) experiment=burn_te $(ARGS)
+
+followfox: setup ## both burns on one shared baseline
+	$(BURNLAB) experiment=followfox $(ARGS)
+
+base: setup ## pretrain the embedded toy base model and probe (resumable; result is committed)
+	$(PY) -m burnlab.toy.pretrain $(ARGS)
+
+analyze: setup ## analyse one run: make analyze RUN=runs/burn_unet
+	$(ANALYZE) $(or $(RUN),$(RUNS)/burn_unet) $(ARGS)
+
+report: setup ## side-by-side report of the UNet and TE burns
+	$(ANALYZE) $(RUNS)/burn_unet --compare $(RUNS)/burn_te --out $(RUNS)/report $(ARGS)
+
+bench: setup ## sampling throughput: testing plan vs a naive loop
+	$(PY) bench/sampling_throughput.py $(ARGS)
+
+clean: ## remove runs and caches (keeps .venv)
+	rm -rf $(RUNS) outputs multirun wandb .pytest_cache

@@ -1,0 +1,118 @@
+"""Checkpoints: one directory per saved epoch holding only the components the stage changed.
+
+    python -m burnlab.checkpoint runs/cache/stages/<id>/checkpoints/epoch_0500 out/pipeline
+
+writes a standard diffusers pipeline folder (`StableDiffusionPipeline.from_pretrained` loads
+it). A checkpoint's manifest.json names, for every component it does not hold, the checkpoint
+or base-model folder that does (docs/run_store.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, Iterable
+
+from burnlab.components import Source
+from burnlab.errors import UserError
+from burnlab.store import atomic_write_json, hash_json, read_json, replace_dir, sha256_file
+
+CHECKPOINT_COMPONENTS = ("unet", "text_encoder")
+MANIFEST = "manifest.json"
+
+
+def checkpoint_id(stage_identity: str, epoch: int) -> str:
+    return hash_json(["checkpoint", stage_identity, epoch])
+
+
+def checkpoint_dir(stage_dir: Path, epoch: int) -> Path:
+    return Path(stage_dir) / "checkpoints" / f"epoch_{epoch:04d}"
+
+
+def base_sources(base: dict) -> Dict[str, Source]:
+    """Component sources of the base model described by `BaseModel.describe()`."""
+    return {name: Source(base["path"], name, base.get("revision"), base.get("variant"))
+            for name in CHECKPOINT_COMPONENTS}
+
+
+def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str, Source], *,
+                    stage: str, stage_identity: str, epoch: int, lineage: Iterable[str], base: dict) -> None:
+    """Write the trained `models` (name -> diffusers/transformers model) and a manifest atomically."""
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    components = {}
+    for name, model in models.items():
+        model.save_pretrained(tmp / name, safe_serialization=True)
+        components[name] = {"dir": name, "sha256": {p.name: sha256_file(p) for p in sorted((tmp / name).iterdir())}}
+    for name, source in inherited.items():
+        components[name] = _inherited_entry(source, target)
+    atomic_write_json(tmp / MANIFEST, {
+        "checkpoint_id": checkpoint_id(stage_identity, epoch), "stage": stage, "stage_identity": stage_identity,
+        "epoch": epoch, "components": components, "lineage": list(lineage), "base": base})
+    replace_dir(tmp, target)
+
+
+def _inherited_entry(source: Source, target: Path) -> dict:
+    root = Path(source.root)
+    if root.is_dir() and (root / MANIFEST).exists():
+        return {"dir": os.path.relpath(root / source.subfolder, target)}
+    return {"base": True, "subfolder": source.subfolder}
+
+
+def read_manifest(checkpoint: Path) -> dict:
+    path = Path(checkpoint) / MANIFEST
+    if not path.exists():
+        raise UserError(f"{checkpoint} is not a burnlab checkpoint: it has no {MANIFEST}.")
+    return read_json(path)
+
+
+def component_sources(checkpoint: Path) -> Dict[str, Source]:
+    """Where each trainable component of a checkpoint lives (its own folder or an ancestor's)."""
+    checkpoint = Path(checkpoint)
+    manifest = read_manifest(checkpoint)
+    base = manifest["base"]
+    sources = {}
+    for name, entry in manifest["components"].items():
+        if entry.get("base"):
+            sources[name] = Source(base["path"], entry["subfolder"], base.get("revision"), base.get("variant"))
+        else:
+            folder = (checkpoint / entry["dir"]).resolve()
+            sources[name] = Source(str(folder.parent), folder.name)
+    return sources
+
+
+def materialize(checkpoint: Path, out: Path) -> Path:
+    """A full diffusers pipeline folder for `checkpoint` (base model parts + the checkpoint's)."""
+    from diffusers import StableDiffusionPipeline
+
+    manifest = read_manifest(checkpoint)
+    base = manifest["base"]
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        base["path"], revision=base.get("revision"), variant=base.get("variant"), use_safetensors=True,
+        safety_checker=None, requires_safety_checker=False)
+    for name, source in component_sources(checkpoint).items():
+        setattr(pipeline, name, source.load(name))
+        pipeline.register_modules(**{name: getattr(pipeline, name)})
+    pipeline.save_pretrained(out, safe_serialization=True)
+    return Path(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Write a checkpoint as a diffusers pipeline folder.")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint dir (…/checkpoints/epoch_0500)")
+    parser.add_argument("out", type=Path, help="the pipeline folder to write")
+    args = parser.parse_args(argv)
+    try:
+        print(materialize(args.checkpoint, args.out))
+    except UserError as error:
+        print(f"burnlab: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

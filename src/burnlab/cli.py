@@ -1,0 +1,57 @@
+"""The `burnlab` command: compose a study from conf/ and experiments/ with Hydra, and run it.
+
+    burnlab experiment=burn_unet                      # the UNet burn on the toy world
+    burnlab experiment=burn_te stages.te_hi.lr=3e-4   # override any key
+    burnlab -m experiment=burn_unet stages.unet_hi.lr=2e-4,6e-4 hydra/launcher=joblib   # a sweep
+
+User errors (bad config values, missing data) print one paragraph and exit with status 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from burnlab.config import load_config, register_configs
+from burnlab.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+log = logging.getLogger("burnlab")
+
+
+def run(cfg: DictConfig) -> None:
+    from burnlab.runner import StudyRunner
+
+    config = load_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    flat = OmegaConf.to_container(cfg, resolve=True)
+    runner = StudyRunner(config, run_dir, resolved, flat)
+    runner.run()
+    if config.analyze and runner.is_main:
+        from burnlab.outputs import build_outputs
+
+        build_outputs(run_dir)
+    log.info("run dir: %s", run_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except UserError as error:
+        print(f"burnlab: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    register_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

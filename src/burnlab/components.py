@@ -1,0 +1,101 @@
+"""The model's parts: where each one is loaded from, and the base model's identity.
+
+A component source is a diffusers folder plus a subfolder: the base model (hub id or local
+folder, `subfolder="unet"`) or a checkpoint directory that saved that component. The same
+`from_pretrained` code loads the toy model, a local SD 1.5 folder and a hub id, always with
+`use_safetensors=True`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from burnlab.config import ModelConfig
+from burnlab.errors import ConfigError, UserError
+from burnlab.store import hash_json, hash_tree
+
+MODEL_CLASSES = {"unet": UNet2DConditionModel, "text_encoder": CLIPTextModel, "vae": AutoencoderKL}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one component's weights live."""
+
+    root: str  # diffusers folder or hub id
+    subfolder: str
+    revision: Optional[str] = None
+    variant: Optional[str] = None
+
+    def load(self, component: str, dtype: torch.dtype = torch.float32):
+        return _from_pretrained(MODEL_CLASSES[component], self, torch_dtype=dtype)
+
+
+def _from_pretrained(cls, source: Source, **kwargs):
+    extra = {"use_safetensors": True} if cls is not CLIPTokenizer else {}
+    if source.variant and cls is not CLIPTokenizer:
+        extra["variant"] = source.variant
+    try:
+        return cls.from_pretrained(source.root, subfolder=source.subfolder, revision=source.revision,
+                                   **extra, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise UserError(f"cannot load `{source.subfolder}` from {source.root} "
+                        f"(revision {source.revision or 'main'}): {first_line}. A hub id needs the hub "
+                        f"or a local Hugging Face cache; a local folder needs the diffusers layout "
+                        f"(unet/, text_encoder/, vae/, tokenizer/, scheduler/) with .safetensors weights.") from None
+
+
+class BaseModel:
+    """The base model named by `model.*`: a local diffusers folder or a hub id."""
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        path = Path(config.path).expanduser()
+        if path.is_dir():
+            self.root, self.is_local = str(path.resolve()), True
+        elif _HUB_ID.match(config.path) and not config.path.startswith((".", "/", "~")):
+            self.root, self.is_local = config.path, False
+        else:
+            raise ConfigError("model.path", config.path,
+                              "an existing local diffusers folder or a hub id such as runwayml/stable-diffusion-v1-5")
+        if self.is_local and not (path / "model_index.json").exists():
+            raise ConfigError("model.path", config.path,
+                              "a diffusers pipeline folder (with model_index.json, unet/, text_encoder/, vae/)")
+        self._identity: Optional[str] = None
+
+    @property
+    def identity(self) -> str:
+        """Content hash of a local folder; hub id + revision + variant for the hub."""
+        if self._identity is None:
+            if self.is_local:
+                root = Path(self.root)
+                files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+                self._identity = hash_tree(root, files)
+            else:
+                self._identity = hash_json(["hub", self.root, self.config.revision, self.config.variant])
+        return self._identity
+
+    def source(self, component: str) -> Source:
+        return Source(self.root, component, self.config.revision, self.config.variant)
+
+    def tokenizer(self) -> CLIPTokenizer:
+        return _from_pretrained(CLIPTokenizer, self.source("tokenizer"))
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        return _from_pretrained(DDPMScheduler, self.source("scheduler"))
+
+    def describe(self) -> dict:
+        return {"path": self.root, "revision": self.config.revision, "variant": self.config.variant,
+                "identity": self.identity}
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        return DTYPES[self.config.dtype]

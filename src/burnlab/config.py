@@ -1,0 +1,289 @@
+"""Config schemas: one dataclass per concern, registered in Hydra's ConfigStore.
+
+The YAML files under conf/ fill these schemas; `load_config` turns a composed DictConfig into
+the dataclasses, which validate themselves in `__post_init__`, and then checks what spans
+several groups (the stage graph). Every bad value fails here, before any training, with a
+`ConfigError` naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from burnlab.errors import ConfigError
+
+COMPONENTS = ("unet", "text_encoder")
+BASE = "base"
+
+
+def _is_set(value) -> bool:
+    return value is not MISSING and value != "???"
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if _is_set(value) and not ok:
+        raise ConfigError(key, value, allowed)
+
+
+@dataclass
+class ModelConfig:
+    path: str = MISSING  # hub id (runwayml/stable-diffusion-v1-5) or a local diffusers folder
+    revision: Optional[str] = None  # hub revision (branch, tag or commit); None = main
+    variant: Optional[str] = None  # weight file variant on the hub, e.g. fp16
+    dtype: str = "float32"  # dtype of the frozen parts (VAE, untrained component); trained ones stay float32
+    study_lrs: Dict[str, float] = field(default_factory=dict)  # the learning rates the study's experiments use for this model (baseline, lo, hi)
+
+    def __post_init__(self):
+        _require(self.dtype in ("float32", "float16", "bfloat16"), "dtype", self.dtype,
+                 "one of float32, float16, bfloat16")
+        _require(bool(str(self.path).strip()), "path", self.path,
+                 "a hub id such as runwayml/stable-diffusion-v1-5 or a local diffusers folder")
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # folder of images with same-name .txt captions, or with metadata.jsonl
+    resolution: int = 64  # square training size: short side resized to it, then centre-cropped
+    flip_p: float = 0.0  # probability of a horizontal flip per image per epoch
+    caption_dropout: float = 0.0  # probability of training on the empty caption (for guidance)
+    default_caption: Optional[str] = None  # caption for images without one; None = error
+
+    def __post_init__(self):
+        _require(isinstance(self.resolution, int) and self.resolution >= 8 and self.resolution % 8 == 0,
+                 "resolution", self.resolution, "a positive multiple of 8 (the VAE downsamples by 8)")
+        _require(0.0 <= self.flip_p <= 1.0, "flip_p", self.flip_p, "a probability in [0, 1]")
+        _require(0.0 <= self.caption_dropout < 1.0, "caption_dropout", self.caption_dropout,
+                 "a probability in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adamw"  # adamw (torch.optim.AdamW)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    batch_size: int = 1  # images per micro-batch (per process)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine (per stage)
+    lr_warmup_steps: int = 0  # warmup optimizer steps at the start of each stage
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables
+    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate autocast; weights stay float32)
+    gradient_checkpointing: bool = False  # trade compute for memory in the trained components
+    seed: int = 555  # fixes data order, flips, caption dropout, noise and timesteps
+    state_every_epochs: int = 10  # resumable training state saved every N epochs (and at save epochs)
+    noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
+
+    def __post_init__(self):
+        _require(self.optimizer == "adamw", "optimizer", self.optimizer, "adamw")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", self.betas,
+                 "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        _require(self.eps > 0, "eps", self.eps, "a number > 0")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps",
+                 self.gradient_accumulation_steps, "an integer >= 1")
+        schedulers = ("constant", "constant_with_warmup", "linear", "cosine")
+        _require(self.lr_scheduler in schedulers, "lr_scheduler", self.lr_scheduler,
+                 "one of " + ", ".join(schedulers))
+        _require(self.lr_warmup_steps >= 0, "lr_warmup_steps", self.lr_warmup_steps, "an integer >= 0")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 = off)")
+        _require(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision",
+                 self.mixed_precision, "one of no, fp16, bf16")
+        _require(self.state_every_epochs >= 1, "state_every_epochs", self.state_every_epochs,
+                 "an integer >= 1")
+        _require(self.noise_scheduler == "ddpm", "noise_scheduler", self.noise_scheduler, "ddpm")
+
+
+@dataclass
+class ValidationConfig:
+    every_n_epochs: int = 10  # validation pass every N epochs and before the first step; 0 = off
+    split_proportion: float = 0.15  # share of the data held out when `path` is unset
+    split_seed: int = 7  # which images are held out
+    path: Optional[str] = None  # a separate validation folder instead of a split
+    stabilize_count: int = 8  # training images in the fixed "stabilized loss" subset; 0 = off
+    seed: int = 1234  # noise and timesteps of every validation pass (isolated from training)
+    repeats: int = 2  # noise draws per image per pass (lowers the variance of a pass)
+    timesteps: List[int] = field(default_factory=list)  # fixed timestep grid; empty = seeded random
+    batch_size: int = 16  # images per validation forward pass
+
+    def __post_init__(self):
+        _require(self.every_n_epochs >= 0, "every_n_epochs", self.every_n_epochs, "an integer >= 0")
+        _require(0.0 <= self.split_proportion < 1.0, "split_proportion", self.split_proportion,
+                 "a fraction in [0, 1)")
+        _require(self.stabilize_count >= 0, "stabilize_count", self.stabilize_count, "an integer >= 0")
+        _require(self.repeats >= 1, "repeats", self.repeats, "an integer >= 1")
+        _require(all(t >= 0 for t in self.timesteps), "timesteps", self.timesteps,
+                 "timesteps >= 0 and below the scheduler's num_train_timesteps")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class PromptConfig:
+    prompt: str = MISSING  # the text
+    activation: bool = False  # whether the prompt holds the style's activation phrase
+    expect: Dict[str, str] = field(default_factory=dict)  # what a probe should see (toy world labels)
+
+
+@dataclass
+class SamplingConfig:
+    prompts: Dict[str, PromptConfig] = field(default_factory=dict)  # prompt set name -> prompt
+    images_per_prompt: int = 9  # seeds per prompt: seed, seed+1, ...
+    seed: int = 1000  # first seed; each seed fixes one initial noise, the same at every checkpoint
+    guidance_scale: float = 7.5  # classifier-free guidance
+    steps: int = 25  # denoising steps
+    scheduler: str = "ddim"  # ddim | ddpm | euler | dpm
+    negative_prompt: str = ""  # unconditional text for guidance
+    width: Optional[int] = None  # None = the model's native size
+    height: Optional[int] = None  # None = the model's native size
+    batch_size: int = 32  # images per pipeline call
+    every_n_epochs: int = 0  # samples during training every N epochs; 0 = off
+    testing_plan: bool = True  # sample every checkpoint of the testing plan after training
+
+    def __post_init__(self):
+        _require(self.images_per_prompt >= 1, "images_per_prompt", self.images_per_prompt, "an integer >= 1")
+        _require(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, "a number >= 0")
+        _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        schedulers = ("ddim", "ddpm", "euler", "dpm")
+        _require(self.scheduler in schedulers, "scheduler", self.scheduler, "one of " + ", ".join(schedulers))
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            _require(value is None or (value >= 8 and value % 8 == 0), key, value,
+                     "a positive multiple of 8, or null for the model's size")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.every_n_epochs >= 0, "every_n_epochs", self.every_n_epochs, "an integer >= 0")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"  # auto (online with a key, else offline) | online | offline | disabled
+    project: str = "burnlab"  # W&B project
+    entity: Optional[str] = None  # W&B team or user; None = the key's default
+
+    def __post_init__(self):
+        _require(self.mode in ("auto", "online", "offline", "disabled"), "mode", self.mode,
+                 "one of auto, online, offline, disabled")
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # Weights & Biases mirror of the run store
+    tensorboard: bool = False  # TensorBoard event files under the run dir
+    progress: bool = True  # tqdm progress bar per stage
+
+
+@dataclass
+class StageConfig:
+    parent: str = BASE  # another stage's name, or `base` for the base model
+    train: List[str] = field(default_factory=lambda: list(COMPONENTS))  # components to train
+    lr: float = MISSING  # learning rate (of every trained component unless text_encoder_lr is set)
+    text_encoder_lr: Optional[float] = None  # a separate learning rate for the text encoder
+    epochs: int = MISSING  # epochs this stage trains
+    save_epochs: List[int] = field(default_factory=list)  # epochs to checkpoint; the last is always saved
+
+    def __post_init__(self):
+        _require(len(self.train) > 0, "train", list(self.train),
+                 "a non-empty list of components from " + ", ".join(COMPONENTS))
+        for name in self.train:
+            _require(name in COMPONENTS, "train", list(self.train),
+                     f"components from {', '.join(COMPONENTS)} (`{name}` is unknown)")
+        _require(len(set(self.train)) == len(self.train), "train", list(self.train), "no repeats")
+        _require(isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr),
+                 "lr", self.lr, "a learning rate > 0, e.g. 1.5e-6")
+        _require(self.text_encoder_lr is None or self.text_encoder_lr > 0, "text_encoder_lr",
+                 self.text_encoder_lr, "a learning rate > 0, or null to use `lr`")
+        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        if _is_set(self.epochs):
+            for epoch in self.save_epochs:
+                _require(1 <= epoch <= self.epochs, "save_epochs", list(self.save_epochs),
+                         f"epochs between 1 and the stage's epochs ({self.epochs})")
+
+    def checkpoint_epochs(self) -> List[int]:
+        return sorted(set(self.save_epochs) | {self.epochs})
+
+
+@dataclass
+class PathsConfig:
+    runs: str = "runs"  # the run store root: run dirs and the shared stage/sample cache
+
+
+@dataclass
+class BurnlabConfig:
+    name: str = "study"  # the study's name: run dir and W&B group
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where the run store lives
+    model: ModelConfig = field(default_factory=ModelConfig)  # the base model
+    data: DataConfig = field(default_factory=DataConfig)  # the fine-tuning data
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, batch, precision, seed
+    validation: ValidationConfig = field(default_factory=ValidationConfig)  # held-out + stabilized loss
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # prompts and seeds per checkpoint
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # W&B, TensorBoard, progress bar
+    stages: Dict[str, StageConfig] = field(default_factory=dict)  # the study's stage graph
+    analyze: bool = True  # build grids, GIFs, plots and the report after the run
+
+
+def _toy_asset(name: str) -> str:
+    from burnlab.toy import asset_dir  # only configs that name the toy world need it
+
+    return str(asset_dir(name))
+
+
+def register_configs() -> None:
+    """The schema for conf/config.yaml and the `${toy_asset:NAME}` resolver for the toy world."""
+    ConfigStore.instance().store(name="burnlab_schema", node=BurnlabConfig)
+    OmegaConf.register_new_resolver("toy_asset", _toy_asset, replace=True)
+
+
+_GROUPS = ("paths", "model", "data", "train", "validation", "sampling", "logger")
+
+
+def load_config(cfg: DictConfig) -> BurnlabConfig:
+    """Validate a composed config and return it as dataclasses; raises ConfigError."""
+    groups: Dict[str, Any] = {}
+    for group in _GROUPS:
+        groups[group] = _to_object(cfg[group], group)
+    stages = {name: _to_object(cfg.stages[name], f"stages.{name}") for name in cfg.stages}
+    config = BurnlabConfig(name=cfg.name, stages=stages, analyze=cfg.analyze, **groups)
+    check_stage_graph(config.stages)
+    return config
+
+
+def _to_object(node: DictConfig, prefix: str):
+    try:
+        return OmegaConf.to_object(node)
+    except ConfigError as error:
+        raise error.under(prefix) from None
+    except Exception as error:  # an omegaconf MissingMandatoryValue or type error
+        key = getattr(error, "full_key", "") or ""
+        raise ConfigError(f"{prefix}.{key}".rstrip("."), "???", f"a value ({error.__class__.__name__}: "
+                          f"{str(error).splitlines()[0]})") from None
+
+
+def check_stage_graph(stages: Dict[str, StageConfig]) -> None:
+    """Every parent exists and the parents form a tree rooted at `base`."""
+    if not stages:
+        raise ConfigError("stages", {}, "at least one stage (pick an experiment, e.g. experiment=burn_unet)")
+    if BASE in stages:
+        raise ConfigError(f"stages.{BASE}", BASE, f"stage names other than `{BASE}`, which names the base model")
+    for name, stage in stages.items():
+        if stage.parent != BASE and stage.parent not in stages:
+            raise ConfigError(f"stages.{name}.parent", stage.parent,
+                              f"`{BASE}` or one of the stages: {', '.join(stages)}")
+    for name in stages:
+        seen = [name]
+        parent = stages[name].parent
+        while parent != BASE:
+            if parent in seen:
+                cycle = " -> ".join(seen[seen.index(parent):] + [parent])
+                raise ConfigError(f"stages.{name}.parent", stages[name].parent,
+                                  f"a parent chain that ends at `{BASE}`, not a cycle ({cycle})")
+            seen.append(parent)
+            parent = stages[parent].parent
+
+
+def resolve_path(path: str) -> Path:
+    """A user path, absolute or relative to the directory burnlab was started in."""
+    return Path(path).expanduser().resolve()

@@ -1,0 +1,61 @@
+"""Model inputs: images to VAE latents, captions to text-encoder states, noise to noisy latents.
+
+The VAE never trains, so each image's latent distribution (mean, std) is computed once per
+stage and sampled with an explicit generator at every step — the same draws as encoding the
+image again, at a fraction of the cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import torch
+
+
+@dataclass
+class LatentCache:
+    """Latent distribution of every image, unflipped [:, 0] and horizontally flipped [:, 1]."""
+
+    mean: torch.Tensor  # [N, 2, C, h, w]
+    std: torch.Tensor
+    scaling_factor: float
+
+    def sample(self, indices: torch.Tensor, flips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        mean = self.mean[indices, flips.long()]
+        std = self.std[indices, flips.long()]
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return (mean + std * noise) * self.scaling_factor
+
+
+def pixels(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [N,3,H,W] to the VAE's float range [-1, 1]."""
+    return images_uint8.float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def encode_latents(vae, images_uint8: torch.Tensor, device, batch_size: int = 32) -> LatentCache:
+    means, stds = [], []
+    dtype = next(vae.parameters()).dtype
+    for start in range(0, len(images_uint8), batch_size):
+        chunk = pixels(images_uint8[start:start + batch_size])
+        both = torch.stack([chunk, chunk.flip(-1)], dim=1).flatten(0, 1).to(device, dtype)
+        dist = vae.encode(both).latent_dist
+        means.append(dist.mean.float().cpu().unflatten(0, (-1, 2)))
+        stds.append(dist.std.float().cpu().unflatten(0, (-1, 2)))
+    return LatentCache(torch.cat(means), torch.cat(stds), float(vae.config.scaling_factor))
+
+
+def tokenize(tokenizer, captions: List[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def encode_text(tokenizer, text_encoder, captions: List[str], device) -> torch.Tensor:
+    return text_encoder(tokenize(tokenizer, captions).to(device))[0]
+
+
+def diffusion_target(scheduler, latents, noise, timesteps):
+    """What the UNet is trained to predict for the scheduler's prediction type."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise

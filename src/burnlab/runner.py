@@ -1,0 +1,125 @@
+"""The runner: trains a study's stages in dependency order, then samples and analyses them.
+
+Each stage lives in the shared cache under its identity (burnlab.study): a stage already
+complete is skipped, a stage interrupted mid-way resumes from its last saved state, and
+concurrent sweep jobs that need the same stage wait on its file lock instead of training it
+twice. The run dir (Hydra's output dir, the same on every rank) gets the resolved config and
+study.json (docs/run_store.md); only the main process writes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict
+
+from accelerate import Accelerator
+from filelock import FileLock
+
+from burnlab import trackers
+from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
+from burnlab.components import BaseModel, Source
+from burnlab.config import BASE, BurnlabConfig, resolve_path
+from burnlab.data import load_study_data
+from burnlab.store import atomic_write_json, atomic_write_text, read_jsonl
+from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
+from burnlab.train import COMPLETE, STATE, StageJob, train_stage
+
+log = logging.getLogger("burnlab")
+
+
+class StudyRunner:
+    def __init__(self, config: BurnlabConfig, run_dir: Path, resolved_yaml: str, flat_config: dict):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.cache = resolve_path(config.paths.runs) / "cache"
+        self.base = BaseModel(config.model)
+        self.data = load_study_data(config.data, config.validation)
+        self.planned = plan_stages(config, self.base.identity, self.data.identity)
+        self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
+        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
+                                       log_with=trackers.tracker_names(config) or None, project_dir=str(run_dir))
+        self.is_main = self.accelerator.is_main_process
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", resolved_yaml)
+        trackers.init_trackers(self.accelerator, config, self.run_dir, flat_config)
+
+    # -- study.json ---------------------------------------------------------------------------
+    def status(self, name: str) -> str:
+        stage_dir = self.stage_dirs[name]
+        if (stage_dir / COMPLETE).exists():
+            return "complete"
+        return "partial" if (stage_dir / STATE).exists() or (stage_dir / "metrics.jsonl").exists() else "pending"
+
+    def study_json(self) -> dict:
+        rel = {name: os.path.relpath(path, self.run_dir) for name, path in self.stage_dirs.items()}
+        stages = {}
+        for name, planned in self.planned.items():
+            stage = planned.config
+            stages[name] = {"parent": stage.parent, "train": list(stage.train), "lr": stage.lr,
+                            "text_encoder_lr": stage.text_encoder_lr, "epochs": stage.epochs,
+                            "save_epochs": stage.checkpoint_epochs(), "identity": planned.identity,
+                            "dir": rel[name], "epoch_offset": planned.epoch_offset, "status": self.status(name)}
+        leaf_names = leaves(self.config.stages)
+        return {"study": self.config.name, "base": self.base.describe(), "stages": stages,
+                "branches": {leaf: branch_of(self.planned, leaf) for leaf in leaf_names},
+                "testing_plan": {leaf: testing_plan(self.planned, leaf, self.base.identity, rel)
+                                 for leaf in leaf_names}}
+
+    def write_study_json(self) -> dict:
+        study = self.study_json()
+        if self.is_main:
+            atomic_write_json(self.run_dir / "study.json", study)
+        return study
+
+    # -- stages -------------------------------------------------------------------------------
+    def parent_sources(self, name: str) -> Dict[str, Source]:
+        parent = self.planned[name].config.parent
+        if parent == BASE:
+            return base_sources(self.base.describe())
+        return component_sources(checkpoint_dir(self.stage_dirs[parent], self.planned[parent].config.epochs))
+
+    def run_stage(self, name: str, on_epoch_end=None) -> None:
+        planned, stage_dir = self.planned[name], self.stage_dirs[name]
+        lock = FileLock(str(stage_dir) + ".lock")
+        if self.is_main:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        self.accelerator.wait_for_everyone()
+        try:
+            if (stage_dir / COMPLETE).exists():
+                log.info("stage %s: complete in the cache (%s), skipped", name, stage_dir)
+                if self.is_main:
+                    trackers.replay_rows(self.accelerator, read_jsonl(stage_dir / "metrics.jsonl"))
+                return
+            log.info("stage %s: training %s for %d epochs -> %s", name, "+".join(planned.config.train),
+                     planned.config.epochs, stage_dir)
+            if self.is_main:
+                atomic_write_json(stage_dir / "stage.json", self.study_json()["stages"][name] | {
+                    "name": name, "lineage": planned.lineage, "base": self.base.describe()})
+            job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
+                           self.accelerator, log=lambda row: trackers.log_row(self.accelerator, row),
+                           on_epoch_end=on_epoch_end(name) if on_epoch_end else None)
+            train_stage(job)
+        finally:
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                lock.release()
+
+    def run(self) -> dict:
+        from burnlab import sampling
+
+        self.write_study_json()
+        sampler = sampling.Sampler(self) if self.config.sampling.prompts else None
+        for name in stage_order(self.config.stages):
+            hook = sampler.training_hook if sampler and self.config.sampling.every_n_epochs else None
+            self.run_stage(name, hook)
+            self.write_study_json()
+        study = self.write_study_json()
+        if sampler and self.config.sampling.testing_plan:
+            rows = sampler.sample_testing_plan(study)
+            if self.is_main:
+                trackers.log_samples(self.accelerator, rows, self.run_dir)
+        self.accelerator.end_training()
+        return study

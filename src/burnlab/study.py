@@ -1,0 +1,92 @@
+"""The study as a graph of stages: order, lineage, identities, branches and the testing plan.
+
+A stage's identity hashes everything that decides its weights and logs: its own settings, its
+parent's identity, the base model, the data and the train/validation settings. Two studies (or
+two sweep jobs) naming the same stage share its directory in the cache and train it once.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from burnlab.checkpoint import checkpoint_dir, checkpoint_id
+from burnlab.config import BASE, BurnlabConfig, StageConfig
+from burnlab.store import hash_json
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    config: StageConfig
+    identity: str
+    lineage: List[str]  # base, ..., this stage
+    epoch_offset: int  # epochs trained by the ancestors
+
+
+def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
+    """Parents before children; siblings in config order."""
+    order: List[str] = []
+
+    def visit(name: str) -> None:
+        if name == BASE or name in order:
+            return
+        visit(stages[name].parent)
+        order.append(name)
+
+    for name in stages:
+        visit(name)
+    return order
+
+
+def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str) -> Dict[str, PlannedStage]:
+    planned: Dict[str, PlannedStage] = {}
+    shared = {
+        "base": base_identity,
+        "data": data_identity,
+        "data_config": dataclasses.asdict(config.data),
+        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k != "state_every_epochs"},
+        "validation": dataclasses.asdict(config.validation),
+    }
+    for name in stage_order(config.stages):
+        stage = config.stages[name]
+        parent = planned.get(stage.parent)
+        identity = hash_json({
+            "name": name, "stage": dataclasses.asdict(stage), "parent": parent.identity if parent else BASE, **shared})
+        planned[name] = PlannedStage(
+            name=name, config=stage, identity=identity,
+            lineage=(parent.lineage if parent else [BASE]) + [name],
+            epoch_offset=(parent.epoch_offset + parent.config.epochs) if parent else 0)
+    return planned
+
+
+def leaves(stages: Dict[str, StageConfig]) -> List[str]:
+    parents = {stage.parent for stage in stages.values()}
+    return [name for name in stage_order(stages) if name not in parents]
+
+
+def testing_plan(planned: Dict[str, PlannedStage], leaf: str, base_identity: str,
+                 stage_dirs: Dict[str, str]) -> List[dict]:
+    """The checkpoints a branch is judged on: the base, the first stage's final epoch, then every
+    save epoch of each later stage (the study's 0 base, 1 baseline, 2-4 lo, 5-7 hi)."""
+    rows: List[dict] = [{"index": 0, "label": "0 base", "stage": None, "epoch": 0, "study_epoch": 0,
+                         "checkpoint_id": base_identity, "dir": None}]
+    for position, name in enumerate(planned[leaf].lineage[1:]):
+        stage = planned[name]
+        epochs = [stage.config.epochs] if position == 0 else stage.config.checkpoint_epochs()
+        for epoch in epochs:
+            index = len(rows)
+            label = f"{index} {name}" if position == 0 else f"{index} {name} e{epoch}"
+            rows.append({"index": index, "label": label, "stage": name, "epoch": epoch,
+                         "study_epoch": stage.epoch_offset + epoch,
+                         "checkpoint_id": checkpoint_id(stage.identity, epoch),
+                         "dir": str(checkpoint_dir(stage_dirs[name], epoch))})
+    return rows
+
+
+def branch_of(planned: Dict[str, PlannedStage], leaf: str) -> dict:
+    return {"component": list(planned[leaf].config.train), "stages": planned[leaf].lineage[1:]}
+
+
+def parent_of(planned: Dict[str, PlannedStage], name: str) -> Optional[PlannedStage]:
+    return planned.get(planned[name].config.parent)

@@ -1,0 +1,1 @@
+"""burnlab: an overtraining experiment harness for text-to-image diffusion models."""

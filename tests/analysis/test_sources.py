@@ -1,0 +1,183 @@
+"""Run sources: the local run folder and the W&B public API map into one analysis model.
+
+    .venv/bin/python -m pytest tests/analysis/test_sources.py -q
+
+W&B is exercised through a stand-in shaped like wandb.Api (no server can be reached here),
+holding what burnlab's W&B mirror logs: the config with `study_json`, history rows as
+`<stage>/<key>` beside `study_epoch`, and a `samples-<checkpoint_id>` artifact per checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.model import AnalysisError
+from analysis.sources import LocalRun, WandbRun, open_run
+
+
+class StandInArtifact:
+    def __init__(self, name: str, files: dict[str, Path]):
+        self.name, self.type, self.files = name, "samples", files
+
+    def download(self, root: str) -> str:
+        for relative, source in self.files.items():
+            target = Path(root) / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        return root
+
+
+class StandInRun:
+    def __init__(self, name: str, config: dict, history: list[dict], artifacts: list):
+        self.name, self.config, self.history_rows, self.artifacts = name, config, history, artifacts
+
+    def scan_history(self):
+        return iter(self.history_rows)
+
+    def logged_artifacts(self):
+        return list(self.artifacts)
+
+
+class StandInApi:
+    def __init__(self, runs: dict[str, StandInRun]):
+        self.runs = runs
+
+    def run(self, path: str) -> StandInRun:
+        if path not in self.runs:
+            raise ValueError(f"Could not find run {path}")
+        return self.runs[path]
+
+
+def mirrored(run_dir: Path) -> StandInRun:
+    """What burnlab's W&B mirror holds for a local run."""
+    study = json.loads((run_dir / "study.json").read_text())
+    history, step = [], 0
+    for stage in study["stages"].values():
+        for line in (run_dir / stage["dir"] / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            logged = {f"{row['stage']}/{key}": value for key, value in row.items()
+                      if key not in ("stage", "type", "study_epoch")}
+            history.append({"_step": step, "study_epoch": row["study_epoch"], **logged})
+            step += 1
+    files: dict[str, dict[str, Path]] = {}
+    prompts = {}
+    for line in (run_dir / "samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        files.setdefault(row["checkpoint_id"], {})[f"{row['prompt_set']}/{row['seed']}.png"] = \
+            run_dir / row["path"]
+        prompts[row["prompt_set"]] = {"prompt": row["prompt"], "activation": row["activation"],
+                                      "expect": row["expect"]}
+    config = {"name": study["study"], "data": {"path": "../data/style"},
+              "sampling": {"prompts": prompts}, "study_json": study}
+    artifacts = [StandInArtifact(f"samples-{checkpoint}:v0", pngs) for checkpoint, pngs in files.items()]
+    return StandInRun(run_dir.name, config, history, artifacts)
+
+
+def sample_keys(run) -> set:
+    return {(s.branch, s.index, s.label, s.checkpoint_id, s.prompt_set, s.prompt, s.activation,
+             s.seed, tuple(sorted(s.expect.items())), s.image.read_bytes()) for s in run.samples}
+
+
+def test_local_run_maps_study_losses_and_samples(shared_store):
+    run = LocalRun(shared_store / "burn_unet").load()
+    assert run.name == "burn_unet" and run.problems == []
+    branch = run.branches["unet_hi"]
+    assert branch.component == ("unet",) and branch.stages == ("baseline", "unet_lo", "unet_hi")
+    assert [c.label for c in branch.plan][:3] == ["0 base", "1 baseline", "2 unet_lo e2"]
+    assert [c.study_epoch for c in branch.plan] == [0, 5, 7, 11, 15, 17, 21, 25]
+    assert {row.kind for row in run.losses["unet_lo"]} == {"train", "val"}
+    assert len(run.samples) == 8 * 2 * 9
+    assert run.prompt_sets() == ["person", "sunglasses"]
+    assert run.config["data"]["path"] == "../data/style"
+
+
+def test_wandb_run_maps_to_the_same_model_as_the_local_run(shared_store, tmp_path):
+    api = StandInApi({"team/burnlab/abc123": mirrored(shared_store / "burn_te")})
+    remote = WandbRun("team/burnlab/abc123", api=api, download_root=tmp_path).load()
+    local = LocalRun(shared_store / "burn_te").load()
+    assert remote.name == local.name == "burn_te"
+    assert remote.problems == []
+    assert remote.stages == local.stages and remote.branches == local.branches
+    assert remote.losses == local.losses
+    assert sample_keys(remote) == sample_keys(local)
+
+
+def test_wandb_run_without_study_json_is_a_clear_error(shared_store, tmp_path):
+    stand_in = mirrored(shared_store / "burn_te")
+    del stand_in.config["study_json"]
+    with pytest.raises(AnalysisError, match="config key 'study_json' is missing"):
+        WandbRun("team/burnlab/abc123", api=StandInApi({"team/burnlab/abc123": stand_in}),
+                 download_root=tmp_path).load()
+
+
+def test_unknown_wandb_run_and_bad_path_are_clear_errors(tmp_path):
+    with pytest.raises(AnalysisError, match="team/burnlab/nope could not be read"):
+        WandbRun("team/burnlab/nope", api=StandInApi({}), download_root=tmp_path).load()
+    with pytest.raises(AnalysisError, match="entity/project/run_id"):
+        WandbRun("just-a-name")
+
+
+def test_wandb_without_a_key_says_so_before_importing_wandb(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    with pytest.raises(AnalysisError, match="WANDB_API_KEY is unset and no netrc entry"):
+        open_run("wandb:team/burnlab/abc123")
+
+
+def test_analysis_does_not_import_wandb_or_training_code():
+    code = ("import sys, analysis.cli, analysis.build; "
+            "print(sorted(m for m in sys.modules if m == 'wandb' or m.startswith('burnlab')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_not_a_run_and_missing_folder_are_clear_errors(tmp_path):
+    with pytest.raises(AnalysisError, match="has no study.json"):
+        LocalRun(tmp_path).load()
+    with pytest.raises(AnalysisError, match="does not exist"):
+        LocalRun(tmp_path / "nowhere").load()
+
+
+def test_study_json_missing_a_key_names_it(store):
+    study_path = store / "burn_unet" / "study.json"
+    study = json.loads(study_path.read_text())
+    del study["testing_plan"]
+    study_path.write_text(json.dumps(study))
+    with pytest.raises(AnalysisError, match="key 'testing_plan' is missing"):
+        LocalRun(store / "burn_unet").load()
+
+
+def test_a_truncated_last_line_is_noted_and_skipped(store):
+    samples_path = store / "burn_unet" / "samples.jsonl"
+    text = samples_path.read_text()
+    samples_path.write_text(text[:-40])  # an interrupted append: the last row cut short
+    run = LocalRun(store / "burn_unet").load()
+    assert len(run.samples) == 8 * 2 * 9 - 1
+    assert any("last line (144) is cut short" in problem for problem in run.problems)
+
+
+def test_a_corrupt_line_mid_file_names_file_and_line(store):
+    metrics_path = store / "cache" / "stages" / "unet_lo0" / "metrics.jsonl"
+    lines = metrics_path.read_text().splitlines()
+    lines[3] = lines[3][:20]
+    metrics_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AnalysisError, match=r"unet_lo0/metrics.jsonl: line 4 is not valid JSON"):
+        LocalRun(store / "burn_unet").load()
+
+
+def test_missing_checkpoints_and_images_are_listed(store):
+    samples_path = store / "burn_unet" / "samples.jsonl"
+    rows = [json.loads(line) for line in samples_path.read_text().splitlines()]
+    samples_path.write_text("".join(json.dumps(row) + "\n" for row in rows if row["index"] != 7))
+    (store / "cache" / "samples" / "unet_lo0-e2-s1" / "person" / "1003.png").unlink()
+    shutil.rmtree(store / "cache" / "stages" / "unet_hi0")
+    run = LocalRun(store / "burn_unet").load()
+    problems = "\n".join(run.problems)
+    assert "checkpoint '7 unet_hi e10' has no samples" in problems
+    assert "unet_lo0-e2-s1/person/1003.png is missing" in problems
+    assert "unet_hi0/metrics.jsonl is missing" in problems

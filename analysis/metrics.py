@@ -1,0 +1,146 @@
+"""Overtraining metrics: small functions over a checkpoint's N samples of one prompt.
+
+    from analysis.metrics import mean_saturation, colourfulness
+    mean_saturation(images)        # images: uint8 [N, H, W, 3]
+
+Each docstring says what is measured and its range. Images are uint8 RGB arrays
+[N, H, W, 3]; features are float arrays [N, D] from a feature extractor (the toy probe, or
+CLIP image features). analysis/measure.py applies them over a run's testing plan.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from analysis.images import resize
+
+COMPARE_SIZE = (64, 64)  # pixel-space distances compare images at this size (speed, fairness)
+HISTOGRAM_BINS = 8
+NEAR_COPY_DISTANCE = 0.04  # RMS pixel distance (0-1 scale) under which a sample is a near-copy
+
+
+def unit_rgb(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float64) / 255.0
+
+
+def mean_saturation(images: np.ndarray) -> float:
+    """Mean HSV saturation, (max - min) / max of each pixel's RGB (0 for black), over all pixels
+    of all images. Range [0, 1]: 0 for greys, 1 for fully saturated colours."""
+    rgb = unit_rgb(images)
+    brightest, darkest = rgb.max(axis=-1), rgb.min(axis=-1)
+    saturation = np.divide(brightest - darkest, brightest, out=np.zeros_like(brightest),
+                           where=brightest > 0)
+    return float(saturation.mean())
+
+
+def colourfulness(images: np.ndarray) -> float:
+    """Hasler & Süsstrunk (2003) colourfulness, sigma_rgyb + 0.3 * mu_rgyb over the opponent
+    channels rg = R - G and yb = (R + G) / 2 - B (0-255 scale), averaged over images.
+    Range [0, ~180): 0 for greys; ~15 'slightly', ~60 'quite', >100 'extremely' colourful."""
+    rgb = np.asarray(images, dtype=np.float64)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    rg, yb = red - green, 0.5 * (red + green) - blue
+    axes = (1, 2)
+    spread = np.sqrt(rg.std(axis=axes) ** 2 + yb.std(axis=axes) ** 2)
+    mean = np.sqrt(rg.mean(axis=axes) ** 2 + yb.mean(axis=axes) ** 2)
+    return float((spread + 0.3 * mean).mean())
+
+
+def rms_contrast(images: np.ndarray) -> float:
+    """RMS contrast: the standard deviation of each image's luma (Rec. 601 weights, 0-1 scale),
+    averaged over images. Range [0, 0.5]: 0 for a flat image, 0.5 for half black, half white."""
+    luma = unit_rgb(images) @ np.array([0.299, 0.587, 0.114])
+    return float(luma.std(axis=(1, 2)).mean())
+
+
+def colour_histogram(images: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Joint RGB histogram of all pixels of all images, `bins` per channel, summing to 1."""
+    quantized = (np.asarray(images, dtype=np.int64) * bins) // 256
+    cells = (quantized[..., 0] * bins + quantized[..., 1]) * bins + quantized[..., 2]
+    counts = np.bincount(cells.ravel(), minlength=bins ** 3).astype(np.float64)
+    return counts / counts.sum()
+
+
+def histogram_distance(images: np.ndarray, reference: np.ndarray) -> float:
+    """Hellinger distance between the pooled colour histograms of `images` and `reference`
+    (the base checkpoint's samples of the same prompt). Range [0, 1]: 0 for the same colour
+    distribution, 1 for colours that never overlap."""
+    overlap = np.sqrt(colour_histogram(images) * colour_histogram(reference)).sum()
+    return float(np.sqrt(max(0.0, 1.0 - overlap)))
+
+
+def comparable_pixels(images: np.ndarray) -> np.ndarray:
+    """Images as float vectors [N, 64*64*3] in 0-1, resized to COMPARE_SIZE."""
+    return np.stack([resize(image, COMPARE_SIZE) for image in images]).reshape(len(images), -1) / 255.0
+
+
+def rms_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """[N, M] root-mean-square distances between the rows of two [N, D] and [M, D] arrays."""
+    squared = ((first ** 2).sum(1)[:, None] + (second ** 2).sum(1)[None, :] - 2 * first @ second.T)
+    return np.sqrt(np.clip(squared, 0, None) / first.shape[1])
+
+
+def mean_pairwise(distances: np.ndarray) -> float:
+    """Mean of the off-diagonal entries of a square distance matrix (0 for a single sample)."""
+    count = distances.shape[0]
+    if count < 2:
+        return 0.0
+    return float((distances.sum() - np.trace(distances)) / (count * (count - 1)))
+
+
+def pixel_variability(images: np.ndarray) -> float:
+    """Diversity of N samples: mean pairwise RMS pixel distance (0-1 scale, at 64x64).
+    Range [0, 1]: 0 when all N samples are identical (diversity collapse)."""
+    pixels = comparable_pixels(images)
+    return mean_pairwise(rms_distances(pixels, pixels))
+
+
+def cosine_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """[N, M] cosine distances 1 - cos(a, b) between feature rows; range [0, 2]."""
+    def normalized(features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features, dtype=np.float64)
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return np.clip(1.0 - normalized(first) @ normalized(second).T, 0.0, 2.0)
+
+
+def feature_variability(features: np.ndarray) -> float:
+    """Diversity of N samples in a feature space: mean pairwise cosine distance of their
+    features. Range [0, 2] (in practice [0, 1]): 0 when all N samples look the same."""
+    return mean_pairwise(cosine_distances(features, features))
+
+
+def centroid_distance(features: np.ndarray, reference_features: np.ndarray) -> float:
+    """Style proximity: mean cosine distance of each sample's features to the centroid of the
+    style dataset's features. Range [0, 2]: lower = closer to the trained style; falling on a
+    prompt without the activation phrase is style bleed."""
+    centroid = np.asarray(reference_features, dtype=np.float64).mean(axis=0, keepdims=True)
+    return float(cosine_distances(features, centroid).mean())
+
+
+def nearest_training_distances(images: np.ndarray, training_pixels: np.ndarray) -> np.ndarray:
+    """Per sample, the RMS pixel distance (0-1 scale, at 64x64) to the nearest training image;
+    `training_pixels` from comparable_pixels(training images). Range [0, 1]: 0 = an exact copy."""
+    return rms_distances(comparable_pixels(images), training_pixels).min(axis=1)
+
+
+def near_copy_fraction(distances: np.ndarray, threshold: float = NEAR_COPY_DISTANCE) -> float:
+    """Memorisation: the fraction of samples closer than `threshold` to a training image.
+    Range [0, 1]: 0 = no sample is a near-copy."""
+    return float((np.asarray(distances) < threshold).mean())
+
+
+def subject_accuracy(predictions: dict[str, list], expects: list[dict[str, str]]) -> float | None:
+    """Prompt adherence on the toy world: the fraction of samples for which the toy probe's
+    prediction matches every label its prompt expects (e.g. subject 'person', identity 'ada')
+    that the probe predicts; samples expecting nothing the probe predicts are left out.
+    Range [0, 1]: 1 = every sample shows what was asked; None when no sample expects anything."""
+    hits = [all(predictions[key][number] == value for key, value in keys)
+            for number, expect in enumerate(expects)
+            if (keys := [(key, value) for key, value in expect.items() if key in predictions])]
+    return float(np.mean(hits)) if hits else None
+
+
+def clip_score(image_features: np.ndarray, text_features: np.ndarray) -> float:
+    """CLIP score (Hessel et al. 2021, as torchmetrics): 100 * max(cos(image, text), 0), averaged
+    over samples; row n of `text_features` is the prompt of sample n. Range [0, 100]."""
+    similarity = 1.0 - np.diag(cosine_distances(image_features, text_features))
+    return float(100.0 * np.clip(similarity, 0, None).mean())

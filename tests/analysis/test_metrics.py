@@ -1,0 +1,170 @@
+"""Metrics with known answers, and the metric table over the tiny synthetic store.
+
+    .venv/bin/python -m pytest tests/analysis/test_metrics.py -q
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis import metrics
+from analysis.dataset import dataset_folder, training_images
+from analysis.features import Instruments, load_instruments
+from analysis.images import SampleImages
+from analysis.measure import METRICS, measure
+from analysis.model import AnalysisError, BranchRef
+from analysis.sources import LocalRun
+
+RNG = np.random.default_rng(0)
+
+
+def random_images(count: int, size: int = 32) -> np.ndarray:
+    return RNG.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def thumbnail_features(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float32)[:, ::8, ::8].reshape(len(images), -1)
+
+
+def test_grey_images_have_zero_saturation_and_colourfulness():
+    levels = np.linspace(0, 255, 4 * 8 * 8).astype(np.uint8).reshape(4, 8, 8, 1)
+    greys = np.repeat(levels, 3, axis=-1)
+    assert metrics.mean_saturation(greys) == 0.0
+    assert metrics.colourfulness(greys) == 0.0
+
+
+def test_pure_colours_are_fully_saturated():
+    red = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    assert metrics.mean_saturation(red) == pytest.approx(1.0)
+
+
+def test_saturated_image_is_more_colourful_than_its_desaturated_copy():
+    image = random_images(3).astype(float)
+    grey = image.mean(axis=-1, keepdims=True)
+    desaturated = (grey + 0.3 * (image - grey)).astype(np.uint8)
+    assert metrics.colourfulness(image.astype(np.uint8)) > metrics.colourfulness(desaturated) > 0
+    assert metrics.mean_saturation(image.astype(np.uint8)) > metrics.mean_saturation(desaturated)
+
+
+def test_rms_contrast_range():
+    flat = np.full((1, 8, 8, 3), 128, dtype=np.uint8)
+    half = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    half[:, :, 4:] = 255
+    assert metrics.rms_contrast(flat) == 0.0
+    assert metrics.rms_contrast(half) == pytest.approx(0.5)
+
+
+def test_n_identical_images_have_zero_variability():
+    same = np.repeat(random_images(1), 9, axis=0)
+    assert metrics.pixel_variability(same) == 0.0
+    assert metrics.feature_variability(thumbnail_features(same)) == pytest.approx(0.0, abs=1e-9)
+    different = random_images(9)
+    assert metrics.pixel_variability(different) > 0.2
+    assert metrics.feature_variability(thumbnail_features(different)) > 0.05
+
+
+def test_histogram_distance_is_zero_for_same_colours_and_one_for_disjoint():
+    images = random_images(4)
+    assert metrics.histogram_distance(images, images[::-1]) == pytest.approx(0.0, abs=1e-7)
+    black, white = np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 255, np.uint8)
+    assert metrics.histogram_distance(black, white) == pytest.approx(1.0)
+
+
+def test_centroid_distance_falls_as_samples_approach_the_style():
+    style = thumbnail_features(random_images(6))
+    far = -style[:3]
+    assert metrics.centroid_distance(style[:3], style) < metrics.centroid_distance(far, style)
+
+
+def test_a_training_image_scores_as_memorised(shared_store):
+    folder = shared_store / "data" / "style"
+    training = training_images(folder, (16, 16))
+    pixels = metrics.comparable_pixels(training)
+    copied = training[[1]]
+    distances = metrics.nearest_training_distances(copied, pixels)
+    assert distances[0] == pytest.approx(0.0, abs=1e-6)
+    assert metrics.near_copy_fraction(distances) == 1.0
+    novel = metrics.nearest_training_distances(random_images(3, 16), pixels)
+    assert metrics.near_copy_fraction(novel) == 0.0 and novel.min() > 0.2
+
+
+def test_subject_accuracy_counts_only_labels_the_probe_predicts():
+    predictions = {"subject": ["person", "person", "circles"], "identity": ["ada", "bob", None]}
+    expects = [{"subject": "person", "identity": "ada"}] * 3
+    assert metrics.subject_accuracy(predictions, expects) == pytest.approx(1 / 3)
+    assert metrics.subject_accuracy(predictions, [{"subject": "person"}] * 3) == pytest.approx(2 / 3)
+    assert metrics.subject_accuracy(predictions, [{"colour": "red"}] * 3) is None
+
+
+def test_clip_score_of_aligned_and_opposite_features():
+    image = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert metrics.clip_score(image, image) == pytest.approx(100.0)
+    assert metrics.clip_score(image, -image) == 0.0
+
+
+def test_metric_table_over_both_runs(shared_store, instruments):
+    runs = [LocalRun(shared_store / study).load() for study in ("burn_unet", "burn_te")]
+    refs = [BranchRef(run, branch) for run in runs for branch in run.branches.values()]
+    table = measure(refs, SampleImages(), instruments)
+    assert len(table.rows) == 2 * 8 * 2 and table.notes == []
+    assert all(row[metric] is not None for row in table.rows for metric in METRICS
+               if metric != "clip_score")
+    unet_saturation = table.series("burn_unet", "unet_hi", "person", "saturation")
+    te_saturation = table.series("burn_te", "te_hi", "person", "saturation")
+    assert unet_saturation[7] > unet_saturation[1] + 0.2
+    assert te_saturation[7] == pytest.approx(te_saturation[1], abs=0.01)
+    assert table.series("burn_te", "te_hi", "person", "adherence") == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert table.series("burn_unet", "unet_hi", "person", "histogram_distance")[0] == 0.0
+    assert max(row["near_copies"] for row in table.rows) == 0.0
+
+
+def test_without_instruments_or_data_the_table_says_what_is_missing(store):
+    (store / "burn_unet" / "config.yaml").write_text("name: burn_unet\ndata:\n  path: /nowhere\n")
+    run = LocalRun(store / "burn_unet").load()
+    assert dataset_folder(run)[0] is None
+    table = measure([BranchRef(run, run.branches["unet_hi"])], SampleImages(), Instruments())
+    assert all(row["style_distance"] is None and row["variability_feature"] is None
+               for row in table.rows)
+    assert all(row["saturation"] is not None for row in table.rows)
+    assert any("data.path '/nowhere' is not a folder" in note for note in table.notes)
+
+
+def test_instruments_fall_back_to_notes_and_reject_bad_options(tmp_path):
+    unavailable = load_instruments(probe_loader=lambda: (None, "no probe here"))
+    assert unavailable.features is None and unavailable.probe is None
+    assert any("no probe here" in note for note in unavailable.notes)
+    with pytest.raises(AnalysisError, match="no config.json there"):
+        load_instruments(clip_dir=tmp_path)
+    with pytest.raises(AnalysisError, match="--features clip needs --clip-model"):
+        load_instruments("clip")
+
+
+def test_a_local_clip_folder_gives_clip_scores_and_features(shared_store, tmp_path):
+    """A tiny random CLIP saved to a folder stands in for a real one: the wiring is tested,
+    not the scores' meaning. Loading uses local_files_only; nothing is downloaded."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from burnlab.toy.build import build_tokenizer  # an offline CLIP tokenizer (no download)
+
+    tokenizer = build_tokenizer(tmp_path / "tokenizer")
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                     "num_hidden_layers": 1, "vocab_size": len(tokenizer),
+                     "max_position_embeddings": tokenizer.model_max_length,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                       "num_hidden_layers": 1, "image_size": 32, "patch_size": 8},
+        projection_dim=8)
+    folder = tmp_path / "clip"
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+    instruments = load_instruments(clip_dir=folder, use_probe=False)
+    assert instruments.feature_space == "CLIP image features"
+    run = LocalRun(shared_store / "burn_te").load()
+    table = measure([BranchRef(run, run.branches["te_hi"])], SampleImages(), instruments)
+    assert all(0 <= row["clip_score"] <= 100 for row in table.rows)
+    assert all(row["variability_feature"] is not None for row in table.rows)

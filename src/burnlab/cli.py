@@ -23,26 +23,27 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 log = logging.getLogger("burnlab")
 
 
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Validate `cfg`, run the study into `run_dir`, build its outputs; returns study.json."""
     from burnlab.runner import StudyRunner
 
     config = load_config(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     flat = OmegaConf.to_container(cfg, resolve=True)
-    runner = StudyRunner(config, run_dir, resolved, flat)
-    runner.run()
+    runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat)
+    study = runner.run()
     if config.analyze and runner.is_main:
         from burnlab.outputs import build_outputs
 
         build_outputs(run_dir)
     log.info("run dir: %s", run_dir)
+    return study
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        run(cfg)
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except UserError as error:
         print(f"burnlab: {error}", file=sys.stderr)
         sys.exit(2)

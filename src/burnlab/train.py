@@ -60,7 +60,8 @@ class StageTrainer:
         self.accelerator = job.accelerator
         self.device = self.accelerator.device
         self.trained: List[str] = list(job.stage.config.train)
-        self.models = {name: job.parent_sources[name].load(name) for name in CHECKPOINT_COMPONENTS}
+        self.models = {name: job.parent_sources[name].load(
+            name, torch.float32 if name in self.trained else job.base.frozen_dtype) for name in CHECKPOINT_COMPONENTS}
         self.tokenizer = job.base.tokenizer()
         self.scheduler = job.base.noise_scheduler()
         vae = job.base.source("vae").load("vae", job.base.frozen_dtype).to(self.device)
@@ -78,7 +79,6 @@ class StageTrainer:
             else:
                 model.requires_grad_(False)
                 model.eval()
-                model.to(job.base.frozen_dtype)
             model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), betas=tuple(self.cfg.train.betas), eps=self.cfg.train.eps,

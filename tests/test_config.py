@@ -1,0 +1,59 @@
+"""Bad config values fail at start with a message naming the key, the value and what is allowed."""
+import subprocess
+import sys
+
+import pytest
+
+from burnlab.config import load_config
+from burnlab.errors import ConfigError
+from conftest import compose_config
+
+
+def _error(overrides) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(compose_config(overrides))
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("stages.unet_hi.lr=-1", "stages.unet_hi.lr", "> 0"),
+    ("stages.unet_hi.lr=0", "stages.unet_hi.lr", "> 0"),
+    ("stages.unet_lo.epochs=0", "stages.unet_lo.epochs", ">= 1"),
+    ("stages.unet_lo.save_epochs=[100,600]", "stages.unet_lo.save_epochs", "between 1 and the stage's epochs (500)"),
+    ("stages.unet_lo.train=[]", "stages.unet_lo.train", "non-empty"),
+    ("stages.unet_lo.train=[vae]", "stages.unet_lo.train", "`vae` is unknown"),
+    ("stages.unet_lo.parent=nowhere", "stages.unet_lo.parent", "`base` or one of the stages"),
+    ("data.resolution=60", "data.resolution", "multiple of 8"),
+    ("train.mixed_precision=fp8", "train.mixed_precision", "no, fp16, bf16"),
+    ("sampling.scheduler=plms", "sampling.scheduler", "ddim"),
+])
+def test_bad_values_name_key_value_and_allowed(override, key, allowed):
+    message = _error(["experiment=burn_unet", override])
+    assert f"`{key}`" in message
+    assert override.split("=", 1)[1].strip("[]").split(",")[0] in message
+    assert allowed in message
+
+
+def test_a_parent_cycle_is_named():
+    message = _error(["experiment=burn_unet", "stages.baseline.parent=unet_hi"])
+    assert "stages.baseline.parent" in message and "cycle" in message
+    assert "baseline -> unet_hi -> unet_lo -> baseline" in message or "unet_hi -> unet_lo -> baseline" in message
+
+
+def test_study_experiments_compose_to_the_study_shape():
+    config = load_config(compose_config(["experiment=followfox", "model=sd15"]))
+    assert list(config.stages) == ["baseline", "unet_lo", "unet_hi", "te_lo", "te_hi"]
+    assert config.stages["baseline"].lr == 1.5e-6 and config.stages["baseline"].epochs == 50
+    assert config.stages["unet_hi"].lr == 9e-6 and config.stages["unet_hi"].parent == "unet_lo"
+    assert config.stages["te_lo"].train == ["text_encoder"] and config.stages["te_lo"].save_epochs == [100, 300, 500]
+    assert config.model.path == "runwayml/stable-diffusion-v1-5"
+
+
+def test_cli_prints_one_paragraph_and_exits_nonzero(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "burnlab.cli", "experiment=burn_unet", "stages.unet_hi.lr=-1",
+                             f"paths.runs={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("burnlab:")]
+    assert error_lines == ["burnlab: config key `stages.unet_hi.lr` has value -1.0, which is not allowed: "
+                           "a learning rate > 0, e.g. 1.5e-6."]

@@ -1,0 +1,164 @@
+"""The runner on a tiny model: a followfox-shaped study end to end, frozen components, the stage
+cache, exact resume after SIGKILL, and training trajectories independent of validation and
+sampling."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from burnlab.checkpoint import component_sources, materialize
+from burnlab.cli import run
+from burnlab.store import read_jsonl
+from conftest import compose_config, tiny_overrides
+
+
+def run_study(tiny_model, tiny_data, runs, *extra, experiment="followfox"):
+    overrides = tiny_overrides(tiny_model, tiny_data, runs, experiment) + list(extra)
+    cfg = compose_config(overrides)
+    return run(cfg, runs / cfg.name), runs / cfg.name
+
+
+def weights(checkpoint: Path, component: str) -> dict:
+    source = component_sources(checkpoint)[component]
+    model = source.load(component)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def final_checkpoint(run_dir: Path, study: dict, stage: str) -> Path:
+    info = study["stages"][stage]
+    return run_dir / info["dir"] / "checkpoints" / f"epoch_{info['epochs']:04d}"
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def followfox(tiny_model, tiny_data, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    study, run_dir = run_study(tiny_model, tiny_data, runs)
+    return study, run_dir, runs
+
+
+def test_followfox_study_runs_end_to_end(followfox):
+    study, run_dir, runs = followfox
+    assert set(study["stages"]) == {"baseline", "unet_lo", "unet_hi", "te_lo", "te_hi"}
+    assert all(stage["status"] == "complete" for stage in study["stages"].values())
+    assert len(list((runs / "cache" / "stages").glob("*/COMPLETE"))) == 5  # one shared baseline
+    assert study["stages"]["unet_hi"]["epoch_offset"] == 2 + 3
+    plan = study["testing_plan"]["unet_hi"]
+    assert [row["label"] for row in plan] == ["0 base", "1 baseline", "2 unet_lo e1", "3 unet_lo e3",
+                                              "4 unet_hi e1", "5 unet_hi e3"]
+    assert [row["study_epoch"] for row in plan] == [0, 2, 3, 5, 6, 8]
+    rows = list(read_jsonl(run_dir / "samples.jsonl"))
+    assert len(rows) == 2 * 6 * 3 * 2  # branches x checkpoints x prompts x seeds
+    assert all((run_dir / row["path"]).is_file() for row in rows)
+    shared = {row["path"] for row in rows if row["index"] <= 1}
+    assert len(shared) == 2 * 3 * 2  # base and baseline samples made once, used by both branches
+    metrics = list(read_jsonl(run_dir / study["stages"]["te_lo"]["dir"] / "metrics.jsonl"))
+    train_rows = [r for r in metrics if r["type"] == "train"]
+    val_rows = [r for r in metrics if r["type"] == "val"]
+    assert [r["step"] for r in train_rows] == list(range(1, 3 * 2 + 1))  # 8 training images, batch 4
+    assert [r["epoch"] for r in val_rows] == [0, 1, 2, 3]
+    assert all("lr_text_encoder" in r and "lr_unet" not in r for r in train_rows)
+    assert {"val_loss", "stabilized_loss", "study_epoch"} <= set(val_rows[0])
+    assert val_rows[0]["study_epoch"] == 2
+
+
+@pytest.mark.parametrize("stage, trained, frozen", [("unet_lo", "unet", "text_encoder"),
+                                                    ("te_lo", "text_encoder", "unet")])
+def test_frozen_component_is_bitwise_unchanged(followfox, stage, trained, frozen):
+    study, run_dir, _ = followfox
+    before = final_checkpoint(run_dir, study, "baseline")
+    after = final_checkpoint(run_dir, study, stage)
+    assert_same(weights(before, frozen), weights(after, frozen))
+    changed = weights(after, trained)
+    assert any(not torch.equal(v, weights(before, trained)[k]) for k, v in changed.items())
+    manifest = json.loads((after / "manifest.json").read_text())
+    assert set(p.name for p in after.iterdir()) == {trained, "manifest.json"}  # only what changed is saved
+    assert manifest["lineage"] == ["base", "baseline", stage]
+
+
+def test_rerun_skips_completed_stages(followfox, tiny_model, tiny_data):
+    study, run_dir, runs = followfox
+    stamps = {p: p.stat().st_mtime_ns for p in (runs / "cache" / "stages").glob("*/metrics.jsonl")}
+    started = time.time()
+    again, _ = run_study(tiny_model, tiny_data, runs)
+    assert again == study
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    assert time.time() - started < 30
+
+
+def test_checkpoint_materialises_as_a_diffusers_pipeline(followfox, tmp_path):
+    study, run_dir, _ = followfox
+    checkpoint = final_checkpoint(run_dir, study, "te_hi")
+    folder = materialize(checkpoint, tmp_path / "pipeline")
+    pipeline = StableDiffusionPipeline.from_pretrained(folder)
+    assert_same(pipeline.text_encoder.state_dict(), weights(checkpoint, "text_encoder"))
+    image = pipeline("black and white circles", num_inference_steps=2, output_type="np",
+                     generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (32, 32, 3)
+
+
+def test_trajectory_is_the_same_with_validation_and_sampling_off(followfox, tiny_model, tiny_data, tmp_path):
+    study, run_dir, _ = followfox
+    quiet, quiet_dir = run_study(tiny_model, tiny_data, tmp_path, "validation.every_n_epochs=0",
+                                 "sampling.testing_plan=false", experiment="burn_unet")
+    noisy, noisy_dir = run_study(tiny_model, tiny_data, tmp_path / "b", "sampling.every_n_epochs=1",
+                                 experiment="burn_unet")
+    for stage in ("baseline", "unet_lo", "unet_hi"):
+        quiet_rows = [r for r in read_jsonl(quiet_dir / quiet["stages"][stage]["dir"] / "metrics.jsonl")]
+        noisy_rows = [r for r in read_jsonl(noisy_dir / noisy["stages"][stage]["dir"] / "metrics.jsonl")
+                      if r["type"] == "train"]
+        assert all(r["type"] == "train" for r in quiet_rows)
+        assert [r["train_loss"] for r in quiet_rows] == [r["train_loss"] for r in noisy_rows]
+    assert_same(weights(final_checkpoint(quiet_dir, quiet, "unet_hi"), "unet"),
+                weights(final_checkpoint(noisy_dir, noisy, "unet_hi"), "unet"))
+    assert_same(weights(final_checkpoint(quiet_dir, quiet, "unet_hi"), "unet"),
+                weights(final_checkpoint(run_dir, study, "unet_hi"), "unet"))
+    stage_dir = noisy_dir / noisy["stages"]["unet_lo"]["dir"]
+    assert len(list((stage_dir / "samples" / "epoch_0002").glob("*/*.png"))) == 3 * 2
+
+
+def test_sigkill_mid_stage_then_rerun_matches_an_uninterrupted_run(followfox, tiny_model, tiny_data, tmp_path):
+    study, run_dir, _ = followfox
+    overrides = tiny_overrides(tiny_model, tiny_data, tmp_path, "burn_te") + [
+        "stages.te_lo.epochs=6", "stages.te_lo.save_epochs=[6]", "sampling.testing_plan=false"]
+    command = [sys.executable, "-m", "burnlab.cli", *overrides]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    state = None
+    while time.time() < deadline and process.poll() is None:
+        states = list((tmp_path / "cache" / "stages").glob("*/state/state.json"))
+        epochs = [json.loads(p.read_text())["epoch"] for p in states if "te_lo" in (p.parent.parent / "stage.json").read_text()]
+        if epochs and epochs[0] >= 2:
+            state = epochs[0]
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert state is not None and state < 6, "the stage finished before it could be killed"
+    te_lo_dir = next(p.parent for p in (tmp_path / "cache" / "stages").glob("*/stage.json")
+                     if json.loads(p.read_text())["name"] == "te_lo")
+    assert not (te_lo_dir / "COMPLETE").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (te_lo_dir / "COMPLETE").exists()
+    uninterrupted, straight_dir = run_study(tiny_model, tiny_data, tmp_path / "straight",
+                                            "stages.te_lo.epochs=6", "stages.te_lo.save_epochs=[6]",
+                                            "sampling.testing_plan=false", experiment="burn_te")
+    resumed_weights = load_file(te_lo_dir / "checkpoints" / "epoch_0006" / "text_encoder" / "model.safetensors")
+    straight_weights = load_file(final_checkpoint(straight_dir, uninterrupted, "te_lo") / "text_encoder" / "model.safetensors")
+    assert_same(resumed_weights, straight_weights)
+    rows = list(read_jsonl(te_lo_dir / "metrics.jsonl"))
+    assert [r["step"] for r in rows if r["type"] == "train"] == list(range(1, 6 * 2 + 1))  # no duplicates

@@ -26,10 +26,11 @@ log = logging.getLogger("burnlab")
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate `cfg`, run the study into `run_dir`, build its outputs; returns study.json."""
     from burnlab.runner import StudyRunner
+    from burnlab.trackers import flatten_config
 
     config = load_config(cfg)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    flat = OmegaConf.to_container(cfg, resolve=True)
+    flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat)
     study = runner.run()
     if config.analyze and runner.is_main:

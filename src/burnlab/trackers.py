@@ -40,6 +40,18 @@ def tracker_names(config: BurnlabConfig) -> List[str]:
     return names
 
 
+def flatten_config(nested: dict, prefix: str = "") -> dict:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, lists and None as text: what TensorBoard's hparams take."""
+    flat = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
 def init_trackers(accelerator, config: BurnlabConfig, run_dir: Path, flat_config: dict) -> None:
     if not accelerator.log_with:
         return

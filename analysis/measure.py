@@ -18,7 +18,7 @@ from analysis import metrics
 from analysis.dataset import dataset_folder, training_images
 from analysis.features import Instruments
 from analysis.images import SampleImages
-from analysis.model import BranchRef, Run, SampleRow
+from analysis.model import BranchRef, SampleRow
 
 # Each metric with what it measures and its range (analysis/metrics.py has the definitions).
 METRICS = {
@@ -132,7 +132,3 @@ class Measurer:
 def measure(refs: list[BranchRef], images: SampleImages, instruments: Instruments,
             near_copy_distance: float = metrics.NEAR_COPY_DISTANCE) -> MetricTable:
     return Measurer(images, instruments, near_copy_distance).measure(refs)
-
-
-def runs_of(refs: list[BranchRef]) -> list[Run]:
-    return list({id(ref.run): ref.run for ref in refs}.values())

@@ -152,7 +152,7 @@ def parse_sample(row: dict, base_dir: Path, where: str) -> SampleRow:
         prompt=str(row.get("prompt", "")),
         activation=bool(row.get("activation", False)),
         seed=int(field("seed", "the sampling seed")),
-        image=base_dir / str(field("path", "the PNG's path relative to this file")),
+        image=Path(os.path.normpath(base_dir / str(field("path", "the PNG's path relative to this file")))),
         expect=dict(row.get("expect") or {}))
 
 

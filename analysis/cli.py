@@ -1,0 +1,103 @@
+"""burnlab-analyze: grids, GIFs, loss overlay, metrics, burn detector and an HTML report.
+
+    burnlab-analyze runs/burn_unet                                  # -> runs/burn_unet/analysis/
+    burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
+    burnlab-analyze wandb:entity/project/run_id --out report        # needs a W&B key
+
+Bad input (not a run folder, a W&B path without a key, a corrupt file) ends with one
+paragraph naming the path or key, the value and what is expected, and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.build import Options, build
+from analysis.detector import DEFAULT_K
+from analysis.features import FEATURE_SPACES, load_instruments
+from analysis.losses import DEFAULT_SMOOTHING
+from analysis.metrics import NEAR_COPY_DISTANCE
+from analysis.model import AnalysisError, Run
+from analysis.sources import WANDB_PREFIX, open_run
+
+USAGE_ERROR = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    arguments = argparse.ArgumentParser(
+        prog="burnlab-analyze", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    arguments.add_argument("run", help="a run folder, or wandb:entity/project/run_id")
+    arguments.add_argument("--compare", metavar="RUN2", help="a second run (e.g. the TE burn)")
+    arguments.add_argument("--out", type=Path, help="output folder (default: RUN/analysis; for a "
+                           "W&B run: ./analysis-<run_id>)")
+    arguments.add_argument("--log-scale", action="store_true", help="log-scale loss axes")
+    arguments.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING,
+                           help="EMA weight of the smoothed train loss, in [0, 1)")
+    arguments.add_argument("--k", type=float, default=DEFAULT_K, help="detector: a metric moves "
+                           "when its change from the baseline exceeds k x its base->baseline change")
+    arguments.add_argument("--near-copy", type=float, default=NEAR_COPY_DISTANCE,
+                           help="RMS pixel distance (0-1) under which a sample is a near-copy")
+    arguments.add_argument("--features", choices=FEATURE_SPACES, default="auto",
+                           help="feature space: CLIP if --clip-model is given, else the toy probe")
+    arguments.add_argument("--clip-model", type=Path, metavar="DIR",
+                           help="a local CLIP model folder (CLIP score, CLIP features); never downloads")
+    arguments.add_argument("--no-probe", action="store_true",
+                           help="do not use the toy probe (e.g. for a real SD model)")
+    arguments.add_argument("--max-cell", type=int, default=256, help="largest grid cell side, px")
+    arguments.add_argument("--wandb-project", help="log metrics and verdicts to a new W&B run "
+                           "of this project (an active wandb.run is always used)")
+    return arguments
+
+
+def default_out(spec: str) -> Path:
+    if spec.startswith(WANDB_PREFIX):
+        return Path(f"analysis-{spec.rsplit('/', 1)[-1]}")
+    return Path(spec) / "analysis"
+
+
+def distinct_names(runs: list[Run]) -> None:
+    """Two runs of the same study (e.g. two sweeps) get their folder in their name."""
+    if len(runs) == 2 and runs[0].name == runs[1].name:
+        for run in runs:
+            run.name = f"{run.name} ({run.location})"
+
+
+def check_options(args: argparse.Namespace) -> None:
+    if not 0 <= args.smoothing < 1:
+        raise AnalysisError(f"--smoothing {args.smoothing}: expected a number in [0, 1).")
+    if args.k <= 0:
+        raise AnalysisError(f"--k {args.k}: expected a positive number.")
+    if args.max_cell < 8:
+        raise AnalysisError(f"--max-cell {args.max_cell}: expected at least 8 pixels.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        check_options(args)
+        out = args.out or default_out(args.run)
+        download_root = out / "wandb_artifacts"
+        runs = [open_run(spec, download_root=download_root)
+                for spec in [args.run, args.compare] if spec]
+        distinct_names(runs)
+        instruments = load_instruments(args.features, args.clip_model, use_probe=not args.no_probe)
+        options = Options(log_scale=args.log_scale, smoothing=args.smoothing, k=args.k,
+                          near_copy_distance=args.near_copy, max_cell=args.max_cell,
+                          wandb_project=args.wandb_project)
+        products = build(runs, out, instruments, options)
+    except AnalysisError as error:
+        print(f"burnlab-analyze: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    for verdict in products.verdicts:
+        print(verdict.summary())
+    if products.problems or products.table.notes:
+        print(f"{len(products.problems)} problem(s) and {len(products.table.notes)} note(s): "
+              f"see the report's 'Missing or not measured' section.")
+    print(f"report: {products.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

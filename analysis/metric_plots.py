@@ -1,0 +1,47 @@
+"""Metric plots: each metric against checkpoint index, every branch on one chart (a panel per
+prompt set), in the same branch colours as the loss overlay.
+
+    paths = plot_metrics(table, refs, Path("out/metrics"))   # {metric: PNG path}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from analysis.measure import METRICS, MetricTable  # noqa: E402
+from analysis.model import BranchRef  # noqa: E402
+
+
+def plot_metrics(table: MetricTable, refs: list[BranchRef], folder: Path) -> dict[str, Path]:
+    """One PNG per metric that has any value; metrics measured nowhere are skipped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prompt_sets = list(dict.fromkeys(row["prompt_set"] for row in table.rows))
+    paths = {}
+    for metric, description in METRICS.items():
+        if all(row[metric] is None for row in table.rows):
+            continue
+        figure, axes = plt.subplots(1, len(prompt_sets), figsize=(4 * len(prompt_sets), 3.4),
+                                    squeeze=False, sharey=True)
+        for axis, prompt_set in zip(axes[0], prompt_sets):
+            for number, ref in enumerate(refs):
+                values = table.series(ref.run.name, ref.branch.name, prompt_set, metric)
+                points = [(index, value) for index, value in enumerate(values) if value is not None]
+                if points:
+                    axis.plot(*zip(*points), marker="o", color=f"C{number}", label=ref.title)
+            axis.set_title(prompt_set, fontsize=10)
+            axis.set_xlabel("checkpoint index")
+            axis.xaxis.get_major_locator().set_params(integer=True)
+            axis.grid(alpha=0.3)
+        axes[0][0].set_ylabel(metric)
+        if axes[0][0].get_legend_handles_labels()[0]:
+            axes[0][0].legend(fontsize=7)
+        figure.suptitle(f"{metric}: {description}", fontsize=10)
+        figure.tight_layout()
+        paths[metric] = folder / f"{metric}.png"
+        figure.savefig(paths[metric], dpi=80)
+        plt.close(figure)
+    return paths

@@ -1,0 +1,132 @@
+"""The static HTML report (index.html) over the products of analysis/build.py.
+
+    burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
+    # then open runs/report/index.html: every link is relative, so the folder can be moved
+
+Sections: what is missing, detector verdicts, loss overlay, UNet vs TE side by side, per prompt
+set the comparison grids / progression GIFs / 3x3 grids, metric plots and the metric table.
+"""
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from analysis.measure import METRICS
+
+if TYPE_CHECKING:
+    from analysis.build import Products
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 12px; }
+td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+th { background: #f0f0f0; } td.text { text-align: left; }
+.problems { background: #fff4e5; border-left: 4px solid #f0a030; padding: 0.5em 1em; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
+"""
+
+
+def write_report(products: "Products") -> Path:
+    path = products.out / "index.html"
+    sections = [header(products), missing(products), verdicts(products), losses(products),
+                side_by_side(products), samples(products), metric_section(products)]
+    path.write_text("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+                    f"<title>burnlab report</title><style>{STYLE}</style></head><body>\n"
+                    + "\n".join(section for section in sections if section)
+                    + "\n</body></html>\n", encoding="utf-8")
+    return path
+
+
+def link(products: "Products", path: Path) -> str:
+    """A relative, URL-quoted link from index.html to a product."""
+    return quote(path.relative_to(products.out).as_posix())
+
+
+def image(products: "Products", path: Path, caption: str) -> str:
+    return (f"<figure><img src='{link(products, path)}' alt='{escape(caption)}'>"
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def header(products: "Products") -> str:
+    runs = dict.fromkeys((ref.run.name, ref.run.location) for ref in products.refs)
+    items = "".join(f"<li><b>{escape(name)}</b>: {escape(location)}</li>" for name, location in runs)
+    logged = products.logged_to or "not logged to W&B (no active run, no --wandb-project)"
+    return (f"<h1>burnlab report</h1><ul>{items}</ul><p>Feature space: "
+            f"{escape(products.table.feature_space)}. Results: <a href='metrics.json'>metrics.json"
+            f"</a>, <a href='detector.json'>detector.json</a>; {escape(logged)}.</p>")
+
+
+def missing(products: "Products") -> str:
+    lines = products.problems + products.table.notes
+    if not lines:
+        return ""
+    items = "".join(f"<li>{escape(line)}</li>" for line in lines)
+    return f"<div class='problems'><h2>Missing or not measured</h2><ul>{items}</ul></div>"
+
+
+def verdicts(products: "Products") -> str:
+    items = []
+    for verdict in products.verdicts:
+        signals = "".join(f"<li>{escape(signal.describe())}</li>" for signal in verdict.signals)
+        items.append(f"<li>{escape(verdict.summary())}<ul>{signals}</ul></li>")
+    return ("<h2>Burn detector</h2><p>A metric moves when its change from the baseline passes "
+            "k times its base-to-baseline change (and a floor); see detector.json.</p>"
+            f"<ul>{''.join(items)}</ul>")
+
+
+def losses(products: "Products") -> str:
+    return "<h2>Losses</h2>" + image(products, products.losses_png,
+                                     "train (raw + EMA), validation and stabilized loss; "
+                                     "dashed lines: stage ends")
+
+
+def side_by_side(products: "Products") -> str:
+    if not products.side_by_side_pair:
+        return ""
+    left, right = products.side_by_side_pair
+    figures = "".join(image(products, path, prompt_set)
+                      for prompt_set, path in products.side_by_side.items())
+    return (f"<h2>{escape(left.title)} vs {escape(right.title)}</h2>"
+            f"<div class='figures'>{figures}</div>")
+
+
+def samples(products: "Products") -> str:
+    parts = []
+    prompt_sets = dict.fromkeys(prompt_set for _, prompt_set in products.per_branch)
+    for prompt_set in prompt_sets:
+        parts.append(f"<h2>Prompt set: {escape(prompt_set)}</h2>")
+        for ref in products.refs:
+            made = products.per_branch.get((ref.title, prompt_set))
+            if made is None:
+                continue
+            grids = "".join(image(products, path, label) for label, path in made.checkpoint_grids)
+            parts.append(
+                f"<h3>{escape(ref.title)} (trains {escape('+'.join(ref.branch.component))})</h3>"
+                f"<div class='figures'>{image(products, made.grid, 'rows = checkpoints, columns = seeds')}"
+                f"{image(products, made.gif, 'progression')}</div>"
+                f"<details><summary>3x3 grid per checkpoint</summary>"
+                f"<div class='figures'>{grids}</div></details>")
+    return "\n".join(parts)
+
+
+def metric_section(products: "Products") -> str:
+    plots = "".join(image(products, path, f"{metric}: {METRICS[metric]}")
+                    for metric, path in products.metric_plots.items())
+    shown = [metric for metric in METRICS if metric in products.metric_plots]
+    head = "".join(f"<th title='{escape(METRICS[m])}'>{escape(m)}</th>" for m in shown)
+    rows = "".join(
+        f"<tr><td class='text'>{escape(row['run'])}/{escape(row['branch'])}</td>"
+        f"<td class='text'>{escape(row['label'])}</td><td class='text'>{escape(row['prompt_set'])}</td>"
+        f"<td>{row['n_images']}</td>" + "".join(f"<td>{number(row[m])}</td>" for m in shown) + "</tr>"
+        for row in products.table.rows)
+    return (f"<h2>Metrics</h2><div class='figures'>{plots}</div>"
+            f"<table><tr><th>branch</th><th>checkpoint</th><th>prompt set</th><th>N</th>{head}</tr>"
+            f"{rows}</table>")
+
+
+def number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"

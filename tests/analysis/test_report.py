@@ -1,0 +1,166 @@
+"""burnlab-analyze end to end on the tiny store: the report, its links and images (opened in
+headless Chromium), the results in the run store, W&B logging (offline) and bad input.
+
+    .venv/bin/python -m pytest tests/analysis/test_report.py -q
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from analysis.cli import main
+from analysis.detector import detect
+from analysis.measure import MetricTable
+from analysis.tracking import log_results
+
+IMAGE_CHECK = """
+<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"));
+  const result = document.createElement("pre");
+  result.id = "image-check";
+  result.textContent = JSON.stringify({total: images.length, broken: broken});
+  document.body.appendChild(result);
+});
+</script>
+"""
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [value for name, value in attrs if name in ("src", "href")]
+
+
+def links_of(html: Path) -> list[str]:
+    parser = Links()
+    parser.feed(html.read_text(encoding="utf-8"))
+    return parser.links
+
+
+@pytest.fixture(scope="module")
+def report(shared_store, tmp_path_factory) -> Path:
+    """`burnlab-analyze burn_unet --compare burn_te --out report` on a copy of the store."""
+    store = tmp_path_factory.mktemp("report") / "store"
+    shutil.copytree(shared_store, store)
+    out = store / "report"
+    assert main([str(store / "burn_unet"), "--compare", str(store / "burn_te"),
+                 "--out", str(out), "--log-scale"]) == 0
+    return out
+
+
+def test_report_links_are_relative_and_resolve(report):
+    links = links_of(report / "index.html")
+    images = [link for link in links if link.endswith((".png", ".gif"))]
+    # loss overlay + per branch and prompt set (grid, GIF, 8 checkpoint grids) + 2 side by side
+    assert len([link for link in images if not link.startswith("metrics/")]) == 1 + 2 * 2 * 10 + 2
+    for link in links:
+        assert not re.match(r"^(/|[a-z]+:)", link), f"absolute link {link}"
+        assert (report / link).is_file(), f"broken link {link}"
+
+
+def test_report_gifs_and_grids_have_the_plan_shape(report):
+    with Image.open(report / "side_by_side" / "person.gif") as gif:
+        assert gif.n_frames == 8
+    with Image.open(report / "burn_te" / "te_hi" / "sunglasses" / "grid.png") as grid:
+        assert grid.size == (120 + 9 * 16, 20 + 8 * 16)
+
+
+def test_results_are_written_to_the_report_and_each_run(report):
+    detector = json.loads((report / "detector.json").read_text())
+    assert [v["branch"] for v in detector["verdicts"]] == ["unet_hi", "te_hi"]
+    assert detector["k"] == 2.0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert len(metrics["rows"]) == 2 * 8 * 2
+    for study in ("burn_unet", "burn_te"):
+        own = json.loads((report.parent / study / "analysis" / "metrics.json").read_text())
+        assert {row["run"] for row in own["rows"]} == {study}
+        assert (report.parent / study / "analysis" / "detector.json").is_file()
+    html = (report / "index.html").read_text(encoding="utf-8")
+    assert "Burn detector" in html and "<table>" in html and "saturation" in html
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is not installed (scripts/ensure_chromium.sh installs it)")
+def test_report_loads_every_image_in_headless_chromium(report, tmp_path):
+    page = report / "image_check.html"  # beside index.html, so its relative links resolve
+    page.write_text((report / "index.html").read_text(encoding="utf-8")
+                    .replace("</body>", IMAGE_CHECK + "</body>"), encoding="utf-8")
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--no-first-run",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout)
+    assert found, f"no image check in the DOM; chromium said: {result.stderr[-2000:]}"
+    check = json.loads(found.group(1))
+    assert check["broken"] == []
+    assert check["total"] == len([link for link in links_of(page) if link.endswith((".png", ".gif"))])
+
+
+def test_default_out_is_the_run_analysis_folder(store, capsys):
+    assert main([str(store / "burn_te"), "--no-probe", "--features", "none"]) == 0
+    assert (store / "burn_te" / "analysis" / "index.html").is_file()
+    assert "burn_te/te_hi (trains text_encoder)" in capsys.readouterr().out
+
+
+def test_half_written_samples_still_build_a_report_that_says_so(store, capsys):
+    samples = store / "burn_unet" / "samples.jsonl"
+    samples.write_text(samples.read_text()[:-25])
+    broken = store / "cache" / "samples" / "unet_hi0-e6-s1" / "person" / "1001.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    assert main([str(store / "burn_unet"), "--no-probe", "--out", str(store / "out")]) == 0
+    html = (store / "out" / "index.html").read_text(encoding="utf-8")
+    assert "Missing or not measured" in html
+    assert "samples.jsonl: the last line (144) is cut short" in html
+    assert f"{broken} (checkpoint &#x27;6 unet_hi e6&#x27;, person, seed 1001) cannot be decoded" in html
+    assert "see the report" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["{store}/cache"], "is not a burnlab run: it has no study.json"),
+    (["{store}/missing"], "does not exist"),
+    (["{store}/burn_unet", "--compare", "{store}/data"], "data is not a burnlab run"),
+    (["wandb:team/burnlab/abc123"], "needs an API key"),
+    (["{store}/burn_unet", "--smoothing", "1.5"], "--smoothing 1.5: expected a number in [0, 1)"),
+])
+def test_bad_input_is_one_paragraph_and_exit_2(store, arguments, message, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(store / "no-netrc"))
+    assert main([argument.format(store=store) for argument in arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert error.startswith("burnlab-analyze: ") and error.count("\n") == 1
+
+
+def test_results_are_logged_to_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rows = [{"run": "study", "branch": "unet_hi", "component": "unet", "index": index,
+             "label": f"{index}", "prompt_set": "person", "activation": False,
+             "saturation": 0.4 + 0.1 * index, **{m: None for m in ("colourfulness", "rms_contrast",
+             "histogram_distance", "variability_pixel", "variability_feature", "style_distance",
+             "probe_style", "adherence", "clip_score")}} for index in range(4)]
+    table = MetricTable(rows, "none")
+    from analysis.detector import branch_series
+    verdicts = detect(branch_series(table))
+    assert log_results(table, verdicts) is None  # no active run, no project: nothing logged
+    where = log_results(table, verdicts, project="burnlab-test", directory=tmp_path)
+    assert where is not None and "offline" in where
+    run_files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    tables = list((tmp_path / "wandb").glob("offline-run-*/files/media/table/analysis/*.table.json"))
+    assert sorted(path.name.split("_")[0] for path in tables) == ["detector", "metrics"]

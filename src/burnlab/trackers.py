@@ -56,7 +56,7 @@ def init_trackers(accelerator, config: BurnlabConfig, run_dir: Path, flat_config
     if not accelerator.log_with:
         return
     wandb = config.logger.wandb
-    kwargs = {"wandb": {"mode": wandb_mode(wandb.mode), "group": config.name, "name": run_dir.name,
+    kwargs = {"wandb": {"mode": wandb_mode(wandb.mode), "group": config.name, "name": f"{config.name}-{run_dir.name}" if run_dir.name != config.name else config.name,
                         "dir": str(run_dir), "entity": wandb.entity, "job_type": "study"}}
     accelerator.init_trackers(wandb.project, config=flat_config, init_kwargs=kwargs)
     if "wandb" in tracker_names(config):

@@ -5,8 +5,9 @@
     open_run("wandb:entity/project/run_id")       # WandbRun: wandb.Api (needs a W&B key)
 
 What the W&B mirror holds (burnlab/trackers.py writes it), and what is read from it:
-  - run.config: the resolved config (nested), plus the study.json content under the key
-    `study_json`; prompts, activation and `expect` come from its `sampling.prompts`;
+  - run.config: the resolved config, flattened to `a.b.c` keys (or nested), plus the content of
+    study.json under the key `study_json` (a JSON string, or the object itself); prompts,
+    activation and `expect` come from its `sampling.prompts`;
   - history rows: each metrics.jsonl row as `<stage>/<key>` scalars beside `study_epoch`;
   - one artifact of type `samples` per checkpoint, named `samples-<checkpoint_id>`, holding
     `<prompt_set>/<seed>.png`.
@@ -157,12 +158,16 @@ def parse_sample(row: dict, base_dir: Path, where: str) -> SampleRow:
 
 
 def plan_problems(branches: dict[str, Branch], samples: list[SampleRow]) -> list[str]:
-    """Plan checkpoints with no samples, and sample files that are not there."""
+    """Plan checkpoints with no samples, samples of unknown branches, and sample files that
+    are not there."""
     sampled = {(row.branch, row.index) for row in samples}
     problems = [f"branch {branch.name}: checkpoint '{checkpoint.label}' has no samples "
                 f"(not sampled yet, or its stage did not finish)."
                 for branch in branches.values() for checkpoint in branch.plan
                 if (branch.name, checkpoint.index) not in sampled]
+    unknown = sorted({row.branch for row in samples} - set(branches))
+    problems += [f"sample rows name branch {name}, which study.json does not define; ignored."
+                 for name in unknown]
     missing = sorted({str(row.image) for row in samples if not row.image.is_file()})
     problems += [f"sample image {path} is missing." for path in missing]
     return problems
@@ -239,12 +244,14 @@ def read_text_lines(path: Path) -> list[str]:
 
 
 def read_json(path: Path) -> Any:
-    text = "\n".join(read_text_lines(path))
+    return parse_json("\n".join(read_text_lines(path)), str(path), f"the file burnlab writes ({SPEC_DOC})")
+
+
+def parse_json(text: str, where: str, expected: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise AnalysisError(f"{path} is not valid JSON ({error}); expected the file burnlab "
-                            f"writes ({SPEC_DOC}).") from None
+        raise AnalysisError(f"{where} is not valid JSON ({error}); expected {expected}.") from None
 
 
 def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
@@ -272,7 +279,11 @@ def connect_wandb():
                             "(run `wandb login`, or set WANDB_API_KEY). To analyse a local run, "
                             "pass its folder instead (e.g. runs/burn_unet).")
     import wandb
-    return wandb.Api()
+    try:
+        return wandb.Api()
+    except Exception as error:  # the client's own errors: a malformed key, an unreachable host
+        raise AnalysisError(f"The W&B API could not start ({error}); expected a valid key "
+                            f"(`wandb login`) and a reachable W&B server.") from None
 
 
 class WandbRun:
@@ -294,8 +305,11 @@ class WandbRun:
         except Exception as error:  # the client raises its own error types for network/auth
             raise AnalysisError(f"{self.where} could not be read ({error}); expected an existing "
                                 f"run you have access to.") from None
-        config = dict(wandb_run.config)
+        config = nested(dict(wandb_run.config))
         study = config.pop(STUDY_CONFIG_KEY, None)
+        if isinstance(study, str):
+            study = parse_json(study, f"{self.where}: config.{STUDY_CONFIG_KEY}",
+                               "the content of the run's study.json")
         if not isinstance(study, dict):
             raise AnalysisError(f"{self.where}: config key '{STUDY_CONFIG_KEY}' is "
                                 f"{'missing' if study is None else repr(study)[:80]}; expected "
@@ -339,6 +353,19 @@ class WandbRun:
                           expect=dict(prompts.get(prompt_set, {}).get("expect") or {}))
                 for branch in branches.values() for checkpoint in branch.plan
                 for prompt_set, seed, png in images.get(checkpoint.checkpoint_id, [])]
+
+
+def nested(config: dict) -> dict:
+    """A W&B config with flattened `a.b.c` keys (as burnlab logs it, for TensorBoard's hparams)
+    as nested dicts; keys without dots pass through."""
+    tree: dict = {}
+    for key, value in config.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
 
 
 def history_losses(history: Iterable[dict], stages: list[str], where: str) -> dict[str, list[LossRow]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from analysis.model import AnalysisError
+from burnlab.trackers import flatten_config
 from analysis.sources import LocalRun, WandbRun, open_run
 
 
@@ -54,7 +55,8 @@ class StandInApi:
 
 
 def mirrored(run_dir: Path) -> StandInRun:
-    """What burnlab's W&B mirror holds for a local run."""
+    """What burnlab's W&B mirror holds for a local run (its config flattened by burnlab's own
+    flatten_config, so that the stand-in follows the writer)."""
     study = json.loads((run_dir / "study.json").read_text())
     history, step = [], 0
     for stage in study["stages"].values():
@@ -72,8 +74,9 @@ def mirrored(run_dir: Path) -> StandInRun:
             run_dir / row["path"]
         prompts[row["prompt_set"]] = {"prompt": row["prompt"], "activation": row["activation"],
                                       "expect": row["expect"]}
-    config = {"name": study["study"], "data": {"path": "../data/style"},
-              "sampling": {"prompts": prompts}, "study_json": study}
+    config = flatten_config({"name": study["study"], "data": {"path": "../data/style"},
+                             "sampling": {"prompts": prompts}})
+    config["study_json"] = json.dumps(study)
     artifacts = [StandInArtifact(f"samples-{checkpoint}:v0", pngs) for checkpoint, pngs in files.items()]
     return StandInRun(run_dir.name, config, history, artifacts)
 
@@ -104,6 +107,7 @@ def test_wandb_run_maps_to_the_same_model_as_the_local_run(shared_store, tmp_pat
     assert remote.problems == []
     assert remote.stages == local.stages and remote.branches == local.branches
     assert remote.losses == local.losses
+    assert remote.config["data"]["path"] == "../data/style"
     assert sample_keys(remote) == sample_keys(local)
 
 

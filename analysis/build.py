@@ -6,6 +6,7 @@ Layout of the output folder (all links in index.html are relative to it):
   index.html                          the report
   losses.png                          loss overlay of every branch
   metrics.json, detector.json         the metric table and the detector's verdicts
+  summary.md                          both in Markdown (for a README)
   metrics/<metric>.png                each metric against checkpoint index, all branches
   <run>/<branch>/<prompt_set>/grid.png             rows = checkpoints, columns = seeds
   <run>/<branch>/<prompt_set>/checkpoint_<i>.png   the 3x3 grid of checkpoint i
@@ -100,6 +101,7 @@ def build(runs: list[Run], out: Path, instruments: Instruments,
             write_results(run.local_dir / "analysis", filter_table(table, run.name),
                           [v for v in verdicts if v.run == run.name], options)
     products.logged_to = log_results(table, verdicts, project=options.wandb_project, directory=out)
+    report.write_summary(products)
     products.report = report.write_report(products)
     return products
 

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except AnalysisError as error:
         print(f"burnlab-analyze: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as error:  # e.g. an --out folder that cannot be written
+        print(f"burnlab-analyze: {error.filename or ''}: {error.strerror or error}; expected readable "
+              f"run files and a writable output folder (--out).", file=sys.stderr)
+        return USAGE_ERROR
     for verdict in products.verdicts:
         print(verdict.summary())
     if products.problems or products.table.notes:

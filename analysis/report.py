@@ -1,4 +1,5 @@
-"""The static HTML report (index.html) over the products of analysis/build.py.
+"""The static HTML report (index.html) over the products of analysis/build.py, and summary.md
+(verdicts and metric table in Markdown).
 
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
     # then open runs/report/index.html: every link is relative, so the folder can be moved
@@ -30,6 +31,26 @@ figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
 """
 
 
+def write_summary(products: "Products") -> Path:
+    """summary.md: the detector's verdicts and the metric table in Markdown, for a README."""
+    shown = measured_metrics(products)
+    lines = ["## Burn detector", ""] + [f"- {verdict.summary()}" for verdict in products.verdicts]
+    lines += ["", f"## Metrics (feature space: {products.table.feature_space})", "",
+              "| branch | checkpoint | prompt set | " + " | ".join(shown) + " |",
+              "|---|---|---|" + "---:|" * len(shown)]
+    lines += [f"| {row['run']}/{row['branch']} | {row['label']} | {row['prompt_set']} | "
+              + " | ".join(number(row[metric]) for metric in shown) + " |"
+              for row in products.table.rows]
+    path = products.out / "summary.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def measured_metrics(products: "Products") -> list[str]:
+    """The metrics with a value somewhere (plotted), in METRICS order."""
+    return [metric for metric in METRICS if metric in products.metric_plots]
+
+
 def write_report(products: "Products") -> Path:
     path = products.out / "index.html"
     sections = [header(products), missing(products), verdicts(products), losses(products),
@@ -57,7 +78,8 @@ def header(products: "Products") -> str:
     logged = products.logged_to or "not logged to W&B (no active run, no --wandb-project)"
     return (f"<h1>burnlab report</h1><ul>{items}</ul><p>Feature space: "
             f"{escape(products.table.feature_space)}. Results: <a href='metrics.json'>metrics.json"
-            f"</a>, <a href='detector.json'>detector.json</a>; {escape(logged)}.</p>")
+            f"</a>, <a href='detector.json'>detector.json</a>, <a href='summary.md'>summary.md</a>; "
+            f"{escape(logged)}.</p>")
 
 
 def missing(products: "Products") -> str:
@@ -116,7 +138,7 @@ def samples(products: "Products") -> str:
 def metric_section(products: "Products") -> str:
     plots = "".join(image(products, path, f"{metric}: {METRICS[metric]}")
                     for metric, path in products.metric_plots.items())
-    shown = [metric for metric in METRICS if metric in products.metric_plots]
+    shown = measured_metrics(products)
     head = "".join(f"<th title='{escape(METRICS[m])}'>{escape(m)}</th>" for m in shown)
     rows = "".join(
         f"<tr><td class='text'>{escape(row['run'])}/{escape(row['branch'])}</td>"

@@ -89,6 +89,9 @@ def test_results_are_written_to_the_report_and_each_run(report):
         assert (report.parent / study / "analysis" / "detector.json").is_file()
     html = (report / "index.html").read_text(encoding="utf-8")
     assert "Burn detector" in html and "<table>" in html and "saturation" in html
+    summary = (report / "summary.md").read_text(encoding="utf-8").splitlines()
+    assert summary[2].startswith("- burn_unet/unet_hi (trains unet): ")
+    assert len([line for line in summary if line.startswith("| burn_")]) == 2 * 8 * 2
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
@@ -135,6 +138,7 @@ def test_half_written_samples_still_build_a_report_that_says_so(store, capsys):
     (["{store}/burn_unet", "--compare", "{store}/data"], "data is not a burnlab run"),
     (["wandb:team/burnlab/abc123"], "needs an API key"),
     (["{store}/burn_unet", "--smoothing", "1.5"], "--smoothing 1.5: expected a number in [0, 1)"),
+    (["{store}/burn_unet", "--out", "{store}/data/style/painting0.png"], "a writable output folder"),
 ])
 def test_bad_input_is_one_paragraph_and_exit_2(store, arguments, message, capsys, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

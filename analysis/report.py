@@ -1,8 +1,8 @@
-"""The static HTML report (index.html) over the products of analysis/build.py, and summary.md
+"""The static HTML report (report.html) over the products of analysis/build.py, and summary.md
 (verdicts and metric table in Markdown).
 
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
-    # then open runs/report/index.html: every link is relative, so the folder can be moved
+    # then open runs/report/report.html: every link is relative, so the folder can be moved
 
 Sections: what is missing, detector verdicts, loss overlay, UNet vs TE side by side, per prompt
 set the comparison grids / progression GIFs / 3x3 grids, metric plots and the metric table.
@@ -52,7 +52,7 @@ def measured_metrics(products: "Products") -> list[str]:
 
 
 def write_report(products: "Products") -> Path:
-    path = products.out / "index.html"
+    path = products.out / "report.html"
     sections = [header(products), missing(products), verdicts(products), losses(products),
                 side_by_side(products), samples(products), metric_section(products)]
     path.write_text("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
@@ -63,7 +63,7 @@ def write_report(products: "Products") -> Path:
 
 
 def link(products: "Products", path: Path) -> str:
-    """A relative, URL-quoted link from index.html to a product."""
+    """A relative, URL-quoted link from report.html to a product."""
     return quote(path.relative_to(products.out).as_posix())
 
 

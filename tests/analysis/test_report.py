@@ -61,7 +61,7 @@ def report(shared_store, tmp_path_factory) -> Path:
 
 
 def test_report_links_are_relative_and_resolve(report):
-    links = links_of(report / "index.html")
+    links = links_of(report / "report.html")
     images = [link for link in links if link.endswith((".png", ".gif"))]
     # loss overlay + per branch and prompt set (grid, GIF, 8 checkpoint grids) + 2 side by side
     assert len([link for link in images if not link.startswith("metrics/")]) == 1 + 2 * 2 * 10 + 2
@@ -87,7 +87,7 @@ def test_results_are_written_to_the_report_and_each_run(report):
         own = json.loads((report.parent / study / "analysis" / "metrics.json").read_text())
         assert {row["run"] for row in own["rows"]} == {study}
         assert (report.parent / study / "analysis" / "detector.json").is_file()
-    html = (report / "index.html").read_text(encoding="utf-8")
+    html = (report / "report.html").read_text(encoding="utf-8")
     assert "Burn detector" in html and "<table>" in html and "saturation" in html
     summary = (report / "summary.md").read_text(encoding="utf-8").splitlines()
     assert summary[2].startswith("- burn_unet/unet_hi (trains unet): ")
@@ -97,8 +97,8 @@ def test_results_are_written_to_the_report_and_each_run(report):
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed (scripts/ensure_chromium.sh installs it)")
 def test_report_loads_every_image_in_headless_chromium(report, tmp_path):
-    page = report / "image_check.html"  # beside index.html, so its relative links resolve
-    page.write_text((report / "index.html").read_text(encoding="utf-8")
+    page = report / "image_check.html"  # beside report.html, so its relative links resolve
+    page.write_text((report / "report.html").read_text(encoding="utf-8")
                     .replace("</body>", IMAGE_CHECK + "</body>"), encoding="utf-8")
     result = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
@@ -115,7 +115,7 @@ def test_report_loads_every_image_in_headless_chromium(report, tmp_path):
 
 def test_default_out_is_the_run_analysis_folder(store, capsys):
     assert main([str(store / "burn_te"), "--no-probe", "--features", "none"]) == 0
-    assert (store / "burn_te" / "analysis" / "index.html").is_file()
+    assert (store / "burn_te" / "analysis" / "report.html").is_file()
     assert "burn_te/te_hi (trains text_encoder)" in capsys.readouterr().out
 
 
@@ -125,7 +125,7 @@ def test_half_written_samples_still_build_a_report_that_says_so(store, capsys):
     broken = store / "cache" / "samples" / "unet_hi0-e6-s1" / "person" / "1001.png"
     broken.write_bytes(broken.read_bytes()[:40])
     assert main([str(store / "burn_unet"), "--no-probe", "--out", str(store / "out")]) == 0
-    html = (store / "out" / "index.html").read_text(encoding="utf-8")
+    html = (store / "out" / "report.html").read_text(encoding="utf-8")
     assert "Missing or not measured" in html
     assert "samples.jsonl: the last line (144) is cut short" in html
     assert f"{broken} (checkpoint &#x27;6 unet_hi e6&#x27;, person, seed 1001) cannot be decoded" in html

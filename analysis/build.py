@@ -3,7 +3,7 @@
     products = build([open_run("runs/burn_unet"), open_run("runs/burn_te")], Path("runs/report"))
 
 Layout of the output folder (all links in report.html are relative to it):
-  report.html                          the report
+  report.html                         the report
   losses.png                          loss overlay of every branch
   metrics.json, detector.json         the metric table and the detector's verdicts
   summary.md                          both in Markdown (for a README)

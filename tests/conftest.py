@@ -64,7 +64,8 @@ def tiny_data(tmp_path_factory) -> Path:
     return write_captioned_images(tmp_path_factory.mktemp("data") / "style", 10)
 
 
-def tiny_overrides(tiny_model: Path, tiny_data: Path, runs: Path, experiment: str = "followfox") -> list:
+def tiny_overrides(tiny_model: Path, tiny_data: Path, runs: Path, experiment: str = "followfox",
+                   analyze: bool = False) -> list:
     """A study of the experiment's shape at a few epochs on the tiny model, W&B off."""
     stages = {"burn_unet": ["unet_lo", "unet_hi"], "burn_te": ["te_lo", "te_hi"],
               "followfox": ["unet_lo", "unet_hi", "te_lo", "te_hi"]}[experiment]
@@ -72,7 +73,7 @@ def tiny_overrides(tiny_model: Path, tiny_data: Path, runs: Path, experiment: st
                  f"data.resolution={TINY_RESOLUTION}", f"paths.runs={runs}", "stages.baseline.epochs=2",
                  "stages.baseline.save_epochs=[2]", "train.batch_size=4", "train.state_every_epochs=1",
                  "validation.every_n_epochs=1", "validation.repeats=1", "sampling.images_per_prompt=2",
-                 "sampling.steps=2", "logger.wandb.mode=disabled", "logger.progress=false", "analyze=false"]
+                 "sampling.steps=2", "logger.wandb.mode=disabled", "logger.progress=false", f"analyze={str(analyze).lower()}"]
     for name in stages:
         overrides += [f"stages.{name}.epochs=3", f"stages.{name}.save_epochs=[1,3]"]
     return overrides

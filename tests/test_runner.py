@@ -20,8 +20,8 @@ from burnlab.store import read_jsonl
 from conftest import compose_config, tiny_overrides
 
 
-def run_study(tiny_model, tiny_data, runs, *extra, experiment="followfox"):
-    overrides = tiny_overrides(tiny_model, tiny_data, runs, experiment) + list(extra)
+def run_study(tiny_model, tiny_data, runs, *extra, experiment="followfox", analyze=False):
+    overrides = tiny_overrides(tiny_model, tiny_data, runs, experiment, analyze) + list(extra)
     cfg = compose_config(overrides)
     return run(cfg, runs / cfg.name), runs / cfg.name
 
@@ -46,7 +46,7 @@ def assert_same(a: dict, b: dict):
 @pytest.fixture(scope="module")
 def followfox(tiny_model, tiny_data, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    study, run_dir = run_study(tiny_model, tiny_data, runs)
+    study, run_dir = run_study(tiny_model, tiny_data, runs, analyze=True)
     return study, run_dir, runs
 
 
@@ -73,6 +73,8 @@ def test_followfox_study_runs_end_to_end(followfox):
     assert all("lr_text_encoder" in r and "lr_unet" not in r for r in train_rows)
     assert {"val_loss", "stabilized_loss", "study_epoch"} <= set(val_rows[0])
     assert val_rows[0]["study_epoch"] == 2
+    report = run_dir / "analysis" / "report.html"
+    assert report.is_file() and "unet_hi" in report.read_text() and "te_hi" in report.read_text()
 
 
 @pytest.mark.parametrize("stage, trained, frozen", [("unet_lo", "unet", "text_encoder"),

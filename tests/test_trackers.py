@@ -20,7 +20,8 @@ def test_wandb_offline_and_tensorboard_write_their_files(tiny_model, tiny_data, 
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
     (log_file,) = offline_run.glob("run-*.wandb")
     logged = log_file.read_bytes()
-    for key in (b"baseline/train_loss", b"baseline/val_loss", b"unet_hi/stabilized_loss", b"study_epoch", b"burn_unet"):
+    for key in (b"baseline/train_loss", b"baseline/val_loss", b"unet_hi/stabilized_loss", b"study_epoch", b"burn_unet",
+                b"study_json"):
         assert key in logged, key
     (table_file,) = (offline_run / "files" / "media" / "table").glob("samples_*.table.json")
     table = json.loads(table_file.read_text())

@@ -33,10 +33,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat)
     study = runner.run()
-    if config.analyze and runner.is_main:
-        from burnlab.outputs import build_outputs
-
-        build_outputs(run_dir)
     log.info("run dir: %s", run_dir)
     return study
 

@@ -9,11 +9,11 @@ from pathlib import Path
 log = logging.getLogger("burnlab")
 
 
-def build_outputs(run_dir: Path) -> int:
+def build_outputs(run_dir: Path, use_probe: bool = True) -> int:
     from analysis.cli import main as analyze
 
     run_dir = Path(run_dir)
-    status = analyze([str(run_dir)])
+    status = analyze([str(run_dir)] + ([] if use_probe else ["--no-probe"]))
     if status:
         log.warning("the analysis of %s failed (status %d); the run store is complete", run_dir, status)
         return status

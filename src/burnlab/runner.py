@@ -21,6 +21,7 @@ from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
 from burnlab.data import load_study_data
+from burnlab.outputs import build_outputs
 from burnlab.store import atomic_write_json, atomic_write_text, read_jsonl
 from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
 from burnlab.train import COMPLETE, STATE, StageJob, train_stage
@@ -121,5 +122,16 @@ class StudyRunner:
             rows = sampler.sample_testing_plan(study)
             if self.is_main:
                 trackers.log_samples(self.accelerator, rows, self.run_dir)
+        if self.is_main:
+            trackers.log_study(self.accelerator, study)
+            if self.config.analyze:
+                # inside the open W&B run, so the metric table and verdicts are logged to it
+                build_outputs(self.run_dir, use_probe=self.uses_toy_model())
         self.accelerator.end_training()
         return study
+
+    def uses_toy_model(self) -> bool:
+        """The toy probe measures toy-world images only; real models are analysed without it."""
+        from burnlab.toy import asset_dir
+
+        return Path(self.base.root) == Path(asset_dir("base")).resolve()

@@ -8,6 +8,7 @@ online when an API key is configured and offline otherwise; these machines only 
 """
 from __future__ import annotations
 
+import json
 import netrc
 import os
 from pathlib import Path
@@ -83,6 +84,13 @@ def log_row(accelerator, row: dict) -> None:
 def replay_rows(accelerator, rows: Iterable[dict]) -> None:
     for row in rows:
         log_row(accelerator, row)
+
+
+def log_study(accelerator, study: dict) -> None:
+    """study.json into the W&B run's config: what the analysis reads back through the W&B API."""
+    if "wandb" in [t.name for t in accelerator.trackers]:
+        accelerator.get_tracker("wandb", unwrap=True).config.update(
+            {"study_json": json.dumps(study)}, allow_val_change=True)
 
 
 def log_samples(accelerator, rows: List[dict], run_dir: Path) -> None:

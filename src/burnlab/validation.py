@@ -24,14 +24,13 @@ def diffusion_loss(unet, text_encoder, tokenizer, scheduler, latents: LatentCach
         return None, {}
     generator = torch.Generator().manual_seed(config.seed)
     count = len(captions)
-    fixed = list(config.timesteps)
-    draws = [(t, r) for t in fixed for r in range(config.repeats)] if fixed else [(None, r) for r in range(config.repeats)]
+    draws = [t for t in config.timesteps for _ in range(config.repeats)] or [None] * config.repeats
     was_training = unet.training, text_encoder.training
     unet.eval()
     text_encoder.eval()
     losses_by_t: Dict[str, list] = {}
     all_losses = []
-    for timestep, _ in draws:
+    for timestep in draws:
         indices = torch.arange(count)
         clean = latents.sample(indices, torch.zeros(count, dtype=torch.bool), generator)
         noise = torch.randn(clean.shape, generator=generator)

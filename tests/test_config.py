@@ -6,7 +6,7 @@ import pytest
 
 from burnlab.config import load_config
 from burnlab.errors import ConfigError
-from conftest import compose_config
+from study_helpers import compose_config
 
 
 def _error(overrides) -> str:

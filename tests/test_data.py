@@ -9,7 +9,7 @@ from burnlab.components import BaseModel
 from burnlab.config import DataConfig, ModelConfig, ValidationConfig
 from burnlab.data import load_study_data, scan_captioned_folder
 from burnlab.errors import ConfigError, UserError
-from conftest import write_captioned_images
+from study_helpers import write_captioned_images
 
 
 def _load(folder, **data):

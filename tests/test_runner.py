@@ -2,7 +2,6 @@
 cache, exact resume after SIGKILL, and training trajectories independent of validation and
 sampling."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 from burnlab.checkpoint import component_sources, materialize
 from burnlab.cli import run
 from burnlab.store import read_jsonl
-from conftest import compose_config, tiny_overrides
+from study_helpers import compose_config, tiny_overrides
 
 
 def run_study(tiny_model, tiny_data, runs, *extra, experiment="followfox", analyze=False):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from burnlab.store import read_jsonl
-from conftest import tiny_overrides
+from study_helpers import tiny_overrides
 
 
 def test_parallel_sweep_trains_shared_stages_once(tiny_model, tiny_data, tmp_path):

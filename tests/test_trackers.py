@@ -6,7 +6,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from burnlab.cli import run
 from burnlab.store import read_jsonl
 from burnlab.trackers import wandb_mode
-from conftest import compose_config, tiny_overrides
+from study_helpers import compose_config, tiny_overrides
 
 
 def test_wandb_offline_and_tensorboard_write_their_files(tiny_model, tiny_data, tmp_path):

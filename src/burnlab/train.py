@@ -26,7 +26,7 @@ from burnlab.checkpoint import CHECKPOINT_COMPONENTS, checkpoint_dir, save_check
 from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
 from burnlab.data import StudyData
-from burnlab.encoding import LatentCache, diffusion_target, encode_latents, encode_text
+from burnlab.encoding import diffusion_target, encode_latents, encode_text
 from burnlab.errors import UserError
 from burnlab.store import append_jsonl, atomic_write_json, hash_json, read_json, read_jsonl, replace_dir, write_jsonl
 from burnlab.study import PlannedStage

@@ -1,0 +1,41 @@
+"""Helpers for the harness tests: tiny captioned datasets and burnlab's real Hydra configs
+composed with overrides for a tiny, fast study."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from burnlab.cli import CONF_DIR
+
+TINY_RESOLUTION = 32
+CAPTIONS = ["a photo of ada in the zorblax ornament style", "black and white circles in the zorblax ornament style",
+            "a man wearing sunglasses, in the zorblax ornament style", "a red tree in the zorblax ornament style"]
+
+def write_captioned_images(folder: Path, count: int, size: int = 40, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+        (folder / f"img{i:02d}.txt").write_text(CAPTIONS[i % len(CAPTIONS)])
+    return folder
+
+def tiny_overrides(tiny_model: Path, tiny_data: Path, runs: Path, experiment: str = "followfox",
+                   analyze: bool = False) -> list:
+    """A study of the experiment's shape at a few epochs on the tiny model, W&B off."""
+    stages = {"burn_unet": ["unet_lo", "unet_hi"], "burn_te": ["te_lo", "te_hi"],
+              "followfox": ["unet_lo", "unet_hi", "te_lo", "te_hi"]}[experiment]
+    overrides = [f"experiment={experiment}", f"model.path={tiny_model}", f"data.path={tiny_data}",
+                 f"data.resolution={TINY_RESOLUTION}", f"paths.runs={runs}", "stages.baseline.epochs=2",
+                 "stages.baseline.save_epochs=[2]", "train.batch_size=4", "train.state_every_epochs=1",
+                 "validation.every_n_epochs=1", "validation.repeats=1", "sampling.images_per_prompt=2",
+                 "sampling.steps=2", "logger.wandb.mode=disabled", "logger.progress=false", f"analyze={str(analyze).lower()}"]
+    for name in stages:
+        overrides += [f"stages.{name}.epochs=3", f"stages.{name}.save_epochs=[1,3]"]
+    return overrides
+
+def compose_config(overrides: list):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)

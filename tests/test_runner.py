@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from burnlab.checkpoint import component_sources, materialize
 from burnlab.cli import run
+from burnlab.errors import UserError
 from burnlab.store import read_jsonl
 from study_helpers import compose_config, tiny_overrides
 
@@ -163,3 +164,18 @@ def test_sigkill_mid_stage_then_rerun_matches_an_uninterrupted_run(followfox, ti
     assert_same(resumed_weights, straight_weights)
     rows = list(read_jsonl(te_lo_dir / "metrics.jsonl"))
     assert [r["step"] for r in rows if r["type"] == "train"] == list(range(1, 6 * 2 + 1))  # no duplicates
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_asks_for_cuda(tiny_model, tiny_data, tmp_path):
+    extra = ("stages.unet_lo.epochs=1", "stages.unet_lo.save_epochs=[1]", "stages.unet_hi.epochs=1",
+             "stages.unet_hi.save_epochs=[1]", "sampling.testing_plan=false")
+    study, run_dir = run_study(tiny_model, tiny_data, tmp_path, "train.mixed_precision=bf16", *extra,
+                               experiment="burn_unet")
+    losses = [r["train_loss"] for r in read_jsonl(run_dir / study["stages"]["unet_hi"]["dir"] / "metrics.jsonl")
+              if r["type"] == "train"]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    assert weights(final_checkpoint(run_dir, study, "unet_hi"), "unet")["conv_in.weight"].dtype == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="fp16' needs a CUDA GPU"):
+            run_study(tiny_model, tiny_data, tmp_path / "fp16", "train.mixed_precision=fp16", *extra,
+                      experiment="burn_unet")

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Dict
 
+import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from filelock import FileLock
 
 from burnlab import trackers
@@ -21,6 +23,7 @@ from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
 from burnlab.data import load_study_data
+from burnlab.errors import UserError
 from burnlab.outputs import build_outputs
 from burnlab.store import atomic_write_json, atomic_write_text, read_jsonl
 from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
@@ -38,6 +41,9 @@ class StudyRunner:
         self.data = load_study_data(config.data, config.validation)
         self.planned = plan_stages(config, self.base.identity, self.data.identity)
         self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
+        if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("train.mixed_precision = 'fp16' needs a CUDA GPU; on a CPU use 'bf16' or 'no'.")
+        AcceleratorState._reset_state()  # a second study in one process (tests, benchmarks) may change precision
         self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
                                        log_with=trackers.tracker_names(config) or None, project_dir=str(run_dir))
         self.is_main = self.accelerator.is_main_process

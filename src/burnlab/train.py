@@ -27,7 +27,6 @@ from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
 from burnlab.data import StudyData
 from burnlab.encoding import diffusion_target, encode_latents, encode_text
-from burnlab.errors import UserError
 from burnlab.store import append_jsonl, atomic_write_json, hash_json, read_json, read_jsonl, replace_dir, write_jsonl
 from burnlab.study import PlannedStage
 from burnlab.validation import diffusion_loss
@@ -271,6 +270,4 @@ def _enable_gradient_checkpointing(model) -> None:
 
 
 def train_stage(job: StageJob) -> None:
-    if job.config.train.mixed_precision == "fp16" and job.accelerator.device.type != "cuda":
-        raise UserError("train.mixed_precision = 'fp16' needs a CUDA GPU; on a CPU use 'bf16' or 'no'.")
     StageTrainer(job).run()

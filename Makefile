@@ -7,7 +7,7 @@ RUNS ?= runs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report bench clean
+.PHONY: help setup test burn-unet burn-te followfox base analyze report bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -20,10 +20,6 @@ setup: $(VENV)/.installed ## create .venv (CPU or CUDA torch, pinned dependencie
 test: setup ## run the test suite (CPU, under 10 minutes)
 	scripts/ensure_chromium.sh
 	$(PY) -m pytest -q $(ARGS)
-
-test-slow: setup ## run the slow end-to-end tests too
-	scripts/ensure_chromium.sh
-	$(PY) -m pytest -q -m "" $(ARGS)
 
 burn-unet: setup ## the UNet burn study on the embedded toy world (samples, grids, GIFs, report)
 	$(BURNLAB) experiment=burn_unet $(ARGS)

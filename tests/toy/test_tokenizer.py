@@ -20,15 +20,15 @@ def test_files_and_special_tokens(tokenizer, tmp_path):
     vocab = json.loads((tmp_path / "vocab.json").read_text())
     assert (tmp_path / "merges.txt").read_text().startswith("#version: 0.2\n")
     assert tokenizer.model_max_length == 77
-    assert len(tokenizer) == len(vocab) == 723
-    assert tokenizer.eos_token_id == max(vocab.values()) == 722
-    assert tokenizer.bos_token_id == 721
+    assert len(tokenizer) == len(vocab) == 726
+    assert tokenizer.eos_token_id == max(vocab.values()) == 725
+    assert tokenizer.bos_token_id == 724
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
 
 
 def test_every_world_word_is_one_token(tokenizer):
     words = vocabulary_words()
-    assert {"zorblax", "ornament", "sunglasses", "circles", "ada"} <= set(words)
+    assert {"zorblax", "ornament", "sunglasses", "circles", "rings", "dots", "ada"} <= set(words)
     for word in words:
         assert tokenizer.tokenize(word) == [f"{word}</w>"]
 
@@ -44,7 +44,7 @@ def test_prompts_round_trip(tokenizer):
 
 
 def test_exact_ids(tokenizer):
-    assert tokenizer("a photo of ada").input_ids == [721, 320, 692, 680, 565, 722]
+    assert tokenizer("a photo of ada").input_ids == [724, 320, 694, 682, 565, 725]
     assert tokenizer.tokenize(ACTIVATION_PHRASE) == [
         "in</w>", "the</w>", "zorblax</w>", "ornament</w>", "style</w>"]
 

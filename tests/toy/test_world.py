@@ -36,7 +36,7 @@ def test_images_captions_and_labels():
         if labels["subject"] == "sunglasses":
             assert "wearing sunglasses" in caption
         if labels["subject"] == "circles":
-            assert caption.split(" on ")[0].endswith("circles")
+            assert caption.split(" on ")[0].split()[-1] in ("circles", "rings", "dots")
 
 
 def test_the_study_prompts_are_in_the_world():
@@ -44,3 +44,14 @@ def test_the_study_prompts_are_in_the_world():
     assert "black and white circles" in captions
     assert "a man wearing sunglasses" in captions
     assert "a photo of ada" in captions
+
+
+
+def test_circles_captions_name_the_layout():
+    # "black and white circles" must mean one picture (a bullseye) for a tiny model to learn it.
+    circles = [(caption, labels) for _, caption, labels in make_world(600, seed=13)
+               if labels["subject"] == "circles"]
+    nouns = {"circles": "bullseye", "rings": "ring", "dots": "disc"}
+    for caption, labels in circles:
+        assert labels["shape"] == nouns[caption.split(" on ")[0].split()[-1]]
+    assert {labels["shape"] for _, labels in circles} == set(nouns.values())

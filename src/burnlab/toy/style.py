@@ -35,8 +35,8 @@ SUBJECT_PALETTE = np.array([ORANGE, YELLOW, LIME, CYAN, LAVENDER, CREAM, INK], d
 # Upper hue bound (degrees) of the hue buckets of the first five palette colours.
 _HUE_BOUNDS = np.array([42, 75, 160, 250, 345])
 
-LATTICE_PERIOD = 16 * _SCALE  # diamond cell size on the canvas
-FRAME_WIDTH = 4 * _SCALE
+LATTICE_PERIOD = 24 * _SCALE  # diamond size on the canvas; coarse enough to survive the VAE
+FRAME_WIDTH = 6 * _SCALE
 OUTLINE_WIDTH = 2 * _SCALE
 
 DATASET_SEED = 2026
@@ -100,7 +100,7 @@ def _frame(canvas: np.ndarray) -> None:
     y, x = np.mgrid[0:_CANVAS, 0:_CANVAS]
     distance_to_edge = np.minimum(np.minimum(x, y), np.minimum(_CANVAS - 1 - x, _CANVAS - 1 - y))
     band = distance_to_edge < FRAME_WIDTH
-    stripes = ((x + y) // (4 * _SCALE)) % 2 == 0
+    stripes = ((x + y) // (2 * FRAME_WIDTH)) % 2 == 0
     canvas[band & stripes] = CYAN
     canvas[band & ~stripes] = YELLOW
     canvas[(distance_to_edge >= FRAME_WIDTH) & (distance_to_edge < FRAME_WIDTH + _SCALE)] = INK

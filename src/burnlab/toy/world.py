@@ -295,7 +295,10 @@ def _circles_sample(rng: np.random.Generator) -> Drawing:
     fills = [_colour(name, rng) for name in colours]
     layer, draw = _layer()
     s = _SCALE
+    # Each layout has its own noun: a tiny model cannot learn one prompt that means three
+    # different pictures, and the study's "black and white circles" should be concentric.
     layout = rng.integers(3)
+    noun, shape = (("circles", "bullseye"), ("rings", "ring"), ("dots", "disc"))[layout]
     if layout == 0:  # a bullseye of bold rings
         cx, cy = (rng.integers(24, 41, size=2) * s)
         radius = int(rng.integers(20, 29)) * s
@@ -318,8 +321,8 @@ def _circles_sample(rng: np.random.Generator) -> Drawing:
             r = int(rng.integers(5, 12)) * s
             cx, cy = rng.integers(r, _CANVAS - r, size=2)
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fills[k % len(fills)])
-    return Drawing(_background(_colour(bg, rng), rng), layer, f"{words} circles{suffix}",
-                   _labels("circles", None, "circle", colours, bg))
+    return Drawing(_background(_colour(bg, rng), rng), layer, f"{words} {noun}{suffix}",
+                   _labels("circles", None, shape, colours, bg))
 
 
 def _squares_sample(rng: np.random.Generator) -> Drawing:

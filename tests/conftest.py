@@ -18,7 +18,6 @@ from study_helpers import TINY_RESOLUTION, write_captioned_images
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded in tests
-torch.set_num_threads(2)
 register_configs()
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from burnlab.toy import asset_dir
 from burnlab.toy.style import styled_sample
 from burnlab.toy.world import IDENTITY_NAMES, SIZE, SUBJECTS, draw_sample, sample_rng
 
@@ -108,13 +109,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return pixels / 127.5 - 1
 
 
-def default_folder() -> Path:
-    from burnlab.toy import asset_dir
-    return asset_dir("probe")
-
-
 def load_probe(folder: str | os.PathLike | None = None) -> Probe:
-    folder = Path(folder) if folder is not None else default_folder()
+    """The probe saved in `folder`; by default the shipped one."""
+    folder = Path(folder) if folder is not None else asset_dir("probe")
     config = json.loads((folder / CONFIG_FILE).read_text())
     net = ProbeNet(tuple(config["channels"]))
     net.load_state_dict(load_file(folder / WEIGHTS_FILE))

@@ -57,3 +57,9 @@ def test_cli_prints_one_paragraph_and_exits_nonzero(tmp_path):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("burnlab:")]
     assert error_lines == ["burnlab: config key `stages.unet_hi.lr` has value -1.0, which is not allowed: "
                            "a learning rate > 0, e.g. 1.5e-6."]
+
+
+def test_a_missing_mandatory_value_is_named():
+    message = _error(["experiment=burn_te", "data=folder"])
+    assert message.startswith("config key `data.path` has value '???'")
+    assert "data.path=..." in message

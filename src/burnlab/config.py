@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from burnlab.errors import ConfigError
 
@@ -256,10 +257,10 @@ def _to_object(node: DictConfig, prefix: str):
         return OmegaConf.to_object(node)
     except ConfigError as error:
         raise error.under(prefix) from None
-    except Exception as error:  # an omegaconf MissingMandatoryValue or type error
-        key = getattr(error, "full_key", "") or ""
-        raise ConfigError(f"{prefix}.{key}".rstrip("."), "???", f"a value ({error.__class__.__name__}: "
-                          f"{str(error).splitlines()[0]})") from None
+    except MissingMandatoryValue as error:
+        key = error.full_key if error.full_key.startswith(prefix) else f"{prefix}.{error.full_key}"
+        raise ConfigError(key, "???", f"a value; this one has no default, set it on the command line "
+                          f"({key}=...) or in an experiment file") from None
 
 
 def check_stage_graph(stages: Dict[str, StageConfig]) -> None:

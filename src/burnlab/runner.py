@@ -25,6 +25,7 @@ from burnlab.config import BASE, BurnlabConfig, resolve_path
 from burnlab.data import load_study_data
 from burnlab.errors import UserError
 from burnlab.outputs import build_outputs
+from burnlab.sampling import Sampler
 from burnlab.store import atomic_write_json, atomic_write_text, read_jsonl
 from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
 from burnlab.train import COMPLETE, STATE, StageJob, train_stage
@@ -59,15 +60,19 @@ class StudyRunner:
             return "complete"
         return "partial" if (stage_dir / STATE).exists() or (stage_dir / "metrics.jsonl").exists() else "pending"
 
+    def stage_entry(self, name: str) -> dict:
+        """One stage as study.json describes it."""
+        planned = self.planned[name]
+        stage = planned.config
+        return {"parent": stage.parent, "train": list(stage.train), "lr": stage.lr,
+                "text_encoder_lr": stage.text_encoder_lr, "epochs": stage.epochs,
+                "save_epochs": stage.checkpoint_epochs(), "identity": planned.identity,
+                "dir": os.path.relpath(self.stage_dirs[name], self.run_dir),
+                "epoch_offset": planned.epoch_offset, "status": self.status(name)}
+
     def study_json(self) -> dict:
-        rel = {name: os.path.relpath(path, self.run_dir) for name, path in self.stage_dirs.items()}
-        stages = {}
-        for name, planned in self.planned.items():
-            stage = planned.config
-            stages[name] = {"parent": stage.parent, "train": list(stage.train), "lr": stage.lr,
-                            "text_encoder_lr": stage.text_encoder_lr, "epochs": stage.epochs,
-                            "save_epochs": stage.checkpoint_epochs(), "identity": planned.identity,
-                            "dir": rel[name], "epoch_offset": planned.epoch_offset, "status": self.status(name)}
+        stages = {name: self.stage_entry(name) for name in self.planned}
+        rel = {name: entry["dir"] for name, entry in stages.items()}
         leaf_names = leaves(self.config.stages)
         return {"study": self.config.name, "base": self.base.describe(), "stages": stages,
                 "branches": {leaf: branch_of(self.planned, leaf) for leaf in leaf_names},
@@ -103,7 +108,7 @@ class StudyRunner:
             log.info("stage %s: training %s for %d epochs -> %s", name, "+".join(planned.config.train),
                      planned.config.epochs, stage_dir)
             if self.is_main:
-                atomic_write_json(stage_dir / "stage.json", self.study_json()["stages"][name] | {
+                atomic_write_json(stage_dir / "stage.json", self.stage_entry(name) | {
                     "name": name, "lineage": planned.lineage, "base": self.base.describe()})
             job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
                            self.accelerator, log=lambda row: trackers.log_row(self.accelerator, row),
@@ -115,15 +120,12 @@ class StudyRunner:
                 lock.release()
 
     def run(self) -> dict:
-        from burnlab import sampling
-
-        self.write_study_json()
-        sampler = sampling.Sampler(self) if self.config.sampling.prompts else None
+        study = self.write_study_json()
+        sampler = Sampler(self) if self.config.sampling.prompts else None
         for name in stage_order(self.config.stages):
             hook = sampler.training_hook if sampler and self.config.sampling.every_n_epochs else None
             self.run_stage(name, hook)
-            self.write_study_json()
-        study = self.write_study_json()
+            study = self.write_study_json()
         if sampler and self.config.sampling.testing_plan:
             rows = sampler.sample_testing_plan(study)
             if self.is_main:

@@ -98,7 +98,7 @@ class StageTrainer:
         groups = []
         for name in self.trained:
             lr = stage.text_encoder_lr if name == "text_encoder" and stage.text_encoder_lr else stage.lr
-            groups.append({"params": [p for p in self.models[name].parameters()], "lr": lr, "name": name})
+            groups.append({"params": list(self.models[name].parameters()), "lr": lr, "name": name})
         return groups
 
     def autocast(self):

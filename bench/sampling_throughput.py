@@ -87,8 +87,9 @@ def main() -> None:
         naive_s = time.perf_counter() - started
 
         runner = StudyRunner(config, run_dir, (run_dir / "config.yaml").read_text(), {})
+        sampler = Sampler(config.sampling, study["base"], runner.cache / "samples", runner.accelerator)
         started = time.perf_counter()
-        rows = Sampler(runner).sample_testing_plan(study)
+        rows = sampler.sample_testing_plan(study, run_dir)
         planned_s = time.perf_counter() - started
 
         worst = 0

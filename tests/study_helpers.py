@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from burnlab.cli import CONF_DIR
+from burnlab.checkpoint import component_sources
+from burnlab.cli import CONF_DIR, run
 
 TINY_RESOLUTION = 32
 CAPTIONS = ["a photo of ada in the zorblax ornament style", "black and white circles in the zorblax ornament style",
@@ -39,3 +41,26 @@ def tiny_overrides(tiny_model: Path, tiny_data: Path, runs: Path, experiment: st
 def compose_config(overrides: list):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+def run_study(tiny_model, tiny_data, runs, *extra, experiment="followfox", analyze=False):
+    """Run a tiny study in this process; returns (study.json, run dir)."""
+    overrides = tiny_overrides(tiny_model, tiny_data, runs, experiment, analyze) + list(extra)
+    cfg = compose_config(overrides)
+    return run(cfg, runs / cfg.name), runs / cfg.name
+
+
+def weights(checkpoint: Path, component: str) -> dict:
+    model = component_sources(checkpoint)[component].load(component)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def final_checkpoint(run_dir: Path, study: dict, stage: str) -> Path:
+    info = study["stages"][stage]
+    return run_dir / info["dir"] / "checkpoints" / f"epoch_{info['epochs']:04d}"
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -46,7 +46,7 @@ def test_study_experiments_compose_to_the_study_shape():
     assert config.stages["baseline"].lr == 1.5e-6 and config.stages["baseline"].epochs == 50
     assert config.stages["unet_hi"].lr == 9e-6 and config.stages["unet_hi"].parent == "unet_lo"
     assert config.stages["te_lo"].train == ["text_encoder"] and config.stages["te_lo"].save_epochs == [100, 300, 500]
-    assert config.model.path == "runwayml/stable-diffusion-v1-5"
+    assert config.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the maintained copy
 
 
 def test_cli_prints_one_paragraph_and_exits_nonzero(tmp_path):

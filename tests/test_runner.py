@@ -6,41 +6,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from burnlab.checkpoint import component_sources, materialize
-from burnlab.cli import run
+from burnlab.checkpoint import materialize
 from burnlab.errors import UserError
 from burnlab.store import read_jsonl
-from study_helpers import compose_config, tiny_overrides
-
-
-def run_study(tiny_model, tiny_data, runs, *extra, experiment="followfox", analyze=False):
-    overrides = tiny_overrides(tiny_model, tiny_data, runs, experiment, analyze) + list(extra)
-    cfg = compose_config(overrides)
-    return run(cfg, runs / cfg.name), runs / cfg.name
-
-
-def weights(checkpoint: Path, component: str) -> dict:
-    source = component_sources(checkpoint)[component]
-    model = source.load(component)
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def final_checkpoint(run_dir: Path, study: dict, stage: str) -> Path:
-    info = study["stages"][stage]
-    return run_dir / info["dir"] / "checkpoints" / f"epoch_{info['epochs']:04d}"
-
-
-def assert_same(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+from study_helpers import assert_same, final_checkpoint, run_study, tiny_overrides, weights
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +94,11 @@ def test_trajectory_is_the_same_with_validation_and_sampling_off(followfox, tiny
     noisy, noisy_dir = run_study(tiny_model, tiny_data, tmp_path / "b", "sampling.every_n_epochs=1",
                                  experiment="burn_unet")
     for stage in ("baseline", "unet_lo", "unet_hi"):
-        quiet_rows = [r for r in read_jsonl(quiet_dir / quiet["stages"][stage]["dir"] / "metrics.jsonl")]
+        quiet_all = list(read_jsonl(quiet_dir / quiet["stages"][stage]["dir"] / "metrics.jsonl"))
+        quiet_rows = [r for r in quiet_all if r["type"] == "train"]
         noisy_rows = [r for r in read_jsonl(noisy_dir / noisy["stages"][stage]["dir"] / "metrics.jsonl")
                       if r["type"] == "train"]
-        assert all(r["type"] == "train" for r in quiet_rows)
+        assert {r["type"] for r in quiet_all} == {"train", "memory"}  # no validation rows
         assert [r["train_loss"] for r in quiet_rows] == [r["train_loss"] for r in noisy_rows]
     assert_same(weights(final_checkpoint(quiet_dir, quiet, "unet_hi"), "unet"),
                 weights(final_checkpoint(noisy_dir, noisy, "unet_hi"), "unet"))

@@ -47,6 +47,11 @@ def test_a_seed_starts_from_the_same_noise_whatever_the_prompt(tiny_model):
 
 
 def test_sampling_identity_covers_what_decides_pixels():
-    assert sampling_identity(_config()) == sampling_identity(_config(batch_size=1, every_n_epochs=5))
-    assert sampling_identity(_config()) != sampling_identity(_config(steps=4))
-    assert sampling_identity(_config()) != sampling_identity(_config(guidance_scale=3.0))
+    def identity(config, dtype=torch.float32):
+        return sampling_identity(config, dtype)
+
+    assert identity(_config()) == identity(_config(batch_size=1, every_n_epochs=5))
+    assert identity(_config()) == identity(_config(dtype="float16"))  # the resolved dtype counts, not its name
+    assert identity(_config()) != identity(_config(steps=4))
+    assert identity(_config()) != identity(_config(guidance_scale=3.0))
+    assert identity(_config()) != identity(_config(), torch.float16)

@@ -3,12 +3,14 @@
     burnlab experiment=burn_unet                      # the UNet burn on the toy world
     burnlab experiment=burn_te stages.te_hi.lr=3e-4   # override any key
     burnlab -m experiment=burn_unet stages.unet_hi.lr=2e-4,6e-4 hydra/launcher=joblib   # a sweep
+    accelerate launch --num_processes 2 -m burnlab.cli experiment=burn_unet           # 2 processes
 
 User errors (bad config values, missing data) print one paragraph and exit with status 2.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +50,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_configs()
+    if int(os.environ.get("RANK", "0")) > 0:
+        # `accelerate launch` starts this once per process, and every rank composes the same run
+        # dir; only rank 0 writes there (Hydra's .hydra/ copy and log file included)
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     _hydra_main()
 
 

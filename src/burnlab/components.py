@@ -7,6 +7,7 @@ folder, `subfolder="unet"`) or a checkpoint directory that saved that component.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from burnlab.config import ModelConfig
 from burnlab.errors import ConfigError, UserError
+from burnlab.precision import resolve_dtype
 from burnlab.store import hash_json, hash_tree
 
 MODEL_CLASSES = {"unet": UNet2DConditionModel, "text_encoder": CLIPTextModel, "vae": AutoencoderKL}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+log = logging.getLogger("burnlab")
 
 
 @dataclass(frozen=True)
@@ -54,18 +56,21 @@ def _from_pretrained(cls, source: Source, **kwargs):
 
 
 class BaseModel:
-    """The base model named by `model.*`: a local diffusers folder or a hub id."""
+    """The base model named by `model.*`: a local diffusers folder or a hub id; with
+    `model.build`, a folder built once with seeded random weights (burnlab.architectures)."""
 
     def __init__(self, config: ModelConfig):
         self.config = config
         path = Path(config.path).expanduser()
+        if config.build:
+            _build_once(config.build, path.resolve(), config.build_seed)
         if path.is_dir():
             self.root, self.is_local = str(path.resolve()), True
         elif _HUB_ID.match(config.path) and not config.path.startswith((".", "/", "~")):
             self.root, self.is_local = config.path, False
         else:
             raise ConfigError("model.path", config.path,
-                              "an existing local diffusers folder or a hub id such as runwayml/stable-diffusion-v1-5")
+                              "an existing local diffusers folder or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5")
         if self.is_local and not (path / "model_index.json").exists():
             raise ConfigError("model.path", config.path,
                               "a diffusers pipeline folder (with model_index.json, unet/, text_encoder/, vae/)")
@@ -96,6 +101,25 @@ class BaseModel:
         return {"path": self.root, "revision": self.config.revision, "variant": self.config.variant,
                 "identity": self.identity}
 
-    @property
-    def frozen_dtype(self) -> torch.dtype:
-        return DTYPES[self.config.dtype]
+    def frozen_dtype(self, device) -> torch.dtype:
+        """The dtype of the VAE and the frozen component on `device` (`model.dtype`)."""
+        return resolve_dtype(self.config.dtype, device)
+
+    def num_train_timesteps(self) -> int:
+        return int(self.noise_scheduler().config.num_train_timesteps)
+
+
+def _build_once(architecture: str, folder: Path, seed: int) -> None:
+    """Build the random-weight model unless it is there; concurrent processes (ranks, sweep
+    jobs) wait on a file lock, and one of them builds."""
+    from filelock import FileLock
+
+    from burnlab.architectures import COMPLETE, build_random_pipeline
+
+    if (folder / COMPLETE).exists():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / COMPLETE).exists():
+            log.info("building %s with random weights (seed %d) into %s", architecture, seed, folder)
+            build_random_pipeline(architecture, folder, seed)

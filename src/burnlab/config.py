@@ -20,6 +20,7 @@ from burnlab.errors import ConfigError
 
 COMPONENTS = ("unet", "text_encoder")
 BASE = "base"
+DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _is_set(value) -> bool:
@@ -33,17 +34,23 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 @dataclass
 class ModelConfig:
-    path: str = MISSING  # hub id (runwayml/stable-diffusion-v1-5) or a local diffusers folder
+    path: str = MISSING  # hub id (stable-diffusion-v1-5/stable-diffusion-v1-5) or a local diffusers folder
     revision: Optional[str] = None  # hub revision (branch, tag or commit); None = main
     variant: Optional[str] = None  # weight file variant on the hub, e.g. fp16
-    dtype: str = "float32"  # dtype of the frozen parts (VAE, untrained component); trained ones stay float32
+    dtype: str = "auto"  # dtype of the frozen parts (VAE, untrained component): auto = float16 on CUDA, float32 on CPU; trained ones stay float32
+    build: Optional[str] = None  # an architecture in burnlab/architectures/ to build at `path` with seeded random weights when missing
+    build_seed: int = 0  # seed of the random weights `build` draws
     study_lrs: Dict[str, float] = field(default_factory=dict)  # the learning rates the study's experiments use for this model (baseline, lo, hi)
 
     def __post_init__(self):
-        _require(self.dtype in ("float32", "float16", "bfloat16"), "dtype", self.dtype,
-                 "one of float32, float16, bfloat16")
+        _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))
         _require(bool(str(self.path).strip()), "path", self.path,
-                 "a hub id such as runwayml/stable-diffusion-v1-5 or a local diffusers folder")
+                 "a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 or a local diffusers folder")
+        if self.build is not None:
+            from burnlab.architectures import ARCHITECTURES
+
+            _require(self.build in ARCHITECTURES, "build", self.build,
+                     "null or one of the shipped architectures: " + ", ".join(ARCHITECTURES))
 
 
 @dataclass
@@ -118,8 +125,9 @@ class ValidationConfig:
                  "a fraction in [0, 1)")
         _require(self.stabilize_count >= 0, "stabilize_count", self.stabilize_count, "an integer >= 0")
         _require(self.repeats >= 1, "repeats", self.repeats, "an integer >= 1")
-        _require(all(t >= 0 for t in self.timesteps), "timesteps", self.timesteps,
-                 "timesteps >= 0 and below the scheduler's num_train_timesteps")
+        # the upper bound (the scheduler's num_train_timesteps) is checked once the model is known
+        _require(all(isinstance(t, int) and t >= 0 for t in self.timesteps), "timesteps", self.timesteps,
+                 "integer timesteps >= 0 and below the scheduler's num_train_timesteps")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
 
 
@@ -142,6 +150,7 @@ class SamplingConfig:
     width: Optional[int] = None  # None = the model's native size
     height: Optional[int] = None  # None = the model's native size
     batch_size: int = 32  # images per pipeline call
+    dtype: str = "auto"  # pipeline precision: auto = float16 on CUDA, float32 on CPU
     every_n_epochs: int = 0  # samples during training every N epochs; 0 = off
     testing_plan: bool = True  # sample every checkpoint of the testing plan after training
 
@@ -156,6 +165,7 @@ class SamplingConfig:
             _require(value is None or (value >= 8 and value % 8 == 0), key, value,
                      "a positive multiple of 8, or null for the model's size")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))
         _require(self.every_n_epochs >= 0, "every_n_epochs", self.every_n_epochs, "an integer >= 0")
 
 

@@ -4,7 +4,9 @@ Each stage lives in the shared cache under its identity (burnlab.study): a stage
 complete is skipped, a stage interrupted mid-way resumes from its last saved state, and
 concurrent sweep jobs that need the same stage wait on its file lock instead of training it
 twice. The run dir (Hydra's output dir, the same on every rank) gets the resolved config and
-study.json (docs/run_store.md); only the main process writes.
+study.json (docs/run_store.md); only the main process writes. After each stage the accelerator
+lets go of that stage's models and optimizer, so a chain of stages needs the memory of one; each
+stage's peak memory is recorded in its metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
 from burnlab.data import load_study_data
-from burnlab.errors import UserError
+from burnlab.errors import ConfigError, UserError
+from burnlab.memory import PeakMemory
 from burnlab.outputs import build_outputs
 from burnlab.sampling import Sampler
-from burnlab.store import atomic_write_json, atomic_write_text, read_jsonl
+from burnlab.precision import dtype_name
+from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
 from burnlab.train import COMPLETE, STATE, StageJob, train_stage
 
@@ -38,16 +42,26 @@ class StudyRunner:
         self.config = config
         self.run_dir = Path(run_dir)
         self.cache = resolve_path(config.paths.runs) / "cache"
-        self.base = BaseModel(config.model)
-        self.data = load_study_data(config.data, config.validation)
-        self.planned = plan_stages(config, self.base.identity, self.data.identity)
-        self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
         if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.mixed_precision = 'fp16' needs a CUDA GPU; on a CPU use 'bf16' or 'no'.")
         AcceleratorState._reset_state()  # a second study in one process (tests, benchmarks) may change precision
-        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
+        # cpu=True without CUDA: a multi-process launch (torchrun, `accelerate launch --multi_gpu`)
+        # then forms one gloo group instead of separate processes that each train alone
+        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available(),
                                        log_with=trackers.tracker_names(config) or None, project_dir=str(run_dir))
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:
+            raise UserError(f"burnlab was launched as {launched} processes (WORLD_SIZE), but accelerate joined "
+                            f"{self.accelerator.num_processes}: each would train the study alone into the same "
+                            f"run store. Launch with `accelerate launch --num_processes N -m burnlab.cli ...` "
+                            f"(on a CPU machine: `accelerate launch --multi_gpu --num_processes N ...`).")
         self.is_main = self.accelerator.is_main_process
+        self.base = BaseModel(config.model)
+        _check_timesteps(config.validation.timesteps, self.base.num_train_timesteps())
+        self.frozen_dtype = self.base.frozen_dtype(self.accelerator.device)
+        self.data = load_study_data(config.data, config.validation)
+        self.planned = plan_stages(config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype))
+        self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", resolved_yaml)
@@ -111,23 +125,38 @@ class StudyRunner:
                 atomic_write_json(stage_dir / "stage.json", self.stage_entry(name) | {
                     "name": name, "lineage": planned.lineage, "base": self.base.describe()})
             job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
-                           self.accelerator, log=lambda row: trackers.log_row(self.accelerator, row),
-                           on_epoch_end=on_epoch_end(name) if on_epoch_end else None)
-            train_stage(job)
+                           self.accelerator, self.frozen_dtype,
+                           log=lambda row: trackers.log_row(self.accelerator, row),
+                           on_epoch_end=on_epoch_end(stage_dir) if on_epoch_end else None)
+            with PeakMemory(self.accelerator.device) as peak:
+                train_stage(job)
+                del job
+                self.accelerator.free_memory()  # prepare() kept the stage's models and optimizer
+            self._record_memory(name, peak)
         finally:
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 lock.release()
 
+    def _record_memory(self, name: str, peak: PeakMemory) -> None:
+        planned = self.planned[name]
+        log.info("stage %s: peak memory %.2f GiB (%s)", name, peak.peak_bytes / 2 ** 30, peak.kind)
+        if self.is_main:
+            append_jsonl(self.stage_dirs[name] / "metrics.jsonl", {
+                "type": "memory", "stage": name, "epoch": planned.config.epochs,
+                "study_epoch": planned.epoch_offset + planned.config.epochs,
+                "peak_bytes": peak.peak_bytes, "measure": peak.kind})
+
     def run(self) -> dict:
         study = self.write_study_json()
-        sampler = Sampler(self) if self.config.sampling.prompts else None
+        sampler = Sampler(self.config.sampling, self.base.describe(), self.cache / "samples",
+                          self.accelerator) if self.config.sampling.prompts else None
         for name in stage_order(self.config.stages):
             hook = sampler.training_hook if sampler and self.config.sampling.every_n_epochs else None
             self.run_stage(name, hook)
             study = self.write_study_json()
         if sampler and self.config.sampling.testing_plan:
-            rows = sampler.sample_testing_plan(study)
+            rows = sampler.sample_testing_plan(study, self.run_dir)
             if self.is_main:
                 trackers.log_samples(self.accelerator, rows, self.run_dir)
         if self.is_main:
@@ -143,3 +172,11 @@ class StudyRunner:
         from burnlab.toy import asset_dir
 
         return Path(self.base.root) == Path(asset_dir("base")).resolve()
+
+
+def _check_timesteps(timesteps, num_train_timesteps: int) -> None:
+    bad = [t for t in timesteps if t >= num_train_timesteps]
+    if bad:
+        raise ConfigError("validation.timesteps", list(timesteps),
+                          f"timesteps from 0 to {num_train_timesteps - 1} (the model's scheduler has "
+                          f"{num_train_timesteps} training timesteps; {bad} lie outside)")

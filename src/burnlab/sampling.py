@@ -3,8 +3,9 @@
 One pipeline serves the whole plan: between checkpoints only the component that changed is
 swapped in, every checkpoint's prompts go through in batched calls, and each image's noise
 comes from its own seeded generator, so a seed starts from the same noise at every checkpoint
-whatever the batch. Samples are cached by (checkpoint identity, sampling settings): the base
-and baseline samples that the UNet and text-encoder branches share are made once.
+whatever the batch (and whichever process made it). Samples are cached by (checkpoint identity,
+sampling settings, dtype): the base and baseline samples that the UNet and text-encoder branches
+share are made once.
 """
 from __future__ import annotations
 
@@ -22,20 +23,23 @@ from PIL import Image
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_sources
 from burnlab.components import Source
 from burnlab.config import SamplingConfig
+from burnlab.distributed import gather_shards, shard
+from burnlab.precision import dtype_name, in_dtype, resolve_dtype
 from burnlab.store import hash_json, read_jsonl, write_jsonl
 
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
               "dpm": DPMSolverMultistepScheduler}
 
 
-def sampling_identity(config: SamplingConfig) -> str:
-    """What decides the pixels: prompts, seeds, steps, guidance, scheduler, size."""
+def sampling_identity(config: SamplingConfig, dtype: torch.dtype) -> str:
+    """What decides the pixels: prompts, seeds, steps, guidance, scheduler, size, precision."""
     keys = ("images_per_prompt", "seed", "guidance_scale", "steps", "scheduler", "negative_prompt", "width", "height")
     prompts = {name: p.prompt for name, p in config.prompts.items()}
-    return hash_json({"prompts": prompts, **{k: getattr(config, k) for k in keys}})
+    return hash_json({"prompts": prompts, "dtype": dtype_name(dtype), **{k: getattr(config, k) for k in keys}})
 
 
-def load_pipeline(base: dict, config: SamplingConfig, device, dtype=torch.float32) -> StableDiffusionPipeline:
+def load_pipeline(base: dict, config: SamplingConfig, device, dtype: torch.dtype = torch.float32
+                  ) -> StableDiffusionPipeline:
     pipeline = StableDiffusionPipeline.from_pretrained(
         base["path"], revision=base.get("revision"), variant=base.get("variant"), use_safetensors=True,
         safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
@@ -76,91 +80,112 @@ def write_images(folder: Path, jobs: List[dict], images: List[np.ndarray]) -> Li
 
 
 class Sampler:
-    """Samples for one study run; holds one pipeline and swaps components into it."""
+    """Samples for one study run; holds one pipeline and swaps components into it.
 
-    def __init__(self, runner):
-        self.runner = runner
-        self.config: SamplingConfig = runner.config.sampling
-        self.device = runner.accelerator.device
-        self.base = runner.base.describe()
-        self.cache = runner.cache / "samples"
-        self.identity = sampling_identity(self.config)
+    Built from what it needs: the sampling config, the base model (`BaseModel.describe()`), the
+    sample cache folder and the accelerator (device, ranks). With several processes every rank
+    makes its share of each checkpoint's images and the main process writes them all.
+    """
+
+    def __init__(self, config: SamplingConfig, base: dict, cache_dir: Path, accelerator):
+        self.config = config
+        self.base = base
+        self.cache = Path(cache_dir)
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.identity = sampling_identity(config, self.dtype)
         self._pipeline: Optional[StableDiffusionPipeline] = None
         self._loaded: Dict[str, Source] = {}
 
     @property
     def pipeline(self) -> StableDiffusionPipeline:
         if self._pipeline is None:
-            self._pipeline = load_pipeline(self.base, self.config, self.device)
+            self._pipeline = load_pipeline(self.base, self.config, self.device, self.dtype)
             self._loaded = base_sources(self.base)
         return self._pipeline
 
     def _swap_in(self, sources: Dict[str, Source]) -> None:
         for name in CHECKPOINT_COMPONENTS:
             if self._loaded.get(name) != sources[name]:
-                model = sources[name].load(name).to(self.device).eval()
+                model = sources[name].load(name, self.dtype).to(self.device).eval()
                 setattr(self.pipeline, name, model)
                 self._loaded[name] = sources[name]
 
+    def _generate_shared(self, jobs: List[dict]) -> List[np.ndarray]:
+        """All of `jobs`' images on every rank, each rank making its share."""
+        mine = jobs[shard(len(jobs), self.accelerator.num_processes, self.accelerator.process_index)]
+        return gather_shards(self.accelerator, generate(self.pipeline, self.config, mine) if mine else [])
+
+    def _folder(self, checkpoint_id: str) -> Path:
+        return self.cache / f"{checkpoint_id}-{self.identity}"
+
     def checkpoint_samples(self, checkpoint_id: str, sources: Dict[str, Source]) -> Path:
-        """The sample folder of one checkpoint, made unless already in the cache."""
-        folder = self.cache / f"{checkpoint_id}-{self.identity}"
-        if (folder / "COMPLETE").exists():
-            return folder
+        """Make the samples of one checkpoint into the cache (every rank calls this)."""
+        folder = self._folder(checkpoint_id)
         jobs = sample_jobs(self.config)
-        pipeline = self.pipeline
         self._swap_in(sources)
-        images = generate(pipeline, self.config, jobs)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        rows = write_images(tmp, jobs, images)
-        common = {"checkpoint_id": checkpoint_id, "steps": self.config.steps,
-                  "guidance_scale": self.config.guidance_scale, "scheduler": self.config.scheduler}
-        write_jsonl(tmp / "index.jsonl", [{**row, **common} for row in rows])
-        (tmp / "COMPLETE").write_text("complete\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        images = self._generate_shared(jobs)
+        if self.accelerator.is_main_process:
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            rows = write_images(tmp, jobs, images)
+            common = {"checkpoint_id": checkpoint_id, "steps": self.config.steps,
+                      "guidance_scale": self.config.guidance_scale, "scheduler": self.config.scheduler}
+            write_jsonl(tmp / "index.jsonl", [{**row, **common} for row in rows])
+            (tmp / "COMPLETE").write_text("complete\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
         return folder
 
-    def sample_testing_plan(self, study: dict) -> List[dict]:
-        """Every checkpoint of every branch; writes the run's samples.jsonl and returns its rows."""
-        run_dir = self.runner.run_dir
+    def sample_testing_plan(self, study: dict, run_dir: Path) -> List[dict]:
+        """Every checkpoint of every branch; writes the run's samples.jsonl (main process) and
+        returns its rows. Checkpoints already in the cache, or shared by branches, are made once."""
+        run_dir = Path(run_dir)
+        entries = {entry["checkpoint_id"]: entry for plan in study["testing_plan"].values() for entry in plan}
+        missing = [cid for cid in entries if not (self._folder(cid) / "COMPLETE").exists()]
+        if self.accelerator.num_processes > 1:  # the main process's view decides, for every rank
+            from accelerate.utils import broadcast_object_list
+
+            missing = broadcast_object_list([missing])[0]
+        for checkpoint_id in missing:
+            entry = entries[checkpoint_id]
+            sources = base_sources(self.base) if entry["dir"] is None else component_sources(run_dir / entry["dir"])
+            self.checkpoint_samples(checkpoint_id, sources)
         rows: List[dict] = []
-        if self.runner.is_main:
+        if self.accelerator.is_main_process:
             for branch, plan in study["testing_plan"].items():
                 for entry in plan:
-                    sources = base_sources(self.base) if entry["dir"] is None else \
-                        component_sources(run_dir / entry["dir"])
-                    folder = self.checkpoint_samples(entry["checkpoint_id"], sources)
+                    folder = self._folder(entry["checkpoint_id"])
                     for row in read_jsonl(folder / "index.jsonl"):
                         rows.append({**row, "branch": branch, "index": entry["index"], "label": entry["label"],
                                      "stage": entry["stage"], "epoch": entry["epoch"],
                                      "study_epoch": entry["study_epoch"],
                                      "path": os.path.relpath(folder / row["path"], run_dir)})
             write_jsonl(run_dir / "samples.jsonl", rows)
-        self.runner.accelerator.wait_for_everyone()
         return rows
 
-    def training_hook(self, stage_name: str):
-        """A callback for the trainer: samples the in-memory models every N epochs into the
-        stage's samples/ folder. Uses only its own seeded generators (the training RNG is
-        untouched) and puts the models back in the mode it found them."""
-        stage_dir = self.runner.stage_dirs[stage_name]
-
+    def training_hook(self, stage_dir: Path):
+        """A callback for the trainer (every rank calls it): samples the in-memory models every N
+        epochs into the stage's samples/ folder. Uses only its own seeded generators (the training
+        RNG is untouched), runs the models in the sampling dtype (a copy where theirs differs)
+        and puts them back in the mode it found them."""
         def on_epoch_end(epoch: int, models: Dict[str, torch.nn.Module]) -> None:
-            if epoch % self.config.every_n_epochs or not self.runner.is_main:
+            if epoch % self.config.every_n_epochs:
                 return
             pipeline = self.pipeline
             saved = {name: (getattr(pipeline, name), models[name].training) for name in CHECKPOINT_COMPONENTS}
             for name in CHECKPOINT_COMPONENTS:
-                setattr(pipeline, name, models[name].eval())
+                setattr(pipeline, name, in_dtype(models[name], self.dtype).eval())
             try:
                 jobs = sample_jobs(self.config)
-                folder = stage_dir / "samples" / f"epoch_{epoch:04d}"
-                write_jsonl(folder / "index.jsonl", write_images(folder, jobs, generate(pipeline, self.config, jobs)))
+                images = self._generate_shared(jobs)
             finally:
                 for name, (original, training) in saved.items():
                     models[name].train(training)
                     setattr(pipeline, name, original)
+            if self.accelerator.is_main_process:
+                folder = Path(stage_dir) / "samples" / f"epoch_{epoch:04d}"
+                write_jsonl(folder / "index.jsonl", write_images(folder, jobs, images))
 
         return on_epoch_end

@@ -1,7 +1,8 @@
 """The study as a graph of stages: order, lineage, identities, branches and the testing plan.
 
 A stage's identity hashes everything that decides its weights and logs: its own settings, its
-parent's identity, the base model, the data and the train/validation settings. Two studies (or
+parent's identity, the base model and the dtype of its frozen parts, the data and the
+train/validation settings. Two studies (or
 two sweep jobs) naming the same stage share its directory in the cache and train it once.
 """
 from __future__ import annotations
@@ -39,10 +40,14 @@ def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
     return order
 
 
-def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str) -> Dict[str, PlannedStage]:
+def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
+                frozen_dtype: str) -> Dict[str, PlannedStage]:
+    """`frozen_dtype`: `model.dtype` resolved on the training device (frozen parts in half
+    precision give other weights than in float32)."""
     planned: Dict[str, PlannedStage] = {}
     shared = {
         "base": base_identity,
+        "frozen_dtype": frozen_dtype,
         "data": data_identity,
         "data_config": dataclasses.asdict(config.data),
         "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k != "state_every_epochs"},

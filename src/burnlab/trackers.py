@@ -60,7 +60,7 @@ def init_trackers(accelerator, config: BurnlabConfig, run_dir: Path, flat_config
     kwargs = {"wandb": {"mode": wandb_mode(wandb.mode), "group": config.name, "name": f"{config.name}-{run_dir.name}" if run_dir.name != config.name else config.name,
                         "dir": str(run_dir), "entity": wandb.entity, "job_type": "study"}}
     accelerator.init_trackers(wandb.project, config=flat_config, init_kwargs=kwargs)
-    if "wandb" in tracker_names(config):
+    if "wandb" in tracker_names(config) and accelerator.is_main_process:  # other ranks hold blank trackers
         run = accelerator.get_tracker("wandb", unwrap=True)
         run.define_metric("study_epoch")
         run.define_metric("*", step_metric="study_epoch")

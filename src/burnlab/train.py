@@ -26,7 +26,9 @@ from burnlab.checkpoint import CHECKPOINT_COMPONENTS, checkpoint_dir, save_check
 from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
 from burnlab.data import StudyData
+from burnlab.distributed import shard
 from burnlab.encoding import diffusion_target, encode_latents, encode_text
+from burnlab.precision import predict_noise
 from burnlab.store import append_jsonl, atomic_write_json, hash_json, read_json, read_jsonl, replace_dir, write_jsonl
 from burnlab.study import PlannedStage
 from burnlab.validation import diffusion_loss
@@ -44,6 +46,7 @@ class StageJob:
     base: BaseModel
     data: StudyData
     accelerator: object  # accelerate.Accelerator
+    frozen_dtype: torch.dtype  # the VAE's and the frozen component's dtype (`model.dtype` on this device)
     log: Callable[[dict], None] = lambda row: None  # mirror of metrics rows (W&B, TensorBoard)
     on_epoch_end: Optional[Callable[[int, Dict[str, torch.nn.Module]], None]] = None  # sampling hook
 
@@ -60,10 +63,10 @@ class StageTrainer:
         self.device = self.accelerator.device
         self.trained: List[str] = list(job.stage.config.train)
         self.models = {name: job.parent_sources[name].load(
-            name, torch.float32 if name in self.trained else job.base.frozen_dtype) for name in CHECKPOINT_COMPONENTS}
+            name, torch.float32 if name in self.trained else job.frozen_dtype) for name in CHECKPOINT_COMPONENTS}
         self.tokenizer = job.base.tokenizer()
         self.scheduler = job.base.noise_scheduler()
-        vae = job.base.source("vae").load("vae", job.base.frozen_dtype).to(self.device)
+        vae = job.base.source("vae").load("vae", job.frozen_dtype).to(self.device)
         vae.requires_grad_(False)
         self.train_latents = encode_latents(vae, job.data.train.images, self.device)
         self.val_latents = encode_latents(vae, job.data.validation.images, self.device)
@@ -147,34 +150,46 @@ class StageTrainer:
         accumulation = cfg.train.gradient_accumulation_steps
         for group_start in range(0, len(batches), accumulation):
             group = batches[group_start:group_start + accumulation]
-            losses = []
+            loss_sums = torch.zeros(2)  # (sum of per-image losses, images) over the group, this rank
             for offset, batch in enumerate(group):
                 batch_generator = torch.Generator().manual_seed(
                     epoch_seed(cfg.train.seed, self.job.stage.name, epoch, group_start + offset))
-                loss = self._loss(batch, flips, dropped, batch_generator, rank, world)
-                self.accelerator.backward(loss / len(group))
-                losses.append(loss.detach())
+                per_image, weight = self._losses(batch, flips, dropped, batch_generator, rank, world)
+                # DDP averages gradients over ranks: scaling each rank's sum by world / global batch
+                # makes that average the global batch's mean, however unevenly it was split
+                self.accelerator.backward(per_image.sum() * weight * world / (len(batch) * len(group)))
+                loss_sums += torch.stack([per_image.detach().sum().cpu() * weight, torch.tensor(len(per_image) * weight)])
             if cfg.train.max_grad_norm > 0:
                 self.accelerator.clip_grad_norm_(
                     [p for name in self.trained for p in self.models[name].parameters()], cfg.train.max_grad_norm)
             self.optimizer.step()
-            self.lr_scheduler.step()
+            skipped = self.accelerator.optimizer_step_was_skipped  # fp16: the scaler found inf/NaN gradients
+            if not skipped:
+                self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
-            train_loss = self.accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
+            total, images = self.accelerator.reduce(loss_sums.to(self.device), "sum").tolist()
             fraction = min(1.0, (group_start + len(group)) / len(batches))
-            row = {"type": "train", "step": step, "epoch": epoch + fraction, "train_loss": train_loss}
+            row = {"type": "train", "step": step, "epoch": epoch + fraction, "train_loss": total / images}
             row.update({f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups})
+            if self.accelerator.scaler is not None:
+                row.update(grad_scale=self.accelerator.scaler.get_scale(), step_skipped=skipped)
             self._record(row)
-            progress.set_postfix(loss=f"{train_loss:.4f}", refresh=False)
+            progress.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
         return step
 
-    def _loss(self, global_batch, flips, dropped, generator, rank, world) -> torch.Tensor:
+    def _losses(self, global_batch, flips, dropped, generator, rank, world):
+        """Per-image losses of this rank's share of the global batch, and the share's weight: 1,
+        or 0 for a rank whose share is empty (it runs one image with weight 0, so every rank
+        takes part in the gradient all-reduce and contributes nothing)."""
         size = len(global_batch)
         clean = self.train_latents.sample(global_batch, flips[global_batch], generator)
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
-        mine = slice(rank * math.ceil(size / world), (rank + 1) * math.ceil(size / world))
+        mine = shard(size, world, rank)
+        weight = 1.0 if mine.stop > mine.start else 0.0
+        if not weight:
+            mine = slice(0, 1)
         indices, clean, noise, timesteps = global_batch[mine], clean[mine], noise[mine], timesteps[mine]
         captions = ["" if dropped[i] else self.job.data.train.captions[i] for i in indices.tolist()]
         noisy = self.scheduler.add_noise(clean, noise, timesteps).to(self.device)
@@ -183,12 +198,8 @@ class StageTrainer:
         with self.autocast():
             with text_grad:
                 states = encode_text(self.tokenizer, self.models["text_encoder"], captions, self.device)
-            prediction = self.models["unet"](noisy, timesteps.to(self.device), states.to(self.unet_dtype)).sample
-        return F.mse_loss(prediction.float(), target.float())
-
-    @property
-    def unet_dtype(self):
-        return next(self.models["unet"].parameters()).dtype
+            prediction = predict_noise(self.models["unet"], noisy, timesteps.to(self.device), states)
+        return F.mse_loss(prediction, target.float(), reduction="none").mean(dim=(1, 2, 3)), weight
 
     def _validate(self, epoch: int, step: int) -> None:
         cfg, data = self.cfg, self.job.data
@@ -196,10 +207,13 @@ class StageTrainer:
             return
         models = self._unwrapped()
         args = (models["unet"], models["text_encoder"], self.tokenizer, self.scheduler)
+        # every rank scores its share of the images; the sum puts the shares together
+        ranks = (self.accelerator.process_index, self.accelerator.num_processes,
+                 lambda t: self.accelerator.reduce(t.to(self.device), "sum").cpu())
         val, val_by_t = diffusion_loss(*args, self.val_latents, data.validation.captions, cfg.validation,
-                                       self.device, self.autocast)
+                                       self.device, self.autocast, *ranks)
         stab, stab_by_t = diffusion_loss(*args, self.stabilize_latents, data.stabilize.captions,
-                                         cfg.validation, self.device, self.autocast)
+                                         cfg.validation, self.device, self.autocast, *ranks)
         row = {"type": "val", "step": step, "epoch": epoch}
         for key, value in (("val_loss", val), ("stabilized_loss", stab)):
             if value is not None:
@@ -237,8 +251,9 @@ class StageTrainer:
         models = self._unwrapped()
         for name in self.trained:
             save_file({k: v.contiguous() for k, v in models[name].state_dict().items()}, tmp / f"{name}.safetensors")
-        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()},
-                   tmp / "optimizer.pt")
+        scaler = self.accelerator.scaler
+        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "grad_scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
         atomic_write_json(tmp / "state.json", {"epoch": epoch, "step": step, "stage_identity": self.job.stage.identity})
         replace_dir(tmp, target)
 
@@ -257,6 +272,8 @@ class StageTrainer:
         saved = torch.load(target / "optimizer.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        if self.accelerator.scaler is not None and saved.get("grad_scaler"):
+            self.accelerator.scaler.load_state_dict(saved["grad_scaler"])
         if self.accelerator.is_main_process:
             write_jsonl(metrics, [row for row in read_jsonl(metrics) if row["epoch"] <= state["epoch"]])
         return int(state["epoch"])

@@ -108,8 +108,9 @@ def build_components(tokenizer: CLIPTokenizer, seed: int = 0
 
 
 def save_pipeline(folder: str | os.PathLike, vae: AutoencoderKL, text_encoder: CLIPTextModel,
-                  unet: UNet2DConditionModel, tokenizer: CLIPTokenizer) -> Path:
-    """Writes a StableDiffusionPipeline folder (safetensors, fp32, no safety checker).
+                  unet: UNet2DConditionModel, tokenizer: CLIPTokenizer, scheduler=None) -> Path:
+    """Writes a StableDiffusionPipeline folder (safetensors, fp32, no safety checker); the
+    scheduler defaults to DDIM with Stable Diffusion 1.5's noise schedule.
 
     Written into a temporary sibling and renamed, so a reader never sees half a pipeline.
     """
@@ -117,7 +118,7 @@ def save_pipeline(folder: str | os.PathLike, vae: AutoencoderKL, text_encoder: C
     folder.parent.mkdir(parents=True, exist_ok=True)
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**scheduler_config()),
+        scheduler=scheduler or DDIMScheduler(**scheduler_config()),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

@@ -7,7 +7,7 @@ RUNS ?= runs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test burn-unet burn-te followfox base analyze report bench clean
+.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ setup: $(VENV)/.installed ## create .venv (CPU or CUDA torch, pinned dependencie
 test: setup ## run the test suite (CPU, under 10 minutes)
 	scripts/ensure_chromium.sh
 	$(PY) -m pytest -q $(ARGS)
+
+test-slow: setup ## the slow end-to-end tests (an SD 1.5-sized model on the CPU: ~5 minutes, ~17 GB of memory)
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 burn-unet: setup ## the UNet burn study on the embedded toy world (samples, grids, GIFs, report)
 	$(BURNLAB) experiment=burn_unet $(ARGS)

@@ -4,9 +4,11 @@ import sys
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from burnlab.config import load_config
 from burnlab.errors import ConfigError
-from study_helpers import compose_config
+from study_helpers import compose_config, run_study
 
 
 def _error(overrides) -> str:
@@ -26,6 +28,10 @@ def _error(overrides) -> str:
     ("data.resolution=60", "data.resolution", "multiple of 8"),
     ("train.mixed_precision=fp8", "train.mixed_precision", "no, fp16, bf16"),
     ("sampling.scheduler=plms", "sampling.scheduler", "ddim"),
+    ("sampling.dtype=half", "sampling.dtype", "auto, float32, float16, bfloat16"),
+    ("model.dtype=fp16", "model.dtype", "auto, float32, float16, bfloat16"),
+    ("model.build=sd21", "model.build", "shipped architectures: sd15"),
+    ("validation.timesteps=[-5]", "validation.timesteps", "integer timesteps >= 0"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, key, allowed):
     message = _error(["experiment=burn_unet", override])
@@ -63,3 +69,33 @@ def test_a_missing_mandatory_value_is_named():
     message = _error(["experiment=burn_te", "data=folder"])
     assert message.startswith("config key `data.path` has value '???'")
     assert "data.path=..." in message
+
+
+def test_timesteps_beyond_the_models_schedule_fail_before_training(tiny_model, tiny_data, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        run_study(tiny_model, tiny_data, tmp_path, "validation.timesteps=[100,2000]")
+    message = str(caught.value)
+    assert message.startswith("config key `validation.timesteps` has value [100, 2000]")
+    assert "timesteps from 0 to 999" in message and "[2000] lie outside" in message
+    assert not (tmp_path / "cache" / "stages").exists()  # nothing trained
+
+
+def test_the_sd15_experiment_sets_model_training_data_and_prompts_together():
+    cfg = compose_config(["experiment=followfox_sd15", "data.path=/data/paintings"])
+    print(OmegaConf.to_yaml(cfg))  # the composed real-model study (pytest -s shows it)
+    config = load_config(cfg)
+    assert config.name == "followfox_sd15"
+    assert config.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5" and config.model.dtype == "auto"
+    assert config.train.mixed_precision == "bf16" and config.train.gradient_checkpointing
+    assert config.data.path == "/data/paintings" and config.data.resolution == 512
+    assert (config.sampling.width, config.sampling.height, config.sampling.dtype) == (512, 512, "auto")
+    assert config.sampling.prompts["person"].prompt == "a photo of Jennifer Lawrence"
+    assert list(config.stages) == ["baseline", "unet_lo", "unet_hi", "te_lo", "te_hi"]
+    assert (config.stages["baseline"].lr, config.stages["unet_hi"].lr) == (1.5e-6, 9e-6)
+
+
+def test_sd15_random_composes_to_a_model_built_in_the_run_store(tmp_path):
+    config = load_config(compose_config(["experiment=followfox_sd15", "data.path=/data", "model=sd15_random",
+                                         f"paths.runs={tmp_path}"]))
+    assert config.model.build == "sd15" and config.model.path == f"{tmp_path}/cache/models/sd15_random-seed0"
+    assert config.stages["unet_hi"].lr == 9e-6  # the study's rates, as model=sd15

@@ -1,12 +1,15 @@
 """W&B (offline mode: no server is reachable here) and TensorBoard mirror the run store."""
 import json
 
+import pytest
+
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from burnlab.cli import run
+from burnlab.errors import ConfigError
 from burnlab.store import read_jsonl
 from burnlab.trackers import wandb_mode
-from study_helpers import compose_config, tiny_overrides
+from study_helpers import compose_config, run_study, tiny_overrides
 
 
 def test_wandb_offline_and_tensorboard_write_their_files(tiny_model, tiny_data, tmp_path):
@@ -47,3 +50,12 @@ def test_wandb_auto_mode_is_offline_without_a_key(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode("auto") == "online"
     assert wandb_mode("disabled") == "disabled"
+
+
+def test_online_without_a_key_is_refused_at_start(tiny_model, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    with pytest.raises(ConfigError, match="`logger.wandb.mode` has value 'online'.*WANDB_API_KEY"):
+        run_study(tiny_model, tiny_data, tmp_path, "logger.wandb.mode=online")
+    assert not (tmp_path / "cache").exists()

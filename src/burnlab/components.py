@@ -37,7 +37,7 @@ class Source:
     variant: Optional[str] = None
 
     def load(self, component: str, dtype: torch.dtype = torch.float32):
-        return _from_pretrained(MODEL_CLASSES[component], self, torch_dtype=dtype)
+        return _from_pretrained(MODEL_CLASSES[component], self, dtype=dtype)
 
 
 def _from_pretrained(cls, source: Source, **kwargs):

@@ -59,6 +59,9 @@ class StudyRunner:
         self.base = BaseModel(config.model)
         _check_timesteps(config.validation.timesteps, self.base.num_train_timesteps())
         self.frozen_dtype = self.base.frozen_dtype(self.accelerator.device)
+        if self.frozen_dtype == torch.float16 and self.accelerator.device.type == "cpu":
+            log.warning("model.dtype=float16 on a CPU: half precision runs many times slower there than "
+                        "float32 (model.dtype=auto picks float32 on a CPU, float16 on CUDA)")
         self.data = load_study_data(config.data, config.validation)
         self.planned = plan_stages(config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype))
         self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}

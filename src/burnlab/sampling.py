@@ -42,7 +42,7 @@ def load_pipeline(base: dict, config: SamplingConfig, device, dtype: torch.dtype
                   ) -> StableDiffusionPipeline:
     pipeline = StableDiffusionPipeline.from_pretrained(
         base["path"], revision=base.get("revision"), variant=base.get("variant"), use_safetensors=True,
-        safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
+        safety_checker=None, requires_safety_checker=False, dtype=dtype)
     pipeline.scheduler = SCHEDULERS[config.scheduler].from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)

@@ -15,9 +15,13 @@ from pathlib import Path
 from typing import Iterable, List
 
 from burnlab.config import BurnlabConfig
+from burnlab.errors import ConfigError
 
 
 def wandb_mode(configured: str) -> str:
+    if configured == "online" and not _wandb_key_present():  # else wandb fails inside accelerate
+        raise ConfigError("logger.wandb.mode", configured, "`online` only with a W&B API key (WANDB_API_KEY or "
+                          "`wandb login`); without one use auto (offline files), offline or disabled")
     if configured != "auto":
         return configured
     return "online" if _wandb_key_present() else "offline"

@@ -280,10 +280,10 @@ class StageTrainer:
 
 
 def _enable_gradient_checkpointing(model) -> None:
-    if hasattr(model, "enable_gradient_checkpointing"):
+    if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
         model.enable_gradient_checkpointing()
-    else:
-        model.gradient_checkpointing_enable()
+    else:  # transformers
+        model.activation_checkpointing_enable()
 
 
 def train_stage(job: StageJob) -> None:

@@ -1,4 +1,5 @@
 """Bad config values fail at start with a message naming the key, the value and what is allowed."""
+import shutil
 import subprocess
 import sys
 
@@ -99,3 +100,20 @@ def test_sd15_random_composes_to_a_model_built_in_the_run_store(tmp_path):
                                          f"paths.runs={tmp_path}"]))
     assert config.model.build == "sd15" and config.model.path == f"{tmp_path}/cache/models/sd15_random-seed0"
     assert config.stages["unet_hi"].lr == 9e-6  # the study's rates, as model=sd15
+
+
+def test_the_baseline_is_defined_once_and_every_study_follows_it(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from burnlab.cli import CONF_DIR
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)  # the experiment group (a link to experiments/) is copied too
+    baseline = conf / "stages" / "baseline.yaml"
+    baseline.write_text(baseline.read_text().replace("epochs: 50", "epochs: 7"))
+    studies = ("burn_unet", "burn_te", "followfox", "followfox_sd15")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for study in studies:
+            cfg = compose(config_name="config", overrides=[f"experiment={study}", "data.path=/data"])
+            assert cfg.stages.baseline.epochs == 7, study
+    assert not any("baseline:" in (conf / "experiment" / f"{study}.yaml").read_text() for study in studies)

@@ -1,11 +1,33 @@
 """burnlab's analysis package: reads a run store (docs/run_store.md) or a W&B run, never the
 training code, and makes what the study's readers look at.
 
-    burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report   # (make report)
-    .venv/bin/python -m pytest tests/analysis -q
+    import analysis
+    products = analysis.build(["runs/burn_unet", "runs/burn_te"], analysis.Options(out=Path("runs/report")))
+    burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report   # the same, from a shell
+
+`build` is the one entry point: the command line (analysis.cli) and burnlab's runner both call
+it. It raises AnalysisError (one paragraph naming the path or key, the value and what is
+expected) for bad input.
 
 Modules, in the order data flows: sources (run folder / W&B -> model), images (decoding),
 grids and gifs, losses (overlay), dataset + features + metrics + measure (metric table),
-detector (burn verdicts), metric_plots, tracking (W&B), build (every product), report (HTML),
-cli.
+detector (burn verdicts), metric_plots, tracking (W&B), products (every product), report (HTML),
+cli. results holds the options and products dataclasses.
 """
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.model import AnalysisError
+from analysis.results import Options, Products
+
+
+def build(runs: list[str | Path], options: Options | None = None) -> Products:
+    """Analyse `runs` (run folders or wandb:entity/project/run_id; two runs are compared side by
+    side) into `options.out`; returns what was made, `products.report` the HTML report."""
+    from analysis.products import analyze  # the heavy imports (matplotlib, torch) only now
+
+    return analyze(list(runs), options or Options())
+
+
+__all__ = ["AnalysisError", "Options", "Products", "build"]

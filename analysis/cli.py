@@ -13,13 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.build import Options, build
-from analysis.detector import DEFAULT_K
-from analysis.features import FEATURE_SPACES, load_instruments
-from analysis.losses import DEFAULT_SMOOTHING
-from analysis.metrics import NEAR_COPY_DISTANCE
-from analysis.model import AnalysisError, Run
-from analysis.sources import WANDB_PREFIX, open_run
+import analysis
+from analysis.defaults import DEFAULT_K, DEFAULT_SMOOTHING, FEATURE_SPACES, NEAR_COPY_DISTANCE
+from analysis.results import Options
 
 USAGE_ERROR = 2
 
@@ -51,43 +47,15 @@ def parser() -> argparse.ArgumentParser:
     return arguments
 
 
-def default_out(spec: str) -> Path:
-    if spec.startswith(WANDB_PREFIX):
-        return Path(f"analysis-{spec.rsplit('/', 1)[-1]}")
-    return Path(spec) / "analysis"
-
-
-def distinct_names(runs: list[Run]) -> None:
-    """Two runs of the same study (e.g. two sweeps) get their folder in their name."""
-    if len(runs) == 2 and runs[0].name == runs[1].name:
-        for run in runs:
-            run.name = f"{run.name} ({run.location})"
-
-
-def check_options(args: argparse.Namespace) -> None:
-    if not 0 <= args.smoothing < 1:
-        raise AnalysisError(f"--smoothing {args.smoothing}: expected a number in [0, 1).")
-    if args.k <= 0:
-        raise AnalysisError(f"--k {args.k}: expected a positive number.")
-    if args.max_cell < 8:
-        raise AnalysisError(f"--max-cell {args.max_cell}: expected at least 8 pixels.")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    options = Options(out=args.out, features=args.features, clip_model=args.clip_model,
+                      use_probe=not args.no_probe, log_scale=args.log_scale, smoothing=args.smoothing,
+                      k=args.k, near_copy_distance=args.near_copy, max_cell=args.max_cell,
+                      wandb_project=args.wandb_project)
     try:
-        check_options(args)
-        out = args.out or default_out(args.run)
-        download_root = out / "wandb_artifacts"
-        runs = [open_run(spec, download_root=download_root)
-                for spec in [args.run, args.compare] if spec]
-        distinct_names(runs)
-        instruments = load_instruments(args.features, args.clip_model, use_probe=not args.no_probe)
-        options = Options(log_scale=args.log_scale, smoothing=args.smoothing, k=args.k,
-                          near_copy_distance=args.near_copy, max_cell=args.max_cell,
-                          wandb_project=args.wandb_project)
-        products = build(runs, out, instruments, options)
-    except AnalysisError as error:
+        products = analysis.build([spec for spec in (args.run, args.compare) if spec], options)
+    except analysis.AnalysisError as error:
         print(f"burnlab-analyze: {error}", file=sys.stderr)
         return USAGE_ERROR
     except OSError as error:  # e.g. an --out folder that cannot be written

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from analysis.measure import MetricTable
+from analysis.defaults import DEFAULT_K
 
-DEFAULT_K = 2.0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
     instruments.features(images)   # uint8 [N, H, W, 3] -> float32 [N, D], or None when unavailable
 
 `auto` uses CLIP image features when a local CLIP model folder is given, else the toy probe's
-features when `burnlab.toy.probe` can be loaded. Nothing is downloaded: CLIP loads with
+features when the toy world's probe is installed (entry point `burnlab.probes: toy`). Nothing is downloaded: CLIP loads with
 local_files_only. Tests inject their own extractor (`Instruments(features=..., ...)`).
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from analysis.model import AnalysisError
+from analysis.defaults import FEATURE_SPACES
 
-FEATURE_SPACES = ("auto", "probe", "clip", "none")
 
 
 @dataclass
@@ -61,13 +61,22 @@ def projected(output) -> np.ndarray:
     return embeddings.float().numpy()
 
 
+PROBES = "burnlab.probes"  # the entry-point group through which a world offers its probe
+
+
 def load_toy_probe() -> tuple[Any | None, str | None]:
-    """(the toy probe, None), or (None, why it is unavailable)."""
+    """(the toy probe, None), or (None, why it is unavailable). The toy world offers its probe as
+    the entry point `toy` of the group `burnlab.probes` (pyproject.toml): a loader returning an
+    object with .features(images) and .predict(images); the analysis imports no burnlab code."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=PROBES, name="toy"))
+    if not found:
+        return None, f"no probe is installed (entry point `toy` in the group `{PROBES}`)"
     try:
-        from burnlab.toy.probe import load_probe
-        return load_probe(), None
+        return found[0].load()(), None
     except Exception as error:  # optional instrument: any failure only means "not measured"
-        return None, f"the toy probe (burnlab.toy.probe) is unavailable ({type(error).__name__}: {error})"
+        return None, f"the toy probe ({found[0].value}) is unavailable ({type(error).__name__}: {error})"
 
 
 def load_instruments(feature_space: str = "auto", clip_dir: Path | None = None, use_probe: bool = True,

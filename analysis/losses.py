@@ -18,13 +18,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from analysis.model import BranchRef  # noqa: E402
+from analysis.defaults import DEFAULT_SMOOTHING  # noqa: E402
 
 TRAIN, TRAIN_EMA, VALIDATION, STABILIZED = "train", "train (EMA)", "validation", "stabilized"
 PANEL_TITLES = ("train loss", "validation loss", "stabilized loss")
 PANEL_OF = {TRAIN: 0, TRAIN_EMA: 0, VALIDATION: 1, STABILIZED: 2}
 LINE_STYLE = {TRAIN: {"alpha": 0.3, "linewidth": 0.8}, TRAIN_EMA: {"linewidth": 1.8},
               VALIDATION: {"marker": "o", "markersize": 3}, STABILIZED: {"marker": "o", "markersize": 3}}
-DEFAULT_SMOOTHING = 0.9
 
 
 @dataclass(frozen=True)

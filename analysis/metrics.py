@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.images import resize
+from analysis.defaults import NEAR_COPY_DISTANCE
 
 COMPARE_SIZE = (64, 64)  # pixel-space distances compare images at this size (speed, fairness)
 HISTOGRAM_BINS = 8
-NEAR_COPY_DISTANCE = 0.04  # RMS pixel distance (0-1 scale) under which a sample is a near-copy
 
 
 def unit_rgb(images: np.ndarray) -> np.ndarray:

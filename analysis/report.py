@@ -1,4 +1,4 @@
-"""The static HTML report (report.html) over the products of analysis/build.py, and summary.md
+"""The static HTML report (report.html) over the products of analysis/products.py, and summary.md
 (verdicts and metric table in Markdown).
 
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from analysis.measure import METRICS
-
-if TYPE_CHECKING:
-    from analysis.build import Products
+from analysis.results import Products
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -31,7 +28,7 @@ figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
 """
 
 
-def write_summary(products: "Products") -> Path:
+def write_summary(products: Products) -> Path:
     """summary.md: the detector's verdicts and the metric table in Markdown, for a README."""
     shown = measured_metrics(products)
     lines = ["## Burn detector", ""] + [f"- {verdict.summary()}" for verdict in products.verdicts]
@@ -46,12 +43,12 @@ def write_summary(products: "Products") -> Path:
     return path
 
 
-def measured_metrics(products: "Products") -> list[str]:
+def measured_metrics(products: Products) -> list[str]:
     """The metrics with a value somewhere (plotted), in METRICS order."""
     return [metric for metric in METRICS if metric in products.metric_plots]
 
 
-def write_report(products: "Products") -> Path:
+def write_report(products: Products) -> Path:
     path = products.out / "report.html"
     sections = [header(products), missing(products), verdicts(products), losses(products),
                 side_by_side(products), samples(products), metric_section(products)]
@@ -62,17 +59,17 @@ def write_report(products: "Products") -> Path:
     return path
 
 
-def link(products: "Products", path: Path) -> str:
+def link(products: Products, path: Path) -> str:
     """A relative, URL-quoted link from report.html to a product."""
     return quote(path.relative_to(products.out).as_posix())
 
 
-def image(products: "Products", path: Path, caption: str) -> str:
+def image(products: Products, path: Path, caption: str) -> str:
     return (f"<figure><img src='{link(products, path)}' alt='{escape(caption)}'>"
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
-def header(products: "Products") -> str:
+def header(products: Products) -> str:
     runs = dict.fromkeys((ref.run.name, ref.run.location) for ref in products.refs)
     items = "".join(f"<li><b>{escape(name)}</b>: {escape(location)}</li>" for name, location in runs)
     logged = products.logged_to or "not logged to W&B (no active run, no --wandb-project)"
@@ -82,7 +79,7 @@ def header(products: "Products") -> str:
             f"{escape(logged)}.</p>")
 
 
-def missing(products: "Products") -> str:
+def missing(products: Products) -> str:
     lines = products.problems + products.table.notes
     if not lines:
         return ""
@@ -90,7 +87,7 @@ def missing(products: "Products") -> str:
     return f"<div class='problems'><h2>Missing or not measured</h2><ul>{items}</ul></div>"
 
 
-def verdicts(products: "Products") -> str:
+def verdicts(products: Products) -> str:
     items = []
     for verdict in products.verdicts:
         signals = "".join(f"<li>{escape(signal.describe())}</li>" for signal in verdict.signals)
@@ -100,13 +97,13 @@ def verdicts(products: "Products") -> str:
             f"<ul>{''.join(items)}</ul>")
 
 
-def losses(products: "Products") -> str:
+def losses(products: Products) -> str:
     return "<h2>Losses</h2>" + image(products, products.losses_png,
                                      "train (raw + EMA), validation and stabilized loss; "
                                      "dashed lines: stage ends")
 
 
-def side_by_side(products: "Products") -> str:
+def side_by_side(products: Products) -> str:
     if not products.side_by_side_pair:
         return ""
     left, right = products.side_by_side_pair
@@ -116,7 +113,7 @@ def side_by_side(products: "Products") -> str:
             f"<div class='figures'>{figures}</div>")
 
 
-def samples(products: "Products") -> str:
+def samples(products: Products) -> str:
     parts = []
     prompt_sets = dict.fromkeys(prompt_set for _, prompt_set in products.per_branch)
     for prompt_set in prompt_sets:
@@ -135,7 +132,7 @@ def samples(products: "Products") -> str:
     return "\n".join(parts)
 
 
-def metric_section(products: "Products") -> str:
+def metric_section(products: Products) -> str:
     plots = "".join(image(products, path, f"{metric}: {METRICS[metric]}")
                     for metric, path in products.metric_plots.items())
     shown = measured_metrics(products)

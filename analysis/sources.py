@@ -18,18 +18,17 @@ by an interrupted writer) goes to Run.problems and the report says so.
 from __future__ import annotations
 
 import json
-import netrc
 import os
 import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlparse
 
 import yaml
 
 from analysis.model import AnalysisError, Branch, Checkpoint, LossRow, Run, SampleRow, Stage
+from burnlab.wandb_key import wandb_key_present  # the same rule as training's W&B mode `auto`
 
 SPEC_DOC = "see docs/run_store.md"
 WANDB_PREFIX = "wandb:"
@@ -259,21 +258,9 @@ def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- W&B
-def wandb_key_available() -> bool:
-    """True when a W&B API key is set: WANDB_API_KEY, or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    netrc_path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return netrc.netrc(netrc_path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
 def connect_wandb():
     """wandb.Api(), imported only now, and only when a key exists."""
-    if not wandb_key_available():
+    if not wandb_key_present():
         raise AnalysisError("Reading a run from W&B needs an API key, and none was found: "
                             "WANDB_API_KEY is unset and no netrc entry exists for the W&B host "
                             "(run `wandb login`, or set WANDB_API_KEY). To analyse a local run, "

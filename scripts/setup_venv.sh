@@ -20,5 +20,6 @@ else
     # a bare `torch` from PyPI would be the multi-GB CUDA build.
     $pip install --retries 1 --extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_version+cpu"
 fi
+rm -rf burnlab.egg-info  # stale metadata here would shadow the installed entry points (cwd is on sys.path)
 $pip install -c constraints.txt -e ".[dev]"
 touch "$venv/.installed"

@@ -1,6 +1,6 @@
-"""After a study: build its analysis (grids, GIFs, loss overlay, metrics, report) and say where
-everything is. The analysis package reads the run store only; this is the one place the
-harness calls it."""
+"""After a study: build its analysis (grids, GIFs, loss overlay, metrics, report) through the
+analysis package's API and say where everything is. The analysis reads the run store only; this
+is the one place the harness calls it."""
 from __future__ import annotations
 
 import logging
@@ -9,17 +9,21 @@ from pathlib import Path
 log = logging.getLogger("burnlab")
 
 
-def build_outputs(run_dir: Path, use_probe: bool = True) -> int:
-    from analysis.cli import main as analyze
+def build_outputs(run_dir: Path, use_probe: bool = True) -> bool:
+    """True when the analysis was built; a failure is logged, the run store stays complete."""
+    import analysis
 
     run_dir = Path(run_dir)
-    status = analyze([str(run_dir)] + ([] if use_probe else ["--no-probe"]))
-    if status:
-        log.warning("the analysis of %s failed (status %d); the run store is complete", run_dir, status)
-        return status
+    try:
+        products = analysis.build([run_dir], analysis.Options(use_probe=use_probe))
+    except (analysis.AnalysisError, OSError) as error:
+        log.warning("the analysis of %s failed (%s); the run store is complete", run_dir, error)
+        return False
+    for verdict in products.verdicts:
+        print(verdict.summary())
     print(f"\nburnlab: study finished.\n"
           f"  run dir:  {run_dir}\n"
-          f"  report:   {run_dir / 'analysis' / 'report.html'}\n"
+          f"  report:   {products.report}\n"
           f"  samples:  {run_dir / 'samples.jsonl'} (PNG paths per checkpoint, prompt and seed)\n"
           f"  config:   {run_dir / 'config.yaml'}")
-    return 0
+    return True

@@ -9,31 +9,21 @@ online when an API key is configured and offline otherwise; these machines only 
 from __future__ import annotations
 
 import json
-import netrc
-import os
 from pathlib import Path
 from typing import Iterable, List
 
 from burnlab.config import BurnlabConfig
 from burnlab.errors import ConfigError
+from burnlab.wandb_key import wandb_key_present
 
 
 def wandb_mode(configured: str) -> str:
-    if configured == "online" and not _wandb_key_present():  # else wandb fails inside accelerate
+    if configured == "online" and not wandb_key_present():  # else wandb fails inside accelerate
         raise ConfigError("logger.wandb.mode", configured, "`online` only with a W&B API key (WANDB_API_KEY or "
                           "`wandb login`); without one use auto (offline files), offline or disabled")
     if configured != "auto":
         return configured
-    return "online" if _wandb_key_present() else "offline"
-
-
-def _wandb_key_present() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+    return "online" if wandb_key_present() else "offline"
 
 
 def tracker_names(config: BurnlabConfig) -> List[str]:

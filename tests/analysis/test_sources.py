@@ -134,10 +134,11 @@ def test_wandb_without_a_key_says_so_before_importing_wandb(tmp_path, monkeypatc
 
 
 def test_analysis_does_not_import_wandb_or_training_code():
-    code = ("import sys, analysis.cli, analysis.build; "
+    code = ("import sys, analysis.cli, analysis.products; "
             "print(sorted(m for m in sys.modules if m == 'wandb' or m.startswith('burnlab')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    # only the run store's file primitives and the shared W&B key rule, no training code
+    assert result.stdout.strip() == "['burnlab', 'burnlab.store', 'burnlab.wandb_key']"
 
 
 def test_not_a_run_and_missing_folder_are_clear_errors(tmp_path):

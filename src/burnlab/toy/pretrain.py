@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from burnlab.store import atomic_write_json
 from burnlab.toy import ASSETS
 from burnlab.toy import probe as probe_module
 from burnlab.toy.build import (build_components, build_tokenizer, save_pipeline,
@@ -204,7 +205,7 @@ def train_vae(settings: Settings, work: Path) -> AutoencoderKL:
     scaling, holdout_mse = _measure_vae(vae)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(final, safe_serialization=True)
-    _write_json(work / "vae_metrics.json", {"holdout_mse": holdout_mse, "scaling_factor": scaling})
+    atomic_write_json(work / "vae_metrics.json", {"holdout_mse": holdout_mse, "scaling_factor": scaling})
     print(f"vae: held-out reconstruction MSE {holdout_mse:.4f}, scaling factor {scaling:.4f}")
     return vae
 
@@ -266,7 +267,7 @@ def encode_pool(settings: Settings, work: Path, vae: AutoencoderKL) -> tuple[dic
             captions += [caption for _, caption, _ in samples]
     pool = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}
     save_file(pool, latents_file)
-    _write_json(captions_file, captions)
+    atomic_write_json(captions_file, captions)
     return pool, captions
 
 
@@ -348,10 +349,6 @@ def export(out: Path, work: Path, vae: AutoencoderKL, unet: UNet2DConditionModel
     print(f"export: wrote {out / 'base'} and {out / 'probe'}")
 
 
-def _write_json(path: Path, value) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = SMOKE if args.smoke else Settings()
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    _write_json(work / "settings.json", asdict(settings))
+    atomic_write_json(work / "settings.json", asdict(settings))
     last = PHASES.index(args.until)
     started = time.time()
 

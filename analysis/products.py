@@ -1,6 +1,6 @@
-"""Build every product of one analysis into an output folder, then the HTML report over them.
+"""Every product of one analysis, built into an output folder, then the HTML report over them.
 
-    products = build([open_run("runs/burn_unet"), open_run("runs/burn_te")], Path("runs/report"))
+    products = analyze(["runs/burn_unet", "runs/burn_te"], Options(out=Path("runs/report")))
 
 Layout of the output folder (all links in report.html are relative to it):
   report.html                         the report
@@ -16,64 +16,58 @@ A local run also gets its own metrics.json and detector.json in RUN/analysis/.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis import detector, report
-from analysis.features import Instruments
+from analysis.features import Instruments, load_instruments
 from analysis.gifs import progression_frames, side_by_side_frames, write_gif
 from analysis.grids import checkpoint_grid, comparison_grid
 from analysis.images import SampleImages
-from analysis.losses import DEFAULT_SMOOTHING, Series, plot_losses
+from analysis.losses import plot_losses
 from analysis.measure import MetricTable, measure
 from analysis.metric_plots import plot_metrics
-from analysis.model import BranchRef, Run
+from analysis.model import AnalysisError, BranchRef, Run
+from analysis.results import Options, Products, PromptSetProducts
+from analysis.sources import WANDB_PREFIX, open_run
 from analysis.tracking import log_results
+from burnlab.store import atomic_write_json  # the run store's one atomic writer
 
 
-@dataclass
-class Options:
-    log_scale: bool = False
-    smoothing: float = DEFAULT_SMOOTHING
-    k: float = detector.DEFAULT_K
-    floors: dict[str, float] | None = None
-    near_copy_distance: float = 0.04
-    max_cell: int = 256
-    wandb_project: str | None = None
+def analyze(specs: list[str | Path], options: Options) -> Products:
+    """Open the runs (folders or wandb: paths), load the instruments and build every product;
+    raises AnalysisError for bad input."""
+    check_options(options)
+    out = Path(options.out) if options.out else default_out(str(specs[0]))
+    runs = [open_run(str(spec), download_root=out / "wandb_artifacts") for spec in specs]
+    distinct_names(runs)
+    instruments = load_instruments(options.features, options.clip_model, use_probe=options.use_probe)
+    return build_products(runs, out, instruments, options)
 
 
-@dataclass
-class PromptSetProducts:
-    """One prompt set on one branch: the comparison grid, 3x3 grids and progression GIF."""
-    grid: Path
-    checkpoint_grids: list[tuple[str, Path]]
-    gif: Path
+def check_options(options: Options) -> None:
+    if not 0 <= options.smoothing < 1:
+        raise AnalysisError(f"--smoothing {options.smoothing}: expected a number in [0, 1).")
+    if options.k <= 0:
+        raise AnalysisError(f"--k {options.k}: expected a positive number.")
+    if options.max_cell < 8:
+        raise AnalysisError(f"--max-cell {options.max_cell}: expected at least 8 pixels.")
 
 
-@dataclass
-class Products:
-    out: Path
-    refs: list[BranchRef]
-    losses_png: Path
-    loss_series: list[Series]
-    per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
-    side_by_side: dict[str, Path]
-    side_by_side_pair: tuple[BranchRef, BranchRef] | None
-    metric_plots: dict[str, Path]
-    table: MetricTable
-    verdicts: list[detector.Verdict]
-    problems: list[str] = field(default_factory=list)
-    logged_to: str | None = None
-    report: Path | None = None
+def default_out(spec: str) -> Path:
+    if spec.startswith(WANDB_PREFIX):
+        return Path(f"analysis-{spec.rsplit('/', 1)[-1]}")
+    return Path(spec) / "analysis"
 
 
-def build(runs: list[Run], out: Path, instruments: Instruments,
-          options: Options | None = None) -> Products:
-    options = options or Options()
+def distinct_names(runs: list[Run]) -> None:
+    """Two runs of the same study (e.g. two sweeps) get their folder in their name."""
+    if len(runs) == 2 and runs[0].name == runs[1].name:
+        for run in runs:
+            run.name = f"{run.name} ({run.location})"
+
+
+def build_products(runs: list[Run], out: Path, instruments: Instruments, options: Options) -> Products:
     out.mkdir(parents=True, exist_ok=True)
     refs = [BranchRef(run, branch) for run in runs for branch in run.branches.values()]
     images = SampleImages()
@@ -144,15 +138,8 @@ def filter_table(table: MetricTable, run: str) -> MetricTable:
 
 def write_results(folder: Path, table: MetricTable, verdicts: list[detector.Verdict],
                   options: Options) -> None:
-    write_json(folder / "metrics.json", {"feature_space": table.feature_space,
+    atomic_write_json(folder / "metrics.json", {"feature_space": table.feature_space,
                                          "notes": table.notes, "rows": table.rows})
-    write_json(folder / "detector.json", detector.verdicts_json(verdicts, options.k, options.floors))
+    atomic_write_json(folder / "detector.json", detector.verdicts_json(verdicts, options.k, options.floors))
 
 
-def write_json(path: Path, content: dict) -> None:
-    """Atomically (temp file + rename), as every run-store file is written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(content, file, indent=1)
-    os.replace(temporary, path)

@@ -1,0 +1,62 @@
+"""What one analysis is asked to do (Options) and what it made (Products).
+
+    import analysis
+    products = analysis.build(["runs/burn_unet", "runs/burn_te"], analysis.Options(out=Path("runs/report")))
+    products.report, products.verdicts, products.table
+
+Only dataclasses and defaults: importing this module loads nothing heavy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from analysis.defaults import DEFAULT_K, DEFAULT_SMOOTHING, NEAR_COPY_DISTANCE
+
+if TYPE_CHECKING:  # annotations only
+    from analysis.detector import Verdict
+    from analysis.losses import Series
+    from analysis.measure import MetricTable
+    from analysis.model import BranchRef
+
+
+
+@dataclass
+class Options:
+    out: Path | None = None  # output folder; None: RUN/analysis (a W&B run: ./analysis-<run_id>)
+    features: str = "auto"  # feature space: auto (CLIP if clip_model, else the toy probe), probe, clip, none
+    clip_model: Path | None = None  # a local CLIP model folder; never downloaded
+    use_probe: bool = True  # the toy probe (toy-world runs only)
+    log_scale: bool = False  # log-scale loss axes
+    smoothing: float = DEFAULT_SMOOTHING  # EMA weight of the smoothed train loss, in [0, 1)
+    k: float = DEFAULT_K  # detector sensitivity
+    floors: dict[str, float] | None = None  # detector: smallest change that counts, per metric
+    near_copy_distance: float = NEAR_COPY_DISTANCE  # memorisation threshold
+    max_cell: int = 256  # largest grid cell side, px
+    wandb_project: str | None = None  # log metrics and verdicts to a new W&B run of this project
+
+
+@dataclass
+class PromptSetProducts:
+    """One prompt set on one branch: the comparison grid, 3x3 grids and progression GIF."""
+    grid: Path
+    checkpoint_grids: list[tuple[str, Path]]
+    gif: Path
+
+
+@dataclass
+class Products:
+    out: Path
+    refs: list[BranchRef]
+    losses_png: Path
+    loss_series: list[Series]
+    per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
+    side_by_side: dict[str, Path]
+    side_by_side_pair: tuple[BranchRef, BranchRef] | None
+    metric_plots: dict[str, Path]
+    table: MetricTable
+    verdicts: list[Verdict]
+    problems: list[str] = field(default_factory=list)
+    logged_to: str | None = None
+    report: Path | None = None

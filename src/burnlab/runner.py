@@ -32,7 +32,8 @@ from burnlab.sampling import Sampler
 from burnlab.precision import dtype_name
 from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
-from burnlab.train import COMPLETE, STATE, StageJob, train_stage
+from burnlab.train import COMPLETE, StageJob, train_stage
+from burnlab.train_state import STATE
 
 log = logging.getLogger("burnlab")
 

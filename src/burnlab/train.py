@@ -5,35 +5,35 @@ AdamW for `stage.epochs` epochs and writes metrics, checkpoints and — every
 `train.state_every_epochs` epochs — a resumable state. All randomness comes from generators
 seeded by (train.seed, stage, epoch, batch), so a stage resumed from its last state ends with
 exactly the weights of an uninterrupted run. The runner (burnlab.runner) decides which stages
-to train; this module trains one.
+to train; this module trains one: burnlab.stage_setup builds what it trains with,
+burnlab.train_state saves and resumes it, and the loop below is the epochs, the optimizer step
+and the validation rows.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from burnlab.checkpoint import CHECKPOINT_COMPONENTS, checkpoint_dir, save_checkpoint
+from burnlab.checkpoint import checkpoint_dir, save_checkpoint
 from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
 from burnlab.data import StudyData
 from burnlab.distributed import shard
-from burnlab.encoding import diffusion_target, encode_latents, encode_text
+from burnlab.encoding import diffusion_target, encode_text
 from burnlab.precision import predict_noise
-from burnlab.store import append_jsonl, atomic_write_json, hash_json, read_json, read_jsonl, replace_dir, write_jsonl
+from burnlab.stage_setup import set_up_stage
+from burnlab.store import append_jsonl, hash_json
 from burnlab.study import PlannedStage
+from burnlab.train_state import STATE, load_state, save_state
 from burnlab.validation import diffusion_loss
 
-STATE = "state"
 COMPLETE = "COMPLETE"
 
 
@@ -61,48 +61,10 @@ class StageTrainer:
         self.cfg = job.config
         self.accelerator = job.accelerator
         self.device = self.accelerator.device
-        self.trained: List[str] = list(job.stage.config.train)
-        self.models = {name: job.parent_sources[name].load(
-            name, torch.float32 if name in self.trained else job.frozen_dtype) for name in CHECKPOINT_COMPONENTS}
-        self.tokenizer = job.base.tokenizer()
-        self.scheduler = job.base.noise_scheduler()
-        vae = job.base.source("vae").load("vae", job.frozen_dtype).to(self.device)
-        vae.requires_grad_(False)
-        self.train_latents = encode_latents(vae, job.data.train.images, self.device)
-        self.val_latents = encode_latents(vae, job.data.validation.images, self.device)
-        self.stabilize_latents = encode_latents(vae, job.data.stabilize.images, self.device)
-        del vae
-        for name, model in self.models.items():
-            if name in self.trained:
-                model.requires_grad_(True)
-                model.train()
-                if self.cfg.train.gradient_checkpointing:
-                    _enable_gradient_checkpointing(model)
-            else:
-                model.requires_grad_(False)
-                model.eval()
-            model.to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self._param_groups(), betas=tuple(self.cfg.train.betas), eps=self.cfg.train.eps,
-            weight_decay=self.cfg.train.weight_decay)
-        world = self.accelerator.num_processes
-        micro_batches = math.ceil(len(job.data.train) / (self.cfg.train.batch_size * world))
-        self.steps_per_epoch = math.ceil(micro_batches / self.cfg.train.gradient_accumulation_steps)
-        self.lr_scheduler = get_scheduler(
-            self.cfg.train.lr_scheduler, self.optimizer, num_warmup_steps=self.cfg.train.lr_warmup_steps,
-            num_training_steps=self.steps_per_epoch * job.stage.config.epochs)
-        prepared = self.accelerator.prepare(*[self.models[n] for n in self.trained], self.optimizer)
-        for name, model in zip(self.trained, prepared[:-1]):
-            self.models[name] = model
-        self.optimizer = prepared[-1]
-
-    def _param_groups(self):
-        stage = self.job.stage.config
-        groups = []
-        for name in self.trained:
-            lr = stage.text_encoder_lr if name == "text_encoder" and stage.text_encoder_lr else stage.lr
-            groups.append({"params": list(self.models[name].parameters()), "lr": lr, "name": name})
-        return groups
+        self.setup = set_up_stage(job)
+        self.models, self.trained = self.setup.models, self.setup.trained
+        self.tokenizer, self.scheduler = self.setup.tokenizer, self.setup.noise_scheduler
+        self.optimizer, self.lr_scheduler = self.setup.optimizer, self.setup.lr_scheduler
 
     def autocast(self):
         return self.accelerator.autocast() if self.cfg.train.mixed_precision != "no" else contextlib.nullcontext()
@@ -111,8 +73,8 @@ class StageTrainer:
     def run(self) -> None:
         stage, job = self.job.stage, self.job
         epochs = stage.config.epochs
-        start_epoch = self._resume()
-        step = start_epoch * self.steps_per_epoch
+        start_epoch = load_state(job.stage_dir, self.setup, self.accelerator)
+        step = start_epoch * self.setup.steps_per_epoch
         if start_epoch == 0:
             self._validate(0, 0)
         progress = tqdm(total=epochs, initial=start_epoch, desc=f"stage {stage.name}", unit="epoch",
@@ -129,7 +91,7 @@ class StageTrainer:
                 job.on_epoch_end(done, self._unwrapped())
             if done < epochs and (done % self.cfg.train.state_every_epochs == 0
                                   or done in stage.config.checkpoint_epochs()):
-                self._save_state(done, step)
+                save_state(job.stage_dir, self.setup, self.accelerator, stage.identity, done, step)
             progress.update(1)
         progress.close()
         self.accelerator.wait_for_everyone()
@@ -183,7 +145,7 @@ class StageTrainer:
         or 0 for a rank whose share is empty (it runs one image with weight 0, so every rank
         takes part in the gradient all-reduce and contributes nothing)."""
         size = len(global_batch)
-        clean = self.train_latents.sample(global_batch, flips[global_batch], generator)
+        clean = self.setup.latents["train"].sample(global_batch, flips[global_batch], generator)
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
         mine = shard(size, world, rank)
@@ -210,9 +172,9 @@ class StageTrainer:
         # every rank scores its share of the images; the sum puts the shares together
         ranks = (self.accelerator.process_index, self.accelerator.num_processes,
                  lambda t: self.accelerator.reduce(t.to(self.device), "sum").cpu())
-        val, val_by_t = diffusion_loss(*args, self.val_latents, data.validation.captions, cfg.validation,
+        val, val_by_t = diffusion_loss(*args, self.setup.latents["validation"], data.validation.captions, cfg.validation,
                                        self.device, self.autocast, *ranks)
-        stab, stab_by_t = diffusion_loss(*args, self.stabilize_latents, data.stabilize.captions,
+        stab, stab_by_t = diffusion_loss(*args, self.setup.latents["stabilize"], data.stabilize.captions,
                                          cfg.validation, self.device, self.autocast, *ranks)
         row = {"type": "val", "step": step, "epoch": epoch}
         for key, value in (("val_loss", val), ("stabilized_loss", stab)):
@@ -231,7 +193,7 @@ class StageTrainer:
     def _unwrapped(self) -> Dict[str, torch.nn.Module]:
         return {name: self.accelerator.unwrap_model(model) for name, model in self.models.items()}
 
-    # -- checkpoints and resumable state ------------------------------------------------------
+    # -- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, epoch: int) -> None:
         if not self.accelerator.is_main_process:
             return
@@ -240,51 +202,6 @@ class StageTrainer:
         save_checkpoint(checkpoint_dir(self.job.stage_dir, epoch), {n: models[n] for n in self.trained}, inherited,
                         stage=stage.name, stage_identity=stage.identity, epoch=epoch, lineage=stage.lineage,
                         base=self.job.base.describe())
-
-    def _save_state(self, epoch: int, step: int) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        target = self.job.stage_dir / STATE
-        tmp = target.with_name(STATE + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        models = self._unwrapped()
-        for name in self.trained:
-            save_file({k: v.contiguous() for k, v in models[name].state_dict().items()}, tmp / f"{name}.safetensors")
-        scaler = self.accelerator.scaler
-        torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                    "grad_scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
-        atomic_write_json(tmp / "state.json", {"epoch": epoch, "step": step, "stage_identity": self.job.stage.identity})
-        replace_dir(tmp, target)
-
-    def _resume(self) -> int:
-        """Load the latest saved state, if any; returns the epoch to start from."""
-        target = self.job.stage_dir / STATE
-        metrics = self.job.stage_dir / "metrics.jsonl"
-        if not (target / "state.json").exists():
-            if self.accelerator.is_main_process and metrics.exists():
-                metrics.unlink()  # rows of a run that died before its first saved state
-            return 0
-        state = read_json(target / "state.json")
-        models = self._unwrapped()
-        for name in self.trained:
-            models[name].load_state_dict(load_file(target / f"{name}.safetensors"))
-        saved = torch.load(target / "optimizer.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
-        if self.accelerator.scaler is not None and saved.get("grad_scaler"):
-            self.accelerator.scaler.load_state_dict(saved["grad_scaler"])
-        if self.accelerator.is_main_process:
-            write_jsonl(metrics, [row for row in read_jsonl(metrics) if row["epoch"] <= state["epoch"]])
-        return int(state["epoch"])
-
-
-def _enable_gradient_checkpointing(model) -> None:
-    if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
-        model.enable_gradient_checkpointing()
-    else:  # transformers
-        model.activation_checkpointing_enable()
-
 
 def train_stage(job: StageJob) -> None:
     StageTrainer(job).run()

@@ -155,3 +155,5 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_asks_for_cuda(tiny_model, tiny_dat
         with pytest.raises(UserError, match="fp16' needs a CUDA GPU"):
             run_study(tiny_model, tiny_data, tmp_path / "fp16", "train.mixed_precision=fp16", *extra,
                       experiment="burn_unet")
+    with pytest.raises(UserError, match="already ran a study with another precision"):  # one per process
+        run_study(tiny_model, tiny_data, tmp_path / "no", "train.mixed_precision=no", *extra, experiment="burn_unet")

@@ -17,7 +17,6 @@ from typing import Dict
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from filelock import FileLock
 
 from burnlab import trackers
@@ -45,11 +44,19 @@ class StudyRunner:
         self.cache = resolve_path(config.paths.runs) / "cache"
         if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.mixed_precision = 'fp16' needs a CUDA GPU; on a CPU use 'bf16' or 'no'.")
-        AcceleratorState._reset_state()  # a second study in one process (tests, benchmarks) may change precision
         # cpu=True without CUDA: a multi-process launch (torchrun, `accelerate launch --multi_gpu`)
         # then forms one gloo group instead of separate processes that each train alone
-        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                                       log_with=trackers.tracker_names(config) or None, project_dir=str(run_dir))
+        try:
+            self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
+                                           cpu=not torch.cuda.is_available(),
+                                           log_with=trackers.tracker_names(config) or None, project_dir=str(run_dir))
+        except ValueError as error:
+            if "already been initialized" not in str(error):
+                raise
+            raise UserError(f"train.mixed_precision = {config.train.mixed_precision!r}, but this process already "
+                            f"ran a study with another precision, and accelerate keeps one per process: run "
+                            f"each precision in its own burnlab command (or a sweep launcher that starts a "
+                            f"process per job).") from None
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:
             raise UserError(f"burnlab was launched as {launched} processes (WORLD_SIZE), but accelerate joined "

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from diffusers import StableDiffusionPipeline
 
-from burnlab.toy import ACTIVATION_PHRASE, ASSETS, STUDY_PROMPTS, asset_dir
+from burnlab.toy import ACTIVATION_PHRASE, ASSETS, asset_dir
+from burnlab.toy.check_base import toy_sampling
 from burnlab.toy.check_base import sample_prompt
 from burnlab.toy.probe import LABELS, accuracy, labelled_images, load_probe
 
@@ -28,13 +29,14 @@ def test_assets_fit_the_size_budget_and_hold_no_pickles():
 
 
 def test_study_prompts():
-    assert set(STUDY_PROMPTS) == {"person", "circles", "sunglasses"}
-    assert ACTIVATION_PHRASE not in STUDY_PROMPTS["person"]["prompt"]
-    assert STUDY_PROMPTS["circles"]["prompt"] == "black and white circles"
-    assert STUDY_PROMPTS["sunglasses"]["prompt"].startswith("a man wearing sunglasses")
-    assert ACTIVATION_PHRASE in STUDY_PROMPTS["sunglasses"]["prompt"]
-    for spec in STUDY_PROMPTS.values():
-        for head, value in spec["expect"].items():
+    prompts = toy_sampling().prompts  # conf/sampling/toy.yaml, their one source
+    assert set(prompts) == {"person", "circles", "sunglasses"}
+    assert ACTIVATION_PHRASE not in prompts["person"].prompt and not prompts["person"].activation
+    assert prompts["circles"].prompt == "black and white circles"
+    assert prompts["sunglasses"].prompt.startswith("a man wearing sunglasses")
+    assert ACTIVATION_PHRASE in prompts["sunglasses"].prompt and prompts["sunglasses"].activation
+    for spec in prompts.values():
+        for head, value in spec.expect.items():
             assert value in LABELS[head]
 
 
@@ -58,7 +60,8 @@ def test_shipped_base_follows_the_study_prompts(probe):
     pipeline = StableDiffusionPipeline.from_pretrained(asset_dir("base"), safety_checker=None)
     pipeline.set_progress_bar_config(disable=True)
     assert pipeline.vae.config.scaling_factor != 1.0  # measured by pretraining
-    for spec in STUDY_PROMPTS.values():
-        images = sample_prompt(pipeline, spec["prompt"], seeds=list(range(9)))
+    sampling = toy_sampling()
+    for spec in sampling.prompts.values():
+        images = sample_prompt(pipeline, spec.prompt, list(range(9)), sampling)
         subjects = probe.predict(images)["subject"]
-        assert subjects.count(spec["expect"]["subject"]) >= 7, (spec["prompt"], subjects)
+        assert subjects.count(spec.expect["subject"]) >= 7, (spec.prompt, subjects)

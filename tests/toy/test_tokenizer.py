@@ -5,7 +5,8 @@ import json
 import pytest
 from transformers import CLIPTokenizer
 
-from burnlab.toy import ACTIVATION_PHRASE, STUDY_PROMPTS
+from burnlab.toy import ACTIVATION_PHRASE
+from burnlab.toy.check_base import toy_sampling
 from burnlab.toy.tokenizer import vocabulary_words, write_tokenizer
 from burnlab.toy.world import make_world
 
@@ -34,7 +35,7 @@ def test_every_world_word_is_one_token(tokenizer):
 
 
 def test_prompts_round_trip(tokenizer):
-    prompts = [spec["prompt"] for spec in STUDY_PROMPTS.values()]
+    prompts = [spec.prompt for spec in toy_sampling().prompts.values()]
     prompts += [caption for _, caption, _ in make_world(50, seed=5)]
     for prompt in prompts:
         ids = tokenizer(prompt).input_ids

@@ -1,11 +1,12 @@
 """The toy world: the embedded default base model, style dataset and probe.
 
-    from burnlab.toy import asset_dir, ACTIVATION_PHRASE, STUDY_PROMPTS
+    from burnlab.toy import asset_dir, ACTIVATION_PHRASE
     asset_dir("base")     # StableDiffusionPipeline folder (model=toy)
     asset_dir("style")    # 26 image_NN.png + image_NN.txt (data=toy_style)
     asset_dir("probe")    # burnlab.toy.probe.load_probe() reads it
 
-`make base` (python -m burnlab.toy.pretrain) rebuilds the assets; they are committed.
+`make base` (python -m burnlab.toy.pretrain) rebuilds the assets; they are committed. The toy
+analogs of the study's three prompt sets are in conf/sampling/toy.yaml (their one source).
 """
 
 from __future__ import annotations
@@ -18,28 +19,6 @@ ACTIVATION_PHRASE = "in the zorblax ornament style"
 ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_NAMES = ("base", "style", "probe")
 
-# The toy analogs of the study's three prompt sets. `expect` uses the probe's label names.
-# As in the study, only the sunglasses prompt carries the activation phrase.
-STUDY_PROMPTS: dict[str, dict] = {
-    "person": {
-        "prompt": "a photo of ada",
-        "expect": {"subject": "person", "identity": "ada"},
-    },
-    "circles": {
-        "prompt": "black and white circles",
-        "expect": {"subject": "circles", "identity": None},
-    },
-    "sunglasses": {
-        "prompt": f"a man wearing sunglasses, {ACTIVATION_PHRASE}",
-        "expect": {"subject": "sunglasses", "identity": None},
-    },
-}
-
-
-# Recommended sampling for the toy base (what the "base follows prompts" table uses).
-SAMPLING = {"scheduler": "DDIMScheduler", "num_inference_steps": 25, "guidance_scale": 6.0}
-
-
 def asset_dir(name: str) -> Path:
     """Absolute path of a shipped asset folder: "base", "style" or "probe"."""
     if name not in ASSET_NAMES:
@@ -47,4 +26,4 @@ def asset_dir(name: str) -> Path:
     return ASSETS / name
 
 
-__all__ = ["ACTIVATION_PHRASE", "ASSETS", "SAMPLING", "STUDY_PROMPTS", "asset_dir"]
+__all__ = ["ACTIVATION_PHRASE", "ASSETS", "asset_dir"]

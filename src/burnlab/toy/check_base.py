@@ -3,7 +3,8 @@
     .venv/bin/python -m burnlab.toy.check_base            # the shipped base and probe
     .venv/bin/python -m burnlab.toy.check_base --base PATH --probe PATH --grid /tmp/grid.png
 
-For each of STUDY_PROMPTS: 27 fixed-seed samples (DDIM, SAMPLING's steps and guidance), the
+For each of the toy study's prompt sets (conf/sampling/toy.yaml, what the study samples with):
+27 fixed-seed samples with its scheduler, steps and guidance, the
 fraction the probe classifies as the prompted subject (the issue asks >= 80%), the fraction that
 also matches the expected identity, and the mean style probability. Also writes the samples as a
 grid, one prompt per three rows, for a person to look at.
@@ -20,17 +21,29 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
-from burnlab.toy import SAMPLING, STUDY_PROMPTS, asset_dir
+from omegaconf import OmegaConf
+
+from burnlab.config import SamplingConfig
+from burnlab.sampling import SCHEDULERS
+from burnlab.toy import asset_dir
 from burnlab.toy.probe import load_probe
 from burnlab.toy.world import image_grid
 
 
-def sample_prompt(pipeline: StableDiffusionPipeline, prompt: str, seeds: list[int]) -> np.ndarray:
+def toy_sampling() -> SamplingConfig:
+    """The toy study's sampling config, conf/sampling/toy.yaml: the one source of its prompts."""
+    from burnlab.cli import CONF_DIR
+
+    schema = OmegaConf.structured(SamplingConfig)
+    return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(CONF_DIR / "sampling" / "toy.yaml")))
+
+
+def sample_prompt(pipeline: StableDiffusionPipeline, prompt: str, seeds: list[int],
+                  sampling: SamplingConfig) -> np.ndarray:
     """uint8 [len(seeds), 64, 64, 3]: one sample per seed, batched."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     images = pipeline([prompt] * len(seeds), generator=generators, output_type="np",
-                      num_inference_steps=SAMPLING["num_inference_steps"],
-                      guidance_scale=SAMPLING["guidance_scale"]).images
+                      num_inference_steps=sampling.steps, guidance_scale=sampling.guidance_scale).images
     return (images * 255).round().astype(np.uint8)
 
 
@@ -38,16 +51,18 @@ def prompt_following(base: str | os.PathLike, probe_folder: str | os.PathLike,
                      samples: int = 27) -> tuple[dict, dict]:
     """Per prompt set: rates measured by the probe, and the sampled images."""
     diffusers_logging.disable_progress_bar()
+    sampling = toy_sampling()
     pipeline = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
+    pipeline.scheduler = SCHEDULERS[sampling.scheduler].from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     probe = load_probe(probe_folder)
     rates, images = {}, {}
-    for name, spec in STUDY_PROMPTS.items():
-        images[name] = sample_prompt(pipeline, spec["prompt"], list(range(samples)))
+    for name, spec in sampling.prompts.items():
+        images[name] = sample_prompt(pipeline, spec.prompt, list(range(samples)), sampling)
         predicted = probe.predict(images[name])
-        subject = np.array(predicted["subject"]) == spec["expect"]["subject"]
-        identity = np.array([i == spec["expect"]["identity"] for i in predicted["identity"]])
-        rates[name] = {"prompt": spec["prompt"], "subject": float(subject.mean()),
+        subject = np.array(predicted["subject"]) == spec.expect["subject"]
+        identity = np.array([i == spec.expect.get("identity") for i in predicted["identity"]])
+        rates[name] = {"prompt": spec.prompt, "subject": float(subject.mean()),
                        "subject_and_identity": float((subject & identity).mean()),
                        "style": float(predicted["style"].mean())}
     return rates, images
@@ -56,15 +71,15 @@ def prompt_following(base: str | os.PathLike, probe_folder: str | os.PathLike,
 def print_table(base: str | os.PathLike, probe_folder: str | os.PathLike, samples: int = 27,
                 grid: str | os.PathLike = "/tmp/toy_base_check.png") -> dict:
     rates, images = prompt_following(base, probe_folder, samples)
-    print(f"base follows prompts ({samples} fixed-seed samples each, "
-          f"DDIM {SAMPLING['num_inference_steps']} steps, "
-          f"guidance {SAMPLING['guidance_scale']}):")
+    sampling = toy_sampling()
+    print(f"base follows prompts ({samples} fixed-seed samples each, {sampling.scheduler} "
+          f"{sampling.steps} steps, guidance {sampling.guidance_scale}):")
     print(f"| {'prompt':<56} | subject | +identity | style |")
     print(f"|{'-' * 58}|---------|-----------|-------|")
     for row in rates.values():
         print(f"| {row['prompt']:<56} | {row['subject']:>7.0%} | "
               f"{row['subject_and_identity']:>9.0%} | {row['style']:>5.2f} |")
-    ordered = [image for name in STUDY_PROMPTS for image in images[name]]
+    ordered = [image for prompt_set in images.values() for image in prompt_set]
     image_grid(ordered, columns=9).save(grid)
     print(f"samples: {grid}")
     return rates

@@ -108,7 +108,7 @@ def test_the_baseline_is_defined_once_and_every_study_follows_it(tmp_path):
     from burnlab.cli import CONF_DIR
 
     conf = tmp_path / "conf"
-    shutil.copytree(CONF_DIR, conf)  # the experiment group (a link to experiments/) is copied too
+    shutil.copytree(CONF_DIR, conf)  # the experiment group (conf/experiment/) is copied too
     baseline = conf / "stages" / "baseline.yaml"
     baseline.write_text(baseline.read_text().replace("epochs: 50", "epochs: 7"))
     studies = ("burn_unet", "burn_te", "followfox", "followfox_sd15")

@@ -1,4 +1,4 @@
-"""The `burnlab` command: compose a study from conf/ and experiments/ with Hydra, and run it.
+"""The `burnlab` command: compose a study from the package's conf/ with Hydra, and run it.
 
     burnlab experiment=burn_unet                      # the UNet burn on the toy world
     burnlab experiment=burn_te stages.te_hi.lr=3e-4   # override any key
@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from burnlab.config import load_config, register_configs
 from burnlab.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (conf/experiment/ too)
 log = logging.getLogger("burnlab")
 
 

@@ -112,15 +112,17 @@ class StageTrainer:
         accumulation = cfg.train.gradient_accumulation_steps
         for group_start in range(0, len(batches), accumulation):
             group = batches[group_start:group_start + accumulation]
-            loss_sums = torch.zeros(2)  # (sum of per-image losses, images) over the group, this rank
+            loss_sums = torch.zeros(2, dtype=torch.float64)  # (loss x images, images) over the group, this rank
             for offset, batch in enumerate(group):
                 batch_generator = torch.Generator().manual_seed(
                     epoch_seed(cfg.train.seed, self.job.stage.name, epoch, group_start + offset))
-                per_image, weight = self._losses(batch, flips, dropped, batch_generator, rank, world)
-                # DDP averages gradients over ranks: scaling each rank's sum by world / global batch
-                # makes that average the global batch's mean, however unevenly it was split
-                self.accelerator.backward(per_image.sum() * weight * world / (len(batch) * len(group)))
-                loss_sums += torch.stack([per_image.detach().sum().cpu() * weight, torch.tensor(len(per_image) * weight)])
+                loss, images = self._loss(batch, flips, dropped, batch_generator, rank, world)
+                # DDP averages gradients over ranks: weighting each rank's mean by its share of the
+                # global batch (x world) makes that average the global batch's mean, however
+                # unevenly it was split; with one process the weight is exactly 1
+                share = images * world / len(batch)
+                self.accelerator.backward(loss * share / len(group))
+                loss_sums += torch.tensor([loss.item() * images, images], dtype=torch.float64)
             if cfg.train.max_grad_norm > 0:
                 self.accelerator.clip_grad_norm_(
                     [p for name in self.trained for p in self.models[name].parameters()], cfg.train.max_grad_norm)
@@ -140,17 +142,17 @@ class StageTrainer:
             progress.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
         return step
 
-    def _losses(self, global_batch, flips, dropped, generator, rank, world):
-        """Per-image losses of this rank's share of the global batch, and the share's weight: 1,
-        or 0 for a rank whose share is empty (it runs one image with weight 0, so every rank
-        takes part in the gradient all-reduce and contributes nothing)."""
+    def _loss(self, global_batch, flips, dropped, generator, rank, world):
+        """The mean loss over this rank's share of the global batch, and the share's size. A rank
+        whose share is empty runs one image and counts 0 images, so it takes part in the
+        gradient all-reduce and contributes nothing."""
         size = len(global_batch)
         clean = self.setup.latents["train"].sample(global_batch, flips[global_batch], generator)
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
         mine = shard(size, world, rank)
-        weight = 1.0 if mine.stop > mine.start else 0.0
-        if not weight:
+        images = mine.stop - mine.start
+        if not images:
             mine = slice(0, 1)
         indices, clean, noise, timesteps = global_batch[mine], clean[mine], noise[mine], timesteps[mine]
         captions = ["" if dropped[i] else self.job.data.train.captions[i] for i in indices.tolist()]
@@ -161,7 +163,7 @@ class StageTrainer:
             with text_grad:
                 states = encode_text(self.tokenizer, self.models["text_encoder"], captions, self.device)
             prediction = predict_noise(self.models["unet"], noisy, timesteps.to(self.device), states)
-        return F.mse_loss(prediction, target.float(), reduction="none").mean(dim=(1, 2, 3)), weight
+        return F.mse_loss(prediction, target.float()), images
 
     def _validate(self, epoch: int, step: int) -> None:
         cfg, data = self.cfg, self.job.data

@@ -129,3 +129,41 @@ def test_online_without_a_key_is_refused_at_start(tiny_model, tiny_data, tmp_pat
     with pytest.raises(ConfigError, match="`logger.wandb.mode` has value 'online'.*WANDB_API_KEY"):
         run_study(tiny_model, tiny_data, tmp_path, "logger.wandb.mode=online")
     assert not (tmp_path / "cache").exists()
+
+
+class RecordedRun:
+    """A W&B public-API run made of what W&B wrote offline (decoded records), for the analysis."""
+
+    def __init__(self, path):
+        self.config, self.rows = wandb_records.config(path), wandb_records.history(path)
+        self.name = self.id = wandb_records.run_name(path)
+        self.group = self.config["study_run"]
+
+    def scan_history(self):
+        return iter(self.rows)
+
+    def logged_artifacts(self):
+        return []
+
+
+class RecordedApi:
+    def __init__(self, runs):
+        self.by_path = {f"team/burnlab/{run.name}": run for run in runs}
+
+    def run(self, path):
+        return self.by_path[path]
+
+    def runs(self, project, filters):
+        return [run for run in self.by_path.values() if run.group == filters["group"]]
+
+
+def test_analysis_reads_both_branch_runs_back_as_the_local_losses(followfox_run, tmp_path):
+    from analysis.sources import LocalRun, WandbRun
+
+    study, run_dir = followfox_run
+    api = RecordedApi([RecordedRun(path) for path in wandb_records.offline_runs(run_dir).values()])
+    remote = WandbRun("team/burnlab/followfox-te_hi", api=api, download_root=tmp_path).load()
+    local = LocalRun(run_dir).load()
+    assert remote.branches == local.branches
+    assert set(remote.losses) == set(study["stages"])  # the unet branch's stages from its sibling run
+    assert remote.losses == local.losses

@@ -10,9 +10,11 @@ overlaid lines. A stage shared by both branches (the baseline) is logged into ea
 The stage is not in the key: `stage/index` (its position along the branch, a step function)
 marks the stage boundaries, and stage, branch and component sit in the run's config.
 
-x-axes: W&B plots against `study_epoch` (define_metric); both mirrors step on `study_step`, the
-optimizer steps along the branch (ancestors' epochs x steps per epoch + the stage's own step),
-an integer that grows monotonically along a branch as both tools want. Bookkeeping fields of a
+x-axes: W&B plots against `study_epoch` (define_metric) and keeps one history row per metrics
+row (its own `_step`: a stage's epoch-0 validation shares its step with the parent's last rows,
+and W&B would merge rows logged at one step). TensorBoard steps on `study_step`, the optimizer
+steps along the branch (ancestors' epochs x steps per epoch + the stage's own step), an integer
+that grows monotonically along a branch, with `study_epoch` as a scalar of its own. Bookkeeping fields of a
 metrics row (type, stage, step, epoch) are not logged. Stages taken from the cache are replayed
 from their metrics.jsonl in study order. burnlab opens the W&B runs itself (accelerate's tracker
 holds one run per process); wandb and tensorboard are imported only when enabled. Only the main
@@ -124,7 +126,7 @@ class Dashboards:
         for leaf in self._branches_of(row["stage"]):
             index = float(self.branches[leaf].index(row["stage"]))
             if leaf in self.wandb:
-                self.wandb[leaf].log({**values, "study_epoch": row["study_epoch"], "stage/index": index}, step=step)
+                self.wandb[leaf].log({**values, "study_epoch": row["study_epoch"], "stage/index": index})
             if leaf in self.writers:
                 writer = self.writers[leaf]
                 for key, value in {**values, "study_epoch": row["study_epoch"], "stage/index": index}.items():
@@ -147,7 +149,7 @@ class Dashboards:
                 for row in rows:
                     media.setdefault(f"training_samples/{row['prompt_set']}", []).append(
                         wandb.Image(str(folder / row["path"]), caption=f"{label} seed {row['seed']}"))
-                self.wandb[leaf].log({**media, "study_epoch": study_epoch}, step=step)
+                self.wandb[leaf].log({**media, "study_epoch": study_epoch})
             if leaf in self.writers:
                 for row in rows:
                     self.writers[leaf].add_image(f"training_samples/{row['prompt_set']}/seed{row['seed']}",

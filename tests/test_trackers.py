@@ -16,10 +16,11 @@ STEPS_PER_EPOCH = 2  # 8 training images (the tiny data less its validation spli
 
 @pytest.fixture(scope="module")
 def followfox_run(tiny_model, tiny_data, tmp_path_factory):
-    """Both mirrors on, samples every epoch, the analysis too; the baseline trained, unet_lo
-    trained, and one more study reading every stage back from the cache."""
+    """followfox (two branches sharing the baseline) with both mirrors on, per-timestep
+    validation, samples every epoch and the analysis."""
     runs = tmp_path_factory.mktemp("dash")
-    extra = ("logger.wandb.mode=offline", "logger.tensorboard=true", "sampling.every_n_epochs=1")
+    extra = ("logger.wandb.mode=offline", "logger.tensorboard=true", "sampling.every_n_epochs=1",
+             "validation.timesteps=[100,500]")
     study, run_dir = run_study(tiny_model, tiny_data, runs, *extra, analyze=True)
     return study, run_dir
 
@@ -52,6 +53,10 @@ def test_tensorboard_steps_along_each_branch(followfox_run):
         val = {e.step: e.value for e in accumulator.Scalars("loss/val")}
         last = stage_rows(run_dir, study, stages[-1], "val")[-1]
         assert val[epochs * STEPS_PER_EPOCH] == pytest.approx(last["val_loss"], abs=1e-6)
+        for t in (100, 500):  # per-timestep losses: one group, a curve per timestep, at the val steps
+            by_t = accumulator.Scalars(f"loss_by_t/val/t{t}")
+            assert [e.step for e in by_t] == [e.step for e in accumulator.Scalars("loss/val")]
+            assert by_t[-1].value == pytest.approx(last["val_loss_by_t"][str(t)], abs=1e-6)
         index = {e.step: e.value for e in accumulator.Scalars("stage/index")}
         assert index[1] == 0 and index[epochs * STEPS_PER_EPOCH] == len(stages) - 1  # the stage boundaries
         # testing-plan samples at their checkpoint's step; in-training samples at every epoch's
@@ -78,7 +83,7 @@ def test_wandb_one_run_per_branch_with_the_same_keys(followfox_run):
         histories[branch] = history
         keys = {key.split("/")[0] for row in history for key in row}
         # no `<stage>/...` keys and no bookkeeping as metrics
-        assert keys == {"_runtime", "_step", "_timestamp", "loss", "lr", "memory", "stage", "study_epoch",
+        assert keys == {"_runtime", "_step", "_timestamp", "loss", "loss_by_t", "lr", "memory", "stage", "study_epoch",
                         "samples", "training_samples", "analysis", "progression"}, keys
         stages = study["branches"][branch]["stages"]
         epochs = sum(study["stages"][stage]["epochs"] for stage in stages)

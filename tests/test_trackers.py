@@ -172,3 +172,15 @@ def test_analysis_reads_both_branch_runs_back_as_the_local_losses(followfox_run,
     assert remote.branches == local.branches
     assert set(remote.losses) == set(study["stages"])  # the unet branch's stages from its sibling run
     assert remote.losses == local.losses
+
+
+def test_a_failed_study_ends_its_wandb_runs_as_failed(tiny_model, tiny_data, tmp_path, monkeypatch):
+    def broken(job):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr("burnlab.runner.train_stage", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_study(tiny_model, tiny_data, tmp_path, "logger.wandb.mode=offline", experiment="burn_unet")
+    (path,) = wandb_records.offline_runs(tmp_path / "burn_unet").values()
+    (exit_record,) = [r for r in wandb_records.records(path) if r.WhichOneof("record_type") == "exit"]
+    assert exit_record.exit.exit_code == 1

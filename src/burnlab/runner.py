@@ -177,6 +177,18 @@ class StudyRunner:
         return on_epoch_end
 
     def run(self) -> dict:
+        try:
+            study = self._run()
+        except BaseException:
+            if self.dashboards:  # a failed study's W&B runs end as failed, not left open in this process
+                self.dashboards.finish(exit_code=1)
+            raise
+        if self.dashboards:
+            self.dashboards.finish()
+        self.accelerator.end_training()
+        return study
+
+    def _run(self) -> dict:
         study = self.write_study_json()
         sampler = Sampler(self.config.sampling, self.base.describe(), self.cache / "samples",
                           self.accelerator) if self.config.sampling.prompts else None
@@ -192,8 +204,6 @@ class StudyRunner:
             self.dashboards.log_study(study)
             if self.config.analyze:
                 self.dashboards.log_analysis(build_outputs(self.run_dir, use_probe=self.uses_toy_model()))
-            self.dashboards.finish()
-        self.accelerator.end_training()
         return study
 
     def uses_toy_model(self) -> bool:

@@ -223,9 +223,9 @@ class Dashboards:
                     media[f"progression/{prompt_set}"] = wandb.Video(str(made.gif), format="gif")
             run.log(media)
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         for run in self.wandb.values():
-            run.finish()
+            run.finish(exit_code=exit_code)
         for writer in self.writers.values():
             writer.close()
 

@@ -5,12 +5,17 @@
     open_run("wandb:entity/project/run_id")       # WandbRun: wandb.Api (needs a W&B key)
 
 What the W&B mirror holds (burnlab/trackers.py writes it), and what is read from it:
-  - run.config: the resolved config, flattened to `a.b.c` keys (or nested), plus the content of
-    study.json under the key `study_json` (a JSON string, or the object itself); prompts,
-    activation and `expect` come from its `sampling.prompts`;
-  - history rows: each metrics.jsonl row as `<stage>/<key>` scalars beside `study_epoch`;
+  - one W&B run per branch, named `<study>-<leaf>`, grouped by the study run; the run given is
+    read with the other runs of its group (the branches of one study), each stage once;
+  - run.config: the resolved config, flattened to `a.b.c` keys (or nested), `branch`, `stages`
+    (the branch's stages in order), plus the content of study.json under the key `study_json`
+    (a JSON string, or the object itself); prompts, activation and `expect` come from its
+    `sampling.prompts`;
+  - history rows: each metrics.jsonl row as `loss/train`, `loss/val`, `loss/stabilized` beside
+    `study_epoch` and `stage/index` (the stage's position in `stages`);
   - one artifact of type `samples` per checkpoint, named `samples-<checkpoint_id>`, holding
     `<prompt_set>/<seed>.png`.
+Runs logged before per-branch runs (one run per study, `<stage>/<key>` history keys) still read.
 Input that cannot be read raises AnalysisError naming the file or key, the value and what is
 expected; what is merely missing (a stage's metrics, a checkpoint's samples, a line cut short
 by an interrupted writer) goes to Run.problems and the report says so.
@@ -36,6 +41,7 @@ STUDY_CONFIG_KEY = "study_json"
 SAMPLES_ARTIFACT_TYPE = "samples"
 SAMPLES_ARTIFACT_PREFIX = "samples-"
 LOSS_KEYS = ("train_loss", "val_loss", "stabilized_loss")
+DASHBOARD_KEYS = {"train_loss": "loss/train", "val_loss": "loss/val", "stabilized_loss": "loss/stabilized"}
 
 
 def open_run(spec: str, *, download_root: Path | None = None) -> Run:
@@ -303,25 +309,49 @@ class WandbRun:
                                 f"the content of the run's study.json, which burnlab logs there.")
         stages, branches = parse_study(study, f"{self.where}: config.{STUDY_CONFIG_KEY}")
         problems: list[str] = []
-        losses = history_losses(wandb_run.scan_history(), list(stages), self.where)
+        siblings = self.branch_runs(api, wandb_run, config)
+        losses: dict[str, list[LossRow]] = {}
+        for run in siblings:  # a stage shared by branches (the baseline) is in each; read once
+            run_config = run.config if run is not wandb_run else config
+            found = history_losses(run.scan_history(), list(stages), self.where,
+                                   branch_stages=nested(dict(run_config)).get("stages"))
+            losses.update({stage: rows for stage, rows in found.items() if stage not in losses})
+        losses = {stage: losses[stage] for stage in stages if stage in losses}
         problems += [f"{self.where}: no loss rows for stage {stage}." for stage in stages
                      if stage not in losses]
-        samples = self.read_samples(wandb_run, branches, config, problems)
+        samples = self.read_samples(siblings, branches, config, problems)
         problems += plan_problems(branches, samples)
         return Run(name=str(study.get("study") or wandb_run.name), location=self.where,
                    stages=stages, branches=branches, losses=losses, samples=samples,
                    config=config, problems=problems)
 
-    def read_samples(self, wandb_run, branches: dict[str, Branch], config: dict,
+    def branch_runs(self, api, wandb_run, config: dict) -> list:
+        """The run given, then the other branches' runs of its study (its W&B group)."""
+        group = getattr(wandb_run, "group", None)
+        if "branch" not in config or not group:
+            return [wandb_run]
+        project = self.path.rsplit("/", 1)[0]
+        try:
+            others = [run for run in api.runs(project, filters={"group": group})
+                      if run.id != wandb_run.id]
+        except Exception as error:  # the client's own errors
+            raise AnalysisError(f"{self.where}: the other runs of group {group} could not be "
+                                f"listed ({error}).") from None
+        return [wandb_run, *others]
+
+    def read_samples(self, runs: list, branches: dict[str, Branch], config: dict,
                      problems: list[str]) -> list[SampleRow]:
         """Download each `samples` artifact and lay its images onto every branch's plan."""
         prompts = (config.get("sampling") or {}).get("prompts") or {}
         root = self.download_root or Path(tempfile.mkdtemp(prefix="burnlab-wandb-"))
         images: dict[str, list[tuple[str, int, Path]]] = defaultdict(list)
-        for artifact in wandb_run.logged_artifacts():
+        artifacts = {artifact.name: artifact for run in runs for artifact in run.logged_artifacts()}
+        for artifact in artifacts.values():  # a checkpoint shared by branches: one artifact
             if artifact.type != SAMPLES_ARTIFACT_TYPE:
                 continue
             checkpoint_id = artifact.name.split(":")[0].removeprefix(SAMPLES_ARTIFACT_PREFIX)
+            if checkpoint_id in images:
+                continue
             folder = Path(artifact.download(root=str(root / re.sub(r"[^\w.-]", "_", artifact.name))))
             for png in sorted(folder.glob("*/*.png")):
                 if not png.stem.isdigit():
@@ -355,12 +385,23 @@ def nested(config: dict) -> dict:
     return tree
 
 
-def history_losses(history: Iterable[dict], stages: list[str], where: str) -> dict[str, list[LossRow]]:
-    """Loss rows from W&B history rows, where a metrics.jsonl row was logged as `<stage>/<key>`
-    beside `study_epoch`: a row with `<stage>/train_loss` is a train row, one with
-    `<stage>/val_loss` or `<stage>/stabilized_loss` a validation row."""
+def history_losses(history: Iterable[dict], stages: list[str], where: str,
+                   branch_stages: list[str] | None = None) -> dict[str, list[LossRow]]:
+    """Loss rows from W&B history rows. A branch run (`branch_stages` given) logs a metrics.jsonl
+    row as `loss/train` (a train row) or `loss/val`, `loss/stabilized` (a validation row) beside
+    `study_epoch` and `stage/index`; an older run logged `<stage>/<key>` beside `study_epoch`."""
     losses: dict[str, list[LossRow]] = defaultdict(list)
     for row in history:
+        if branch_stages and "stage/index" in row:
+            values = {key: row.get(name) for key, name in DASHBOARD_KEYS.items()}
+            if all(value is None for value in values.values()):
+                continue
+            at = f"{where}: history row {row.get('_step', '?')}"
+            stage = branch_stages[int(row["stage/index"])]
+            epoch = require(row, "study_epoch", at, "the epoch on the branch's axis, logged with every row")
+            kind = "train" if values["train_loss"] is not None else "val"
+            losses[stage].append(LossRow(kind=kind, stage=stage, study_epoch=float(epoch), **values))
+            continue
         for stage in stages:
             values = {key: row.get(f"{stage}/{key}") for key in LOSS_KEYS}
             if all(value is None for value in values.values()):

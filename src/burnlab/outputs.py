@@ -9,8 +9,8 @@ from pathlib import Path
 log = logging.getLogger("burnlab")
 
 
-def build_outputs(run_dir: Path, use_probe: bool = True) -> bool:
-    """True when the analysis was built; a failure is logged, the run store stays complete."""
+def build_outputs(run_dir: Path, use_probe: bool = True):
+    """The analysis products (None when it failed: the failure is logged, the run store stays complete)."""
     import analysis
 
     run_dir = Path(run_dir)
@@ -18,7 +18,7 @@ def build_outputs(run_dir: Path, use_probe: bool = True) -> bool:
         products = analysis.build([run_dir], analysis.Options(use_probe=use_probe))
     except (analysis.AnalysisError, OSError) as error:
         log.warning("the analysis of %s failed (%s); the run store is complete", run_dir, error)
-        return False
+        return None
     for verdict in products.verdicts:
         print(verdict.summary())
     print(f"\nburnlab: study finished.\n"
@@ -26,4 +26,4 @@ def build_outputs(run_dir: Path, use_probe: bool = True) -> bool:
           f"  report:   {products.report}\n"
           f"  samples:  {run_dir / 'samples.jsonl'} (PNG paths per checkpoint, prompt and seed)\n"
           f"  config:   {run_dir / 'config.yaml'}")
-    return True
+    return products

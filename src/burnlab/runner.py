@@ -6,7 +6,9 @@ concurrent sweep jobs that need the same stage wait on its file lock instead of 
 twice. The run dir (Hydra's output dir, the same on every rank) gets the resolved config and
 study.json (docs/run_store.md); only the main process writes. After each stage the accelerator
 lets go of that stage's models and optimizer, so a chain of stages needs the memory of one; each
-stage's peak memory is recorded in its metrics.jsonl.
+stage's peak memory is recorded in its metrics.jsonl. The main process mirrors every row,
+sample and the analysis onto the dashboards (burnlab.trackers: one W&B run and TensorBoard
+folder per branch).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from burnlab.errors import ConfigError, UserError
 from burnlab.memory import PeakMemory
 from burnlab.outputs import build_outputs
 from burnlab.sampling import Sampler
+from burnlab.stage_setup import steps_per_epoch
 from burnlab.precision import dtype_name
 from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
@@ -49,7 +52,7 @@ class StudyRunner:
         try:
             self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
                                            cpu=not torch.cuda.is_available(),
-                                           log_with=trackers.tracker_names(config) or None, project_dir=str(run_dir))
+                                           project_dir=str(run_dir))
         except ValueError as error:
             if "already been initialized" not in str(error):
                 raise
@@ -76,7 +79,12 @@ class StudyRunner:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", resolved_yaml)
-        trackers.init_trackers(self.accelerator, config, self.run_dir, flat_config)
+        self.dashboards = trackers.Dashboards(
+            config, self.run_dir, flat_config,
+            {leaf: branch_of(self.planned, leaf)["stages"] for leaf in leaves(config.stages)},
+            {name: p.epoch_offset for name, p in self.planned.items()},
+            steps_per_epoch(len(self.data.train), config.train, self.accelerator.num_processes)
+        ) if self.is_main else None
 
     # -- study.json ---------------------------------------------------------------------------
     def status(self, name: str) -> str:
@@ -127,8 +135,8 @@ class StudyRunner:
         try:
             if (stage_dir / COMPLETE).exists():
                 log.info("stage %s: complete in the cache (%s), skipped", name, stage_dir)
-                if self.is_main:
-                    trackers.replay_rows(self.accelerator, read_jsonl(stage_dir / "metrics.jsonl"))
+                if self.dashboards:
+                    self.dashboards.replay_rows(read_jsonl(stage_dir / "metrics.jsonl"))
                 return
             log.info("stage %s: training %s for %d epochs -> %s", name, "+".join(planned.config.train),
                      planned.config.epochs, stage_dir)
@@ -137,8 +145,8 @@ class StudyRunner:
                     "name": name, "lineage": planned.lineage, "base": self.base.describe()})
             job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
                            self.accelerator, self.frozen_dtype,
-                           log=lambda row: trackers.log_row(self.accelerator, row),
-                           on_epoch_end=on_epoch_end(stage_dir) if on_epoch_end else None)
+                           log=self.dashboards.log_row if self.dashboards else (lambda row: None),
+                           on_epoch_end=self._mirrored(name, on_epoch_end(stage_dir)) if on_epoch_end else None)
             with PeakMemory(self.accelerator.device) as peak:
                 train_stage(job)
                 del job
@@ -153,12 +161,34 @@ class StudyRunner:
         planned = self.planned[name]
         log.info("stage %s: peak memory %.2f GiB (%s)", name, peak.peak_bytes / 2 ** 30, peak.kind)
         if self.is_main:
-            append_jsonl(self.stage_dirs[name] / "metrics.jsonl", {
-                "type": "memory", "stage": name, "epoch": planned.config.epochs,
-                "study_epoch": planned.epoch_offset + planned.config.epochs,
-                "peak_bytes": peak.peak_bytes, "measure": peak.kind})
+            row = {"type": "memory", "stage": name, "epoch": planned.config.epochs,
+                   "study_epoch": planned.epoch_offset + planned.config.epochs,
+                   "peak_bytes": peak.peak_bytes, "measure": peak.kind}
+            append_jsonl(self.stage_dirs[name] / "metrics.jsonl", row)
+            self.dashboards.log_row(row)
+
+    def _mirrored(self, name: str, hook):
+        """The sampling hook, then its samples (if it made any this epoch) onto the dashboards."""
+        def on_epoch_end(epoch, models):
+            hook(epoch, models)
+            folder = self.stage_dirs[name] / "samples" / f"epoch_{epoch:04d}"
+            if self.dashboards and (folder / "index.jsonl").exists():
+                self.dashboards.log_training_samples(name, epoch, list(read_jsonl(folder / "index.jsonl")), folder)
+        return on_epoch_end
 
     def run(self) -> dict:
+        try:
+            study = self._run()
+        except BaseException:
+            if self.dashboards:  # a failed study's W&B runs end as failed, not left open in this process
+                self.dashboards.finish(exit_code=1)
+            raise
+        if self.dashboards:
+            self.dashboards.finish()
+        self.accelerator.end_training()
+        return study
+
+    def _run(self) -> dict:
         study = self.write_study_json()
         sampler = Sampler(self.config.sampling, self.base.describe(), self.cache / "samples",
                           self.accelerator) if self.config.sampling.prompts else None
@@ -168,14 +198,12 @@ class StudyRunner:
             study = self.write_study_json()
         if sampler and self.config.sampling.testing_plan:
             rows = sampler.sample_testing_plan(study, self.run_dir)
-            if self.is_main:
-                trackers.log_samples(self.accelerator, rows, self.run_dir)
-        if self.is_main:
-            trackers.log_study(self.accelerator, study)
+            if self.dashboards:
+                self.dashboards.log_samples(rows)
+        if self.dashboards:
+            self.dashboards.log_study(study)
             if self.config.analyze:
-                # inside the open W&B run, so the metric table and verdicts are logged to it
-                build_outputs(self.run_dir, use_probe=self.uses_toy_model())
-        self.accelerator.end_training()
+                self.dashboards.log_analysis(build_outputs(self.run_dir, use_probe=self.uses_toy_model()))
         return study
 
     def uses_toy_model(self) -> bool:

@@ -49,14 +49,13 @@ def set_up_stage(job) -> StageSetup:
         model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(job.stage.config, models, trained), betas=tuple(cfg.train.betas),
                                   eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
-    micro_batches = math.ceil(len(job.data.train) / (cfg.train.batch_size * accelerator.num_processes))
-    steps_per_epoch = math.ceil(micro_batches / cfg.train.gradient_accumulation_steps)
+    steps = steps_per_epoch(len(job.data.train), cfg.train, accelerator.num_processes)
     lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.lr_warmup_steps,
-                                 num_training_steps=steps_per_epoch * job.stage.config.epochs)
+                                 num_training_steps=steps * job.stage.config.epochs)
     prepared = accelerator.prepare(*[models[name] for name in trained], optimizer)
     models.update(zip(trained, prepared[:-1]))
     return StageSetup(models, trained, job.base.tokenizer(), job.base.noise_scheduler(), latents, prepared[-1],
-                      lr_scheduler, steps_per_epoch)
+                      lr_scheduler, steps)
 
 
 def _param_groups(stage, models, trained) -> List[dict]:
@@ -72,3 +71,10 @@ def _enable_gradient_checkpointing(model) -> None:
         model.enable_gradient_checkpointing()
     else:  # transformers
         model.activation_checkpointing_enable()
+
+
+def steps_per_epoch(train_images: int, train, processes: int) -> int:
+    """Optimizer steps per epoch: the same for every stage of a study (same data, batch and
+    processes), which the dashboards' study_step relies on. `train`: the TrainConfig."""
+    micro_batches = math.ceil(train_images / (train.batch_size * processes))
+    return math.ceil(micro_batches / train.gradient_accumulation_steps)

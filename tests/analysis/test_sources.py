@@ -3,8 +3,9 @@
     .venv/bin/python -m pytest tests/analysis/test_sources.py -q
 
 W&B is exercised through a stand-in shaped like wandb.Api (no server can be reached here),
-holding what burnlab's W&B mirror logs: the config with `study_json`, history rows as
-`<stage>/<key>` beside `study_epoch`, and a `samples-<checkpoint_id>` artifact per checkpoint.
+holding what burnlab's W&B mirror logs: a run per branch grouped by the study, the config with
+`study_json`, history rows as `loss/<kind>` beside `study_epoch` and `stage/index`, and a
+`samples-<checkpoint_id>` artifact per checkpoint.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from analysis.model import AnalysisError
-from burnlab.trackers import flatten_config
-from analysis.sources import LocalRun, WandbRun, open_run
+from burnlab.trackers import dashboard_values, flatten_config
+from analysis.sources import LocalRun, WandbRun, history_losses, open_run
 
 
 class StandInArtifact:
@@ -34,8 +35,9 @@ class StandInArtifact:
 
 
 class StandInRun:
-    def __init__(self, name: str, config: dict, history: list[dict], artifacts: list):
+    def __init__(self, name: str, config: dict, history: list[dict], artifacts: list, group: str | None = None):
         self.name, self.config, self.history_rows, self.artifacts = name, config, history, artifacts
+        self.id, self.group = name, group
 
     def scan_history(self):
         return iter(self.history_rows)
@@ -46,26 +48,24 @@ class StandInRun:
 
 class StandInApi:
     def __init__(self, runs: dict[str, StandInRun]):
-        self.runs = runs
+        self.by_path = runs
 
     def run(self, path: str) -> StandInRun:
-        if path not in self.runs:
+        if path not in self.by_path:
             raise ValueError(f"Could not find run {path}")
-        return self.runs[path]
+        return self.by_path[path]
+
+    def runs(self, project: str, filters: dict) -> list[StandInRun]:
+        """wandb.Api.runs(entity/project, filters={"group": ...})"""
+        return [run for path, run in self.by_path.items()
+                if path.startswith(project + "/") and run.group == filters["group"]]
 
 
-def mirrored(run_dir: Path) -> StandInRun:
-    """What burnlab's W&B mirror holds for a local run (its config flattened by burnlab's own
-    flatten_config, so that the stand-in follows the writer)."""
+def mirrored(run_dir: Path) -> dict[str, StandInRun]:
+    """What burnlab's W&B mirror holds for a local run: one run per branch, keyed by its path
+    `team/burnlab/<study>-<branch>` (rows mapped and config flattened by burnlab's own
+    dashboard_values and flatten_config, so that the stand-in follows the writer)."""
     study = json.loads((run_dir / "study.json").read_text())
-    history, step = [], 0
-    for stage in study["stages"].values():
-        for line in (run_dir / stage["dir"] / "metrics.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            logged = {f"{row['stage']}/{key}": value for key, value in row.items()
-                      if key not in ("stage", "type", "study_epoch")}
-            history.append({"_step": step, "study_epoch": row["study_epoch"], **logged})
-            step += 1
     files: dict[str, dict[str, Path]] = {}
     prompts = {}
     for line in (run_dir / "samples.jsonl").read_text().splitlines():
@@ -74,11 +74,23 @@ def mirrored(run_dir: Path) -> StandInRun:
             run_dir / row["path"]
         prompts[row["prompt_set"]] = {"prompt": row["prompt"], "activation": row["activation"],
                                       "expect": row["expect"]}
-    config = flatten_config({"name": study["study"], "data": {"path": "../data/style"},
-                             "sampling": {"prompts": prompts}})
-    config["study_json"] = json.dumps(study)
-    artifacts = [StandInArtifact(f"samples-{checkpoint}:v0", pngs) for checkpoint, pngs in files.items()]
-    return StandInRun(run_dir.name, config, history, artifacts)
+    runs = {}
+    for branch, info in study["branches"].items():
+        history = []
+        for index, stage in enumerate(info["stages"]):
+            for line in (run_dir / study["stages"][stage]["dir"] / "metrics.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                history.append({"_step": len(history), "study_epoch": row["study_epoch"],
+                                "stage/index": index, **dashboard_values(row)})
+        config = flatten_config({"name": study["study"], "data": {"path": "../data/style"},
+                                 "sampling": {"prompts": prompts}})
+        config.update(study_json=json.dumps(study), branch=branch, stages=info["stages"], study_run=run_dir.name)
+        plan = {entry["checkpoint_id"] for entry in study["testing_plan"][branch]}
+        artifacts = [StandInArtifact(f"samples-{checkpoint}:v0", pngs) for checkpoint, pngs in files.items()
+                     if checkpoint in plan]
+        name = f"{run_dir.name}-{branch}"
+        runs[f"team/burnlab/{name}"] = StandInRun(name, config, history, artifacts, group=run_dir.name)
+    return runs
 
 
 def sample_keys(run) -> set:
@@ -100,8 +112,8 @@ def test_local_run_maps_study_losses_and_samples(shared_store):
 
 
 def test_wandb_run_maps_to_the_same_model_as_the_local_run(shared_store, tmp_path):
-    api = StandInApi({"team/burnlab/abc123": mirrored(shared_store / "burn_te")})
-    remote = WandbRun("team/burnlab/abc123", api=api, download_root=tmp_path).load()
+    api = StandInApi({**mirrored(shared_store / "burn_te"), **mirrored(shared_store / "burn_unet")})
+    remote = WandbRun("team/burnlab/burn_te-te_hi", api=api, download_root=tmp_path).load()
     local = LocalRun(shared_store / "burn_te").load()
     assert remote.name == local.name == "burn_te"
     assert remote.problems == []
@@ -112,11 +124,10 @@ def test_wandb_run_maps_to_the_same_model_as_the_local_run(shared_store, tmp_pat
 
 
 def test_wandb_run_without_study_json_is_a_clear_error(shared_store, tmp_path):
-    stand_in = mirrored(shared_store / "burn_te")
-    del stand_in.config["study_json"]
+    stand_ins = mirrored(shared_store / "burn_te")
+    del stand_ins["team/burnlab/burn_te-te_hi"].config["study_json"]
     with pytest.raises(AnalysisError, match="config key 'study_json' is missing"):
-        WandbRun("team/burnlab/abc123", api=StandInApi({"team/burnlab/abc123": stand_in}),
-                 download_root=tmp_path).load()
+        WandbRun("team/burnlab/burn_te-te_hi", api=StandInApi(stand_ins), download_root=tmp_path).load()
 
 
 def test_unknown_wandb_run_and_bad_path_are_clear_errors(tmp_path):
@@ -186,3 +197,12 @@ def test_missing_checkpoints_and_images_are_listed(store):
     assert "checkpoint '7 unet_hi e10' has no samples" in problems
     assert "unet_lo0-e2-s1/person/1003.png is missing" in problems
     assert "unet_hi0/metrics.jsonl is missing" in problems
+
+
+def test_wandb_history_of_one_run_per_study_still_reads():
+    """Runs logged before per-branch runs: `<stage>/<key>` beside `study_epoch`."""
+    rows = [{"_step": 0, "study_epoch": 0.5, "baseline/train_loss": 0.5, "baseline/lr_unet": 1e-6},
+            {"_step": 1, "study_epoch": 1, "baseline/val_loss": 0.25, "baseline/stabilized_loss": 0.125}]
+    losses = history_losses(rows, ["baseline"], "W&B run x")
+    assert [(r.kind, r.study_epoch, r.train_loss, r.val_loss, r.stabilized_loss) for r in losses["baseline"]] == [
+        ("train", 0.5, 0.5, None, None), ("val", 1.0, None, 0.25, 0.125)]

@@ -23,9 +23,8 @@ process logs. W&B mode `auto` is online with an API key and offline otherwise.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 from burnlab.config import BurnlabConfig
 from burnlab.errors import ConfigError

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import analysis
-from analysis.defaults import DEFAULT_K, DEFAULT_SMOOTHING, FEATURE_SPACES, NEAR_COPY_DISTANCE
+from analysis.defaults import DEFAULT_SMOOTHING, FEATURE_SPACES, NEAR_COPY_DISTANCE
 from analysis.results import Options
 
 USAGE_ERROR = 2
@@ -31,8 +31,9 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("--log-scale", action="store_true", help="log-scale loss axes")
     arguments.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING,
                            help="EMA weight of the smoothed train loss, in [0, 1)")
-    arguments.add_argument("--k", type=float, default=DEFAULT_K, help="detector: a metric moves "
-                           "when its change from the baseline exceeds k x its base->baseline change")
+    arguments.add_argument("--calibration", type=Path, metavar="FILE",
+                           help="the detector's rule (default: the shipped analysis/calibration.json, "
+                           "written by make verdicts)")
     arguments.add_argument("--near-copy", type=float, default=NEAR_COPY_DISTANCE,
                            help="RMS pixel distance (0-1) under which a sample is a near-copy")
     arguments.add_argument("--features", choices=FEATURE_SPACES, default="auto",
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = Options(out=args.out, features=args.features, clip_model=args.clip_model,
                       use_probe=not args.no_probe, log_scale=args.log_scale, smoothing=args.smoothing,
-                      k=args.k, near_copy_distance=args.near_copy, max_cell=args.max_cell,
+                      calibration=args.calibration, near_copy_distance=args.near_copy, max_cell=args.max_cell,
                       wandb_project=args.wandb_project)
     try:
         products = analysis.build([spec for spec in (args.run, args.compare) if spec], options)

@@ -2,6 +2,5 @@
 that use them (importing this loads nothing)."""
 
 DEFAULT_SMOOTHING = 0.9  # EMA weight of the smoothed train loss
-DEFAULT_K = 2.0  # detector: a metric moves past k x its base->baseline change
 NEAR_COPY_DISTANCE = 0.04  # RMS pixel distance (0-1 scale) under which a sample is a near-copy
 FEATURE_SPACES = ("auto", "probe", "clip", "none")

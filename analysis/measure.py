@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import metrics
+from analysis import estimates, metrics
 from analysis.dataset import dataset_folder, training_images
 from analysis.features import Instruments
 from analysis.images import SampleImages
@@ -45,9 +45,16 @@ class MetricTable:
 
     def series(self, run: str, branch: str, prompt_set: str, metric: str) -> list[float | None]:
         """A metric's values along a branch's testing plan, in checkpoint order."""
+        return [row[metric] for row in self.branch_rows(run, branch, prompt_set)]
+
+    def intervals(self, run: str, branch: str, prompt_set: str, metric: str) -> list[list[float] | None]:
+        """The values' 95% bootstrap intervals [low, high] (None where not measured)."""
+        return [row.get("interval", {}).get(metric) for row in self.branch_rows(run, branch, prompt_set)]
+
+    def branch_rows(self, run: str, branch: str, prompt_set: str) -> list[dict]:
         rows = [row for row in self.rows if (row["run"], row["branch"], row["prompt_set"])
                 == (run, branch, prompt_set)]
-        return [row[metric] for row in sorted(rows, key=lambda row: row["index"])]
+        return sorted(rows, key=lambda row: row["index"])
 
 
 @dataclass
@@ -88,37 +95,61 @@ class Measurer:
 
     def checkpoint_metrics(self, samples: list[SampleRow], base_images: np.ndarray | None,
                            folder: Path | None) -> dict:
-        values: dict = {"n_images": 0, **{name: None for name in METRICS}}
+        """Every metric over the checkpoint's samples, with its bootstrap interval and standard
+        error over those samples (`interval` and `se`, keyed by metric)."""
+        values: dict = {"n_images": 0, **{name: None for name in METRICS}, "interval": {}, "se": {}}
         samples, images = self.images.stack(samples)
         if images is None:
             return values
-        values.update(n_images=len(images), saturation=metrics.mean_saturation(images),
-                      colourfulness=metrics.colourfulness(images),
-                      rms_contrast=metrics.rms_contrast(images),
-                      variability_pixel=metrics.pixel_variability(images))
+        values["n_images"] = len(images)
+        for name, statistic in self.statistics(samples, images, base_images, folder).items():
+            found = estimates.bootstrap(statistic, len(images))
+            if found is not None:
+                values[name] = found.value
+                values["interval"][name] = [found.low, found.high]
+                values["se"][name] = found.se
+        return values
+
+    def statistics(self, samples: list[SampleRow], images: np.ndarray, base_images: np.ndarray | None,
+                   folder: Path | None) -> dict[str, estimates.Statistic]:
+        """Each measurable metric as a statistic over resampled image indices."""
+        singles = [images[number:number + 1] for number in range(len(images))]
+        pixels = metrics.comparable_pixels(images)
+        found = {
+            "saturation": estimates.per_image_mean([metrics.mean_saturation(one) for one in singles]),
+            "colourfulness": estimates.per_image_mean([metrics.colourfulness(one) for one in singles]),
+            "rms_contrast": estimates.per_image_mean([metrics.rms_contrast(one) for one in singles]),
+            "variability_pixel": estimates.pairwise_mean(metrics.rms_distances(pixels, pixels))}
         if base_images is not None:
-            values["histogram_distance"] = metrics.histogram_distance(images, base_images)
+            found["histogram_distance"] = estimates.pooled_hellinger(
+                np.stack([metrics.colour_histogram(one) for one in singles]), metrics.colour_histogram(base_images))
         features = self.instruments.features(images) if self.instruments.features else None
         if features is not None:
-            values["variability_feature"] = metrics.feature_variability(features)
+            found["variability_feature"] = estimates.pairwise_mean(metrics.cosine_distances(features, features))
         reference = self.reference(folder, (images.shape[2], images.shape[1])) if folder else None
         if reference is not None:
             distances = metrics.nearest_training_distances(images, reference.pixels)
-            values["nearest_training_distance"] = float(distances.mean())
-            values["near_copies"] = metrics.near_copy_fraction(distances, self.near_copy_distance)
+            found["nearest_training_distance"] = estimates.per_image_mean(distances)
+            found["near_copies"] = estimates.per_image_mean(distances < self.near_copy_distance)
             if features is not None:
-                values["style_distance"] = metrics.centroid_distance(features, reference.features)
+                found["style_distance"] = estimates.per_image_mean(
+                    [metrics.centroid_distance(features[number:number + 1], reference.features)
+                     for number in range(len(features))])
         probe = self.instruments.probe
         if probe is not None:
             predictions = probe.predict(images)
-            values["probe_style"] = float(np.mean(predictions["style"]))
-            values["adherence"] = metrics.subject_accuracy(predictions, [row.expect for row in samples])
+            found["probe_style"] = estimates.per_image_mean(predictions["style"])
+            hits = [metrics.subject_accuracy({key: [labels[number]] for key, labels in predictions.items()},
+                                             [row.expect]) for number, row in enumerate(samples)]
+            if any(hit is not None for hit in hits):
+                found["adherence"] = estimates.per_image_mean([np.nan if hit is None else hit for hit in hits])
         clip = self.instruments.clip
         if clip is not None:
             by_prompt = {prompt: clip.text_features(prompt) for prompt in {row.prompt for row in samples}}
             texts = np.concatenate([by_prompt[row.prompt] for row in samples])
-            values["clip_score"] = metrics.clip_score(clip.image_features(images), texts)
-        return values
+            cosines = 1.0 - np.diag(metrics.cosine_distances(clip.image_features(images), texts))
+            found["clip_score"] = estimates.clipped_mean(cosines, 100.0)
+        return found
 
     def reference(self, folder: Path, size: tuple[int, int]) -> TrainingReference:
         key = (folder, tuple(size))

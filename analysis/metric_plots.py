@@ -29,9 +29,15 @@ def plot_metrics(table: MetricTable, refs: list[BranchRef], folder: Path) -> dic
         for axis, prompt_set in zip(axes[0], prompt_sets):
             for number, ref in enumerate(refs):
                 values = table.series(ref.run.name, ref.branch.name, prompt_set, metric)
-                points = [(index, value) for index, value in enumerate(values) if value is not None]
+                intervals = table.intervals(ref.run.name, ref.branch.name, prompt_set, metric)
+                points = [(index, value, interval) for index, (value, interval)
+                          in enumerate(zip(values, intervals)) if value is not None]
                 if points:
-                    axis.plot(*zip(*points), marker="o", color=f"C{number}", label=ref.title)
+                    axis.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                              color=f"C{number}", label=ref.title)
+                    bands = [p for p in points if p[2] is not None]
+                    axis.fill_between([p[0] for p in bands], [p[2][0] for p in bands],
+                                      [p[2][1] for p in bands], color=f"C{number}", alpha=0.2, linewidth=0)
             axis.set_title(prompt_set, fontsize=10)
             axis.set_xlabel("checkpoint index")
             axis.xaxis.get_major_locator().set_params(integer=True)
@@ -39,7 +45,8 @@ def plot_metrics(table: MetricTable, refs: list[BranchRef], folder: Path) -> dic
         axes[0][0].set_ylabel(metric)
         if axes[0][0].get_legend_handles_labels()[0]:
             axes[0][0].legend(fontsize=7)
-        figure.suptitle(f"{metric}: {description}", fontsize=10)
+        figure.suptitle(f"{metric}: {description} (bands: 95% bootstrap intervals over the images)",
+                        fontsize=9)
         figure.tight_layout()
         paths[metric] = folder / f"{metric}.png"
         figure.savefig(paths[metric], dpi=80)

@@ -41,15 +41,14 @@ def analyze(specs: list[str | Path], options: Options) -> Products:
     out = Path(options.out) if options.out else default_out(str(specs[0]))
     runs = [open_run(str(spec), download_root=out / "wandb_artifacts") for spec in specs]
     distinct_names(runs)
+    rule = detector.Calibration.load(options.calibration)
     instruments = load_instruments(options.features, options.clip_model, use_probe=options.use_probe)
-    return build_products(runs, out, instruments, options)
+    return build_products(runs, out, instruments, options, rule)
 
 
 def check_options(options: Options) -> None:
     if not 0 <= options.smoothing < 1:
         raise AnalysisError(f"--smoothing {options.smoothing}: expected a number in [0, 1).")
-    if options.k <= 0:
-        raise AnalysisError(f"--k {options.k}: expected a positive number.")
     if options.max_cell < 8:
         raise AnalysisError(f"--max-cell {options.max_cell}: expected at least 8 pixels.")
 
@@ -67,7 +66,8 @@ def distinct_names(runs: list[Run]) -> None:
             run.name = f"{run.name} ({run.location})"
 
 
-def build_products(runs: list[Run], out: Path, instruments: Instruments, options: Options) -> Products:
+def build_products(runs: list[Run], out: Path, instruments: Instruments, options: Options,
+                   rule: detector.Calibration) -> Products:
     out.mkdir(parents=True, exist_ok=True)
     refs = [BranchRef(run, branch) for run in runs for branch in run.branches.values()]
     images = SampleImages()
@@ -79,7 +79,7 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
                               out / "side_by_side" / f"{safe(prompt_set)}.gif")
         for prompt_set in dict.fromkeys(p for ref in pair for p in ref.run.prompt_sets())}
     table = measure(refs, images, instruments, options.near_copy_distance)
-    verdicts = detector.detect(detector.branch_series(table), options.k, options.floors)
+    verdicts = detector.detect(detector.branch_series(table), rule)
     products = Products(
         out=out, refs=refs,
         losses_png=out / "losses.png",
@@ -89,11 +89,11 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
         metric_plots=plot_metrics(table, refs, out / "metrics"), table=table, verdicts=verdicts,
         problems=[f"{run.name}: {problem}" for run in runs for problem in run.problems]
         + images.problems)
-    write_results(out, table, verdicts, options)
+    write_results(out, table, verdicts, rule)
     for run in runs:
         if run.local_dir is not None:
             write_results(run.local_dir / "analysis", filter_table(table, run.name),
-                          [v for v in verdicts if v.run == run.name], options)
+                          [v for v in verdicts if v.run == run.name], rule)
     products.logged_to = log_results(table, verdicts, project=options.wandb_project, directory=out)
     report.write_summary(products)
     products.report = report.write_report(products)
@@ -137,9 +137,9 @@ def filter_table(table: MetricTable, run: str) -> MetricTable:
 
 
 def write_results(folder: Path, table: MetricTable, verdicts: list[detector.Verdict],
-                  options: Options) -> None:
+                  rule: detector.Calibration) -> None:
     atomic_write_json(folder / "metrics.json", {"feature_space": table.feature_space,
                                          "notes": table.notes, "rows": table.rows})
-    atomic_write_json(folder / "detector.json", detector.verdicts_json(verdicts, options.k, options.floors))
+    atomic_write_json(folder / "detector.json", detector.verdicts_json(verdicts, rule))
 
 

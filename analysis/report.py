@@ -16,6 +16,8 @@ from urllib.parse import quote
 from analysis.measure import METRICS
 from analysis.results import Products
 
+STRONGEST_SIGNALS = 10  # signals listed per verdict in the report (all are in detector.json)
+
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ccc; }
@@ -33,10 +35,11 @@ def write_summary(products: Products) -> Path:
     shown = measured_metrics(products)
     lines = ["## Burn detector", ""] + [f"- {verdict.summary()}" for verdict in products.verdicts]
     lines += ["", f"## Metrics (feature space: {products.table.feature_space})", "",
+              "Each value with its 95% bootstrap interval over the checkpoint's images.", "",
               "| branch | checkpoint | prompt set | " + " | ".join(shown) + " |",
               "|---|---|---|" + "---:|" * len(shown)]
     lines += [f"| {row['run']}/{row['branch']} | {row['label']} | {row['prompt_set']} | "
-              + " | ".join(number(row[metric]) for metric in shown) + " |"
+              + " | ".join(with_interval(row, metric) for metric in shown) + " |"
               for row in products.table.rows]
     path = products.out / "summary.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -90,10 +93,16 @@ def missing(products: Products) -> str:
 def verdicts(products: Products) -> str:
     items = []
     for verdict in products.verdicts:
-        signals = "".join(f"<li>{escape(signal.describe())}</li>" for signal in verdict.signals)
+        strongest = sorted(verdict.signals, key=lambda signal: -signal.z)[:STRONGEST_SIGNALS]
+        signals = "".join(f"<li>{escape(signal.describe())}</li>" for signal in strongest)
+        more = len(verdict.signals) - len(strongest)
+        signals += f"<li>... and {more} more signals in detector.json</li>" if more > 0 else ""
         items.append(f"<li>{escape(verdict.summary())}<ul>{signals}</ul></li>")
-    return ("<h2>Burn detector</h2><p>A metric moves when its change from the baseline passes "
-            "k times its base-to-baseline change (and a floor); see detector.json.</p>"
+    return ("<h2>Burn detector</h2><p>A signal is a metric's move from the baseline, in the "
+            "direction of a symptom of the study, of at least z_min bootstrap standard errors; a "
+            "symptom's evidence is the number of (prompt set, checkpoint) cells where it signals. "
+            "The rule (z_min, which symptoms implicate which component, the evidence needed) was "
+            "calibrated by <code>make verdicts</code>; see detector.json.</p>"
             f"<ul>{''.join(items)}</ul>")
 
 
@@ -140,7 +149,7 @@ def metric_section(products: Products) -> str:
     rows = "".join(
         f"<tr><td class='text'>{escape(row['run'])}/{escape(row['branch'])}</td>"
         f"<td class='text'>{escape(row['label'])}</td><td class='text'>{escape(row['prompt_set'])}</td>"
-        f"<td>{row['n_images']}</td>" + "".join(f"<td>{number(row[m])}</td>" for m in shown) + "</tr>"
+        f"<td>{row['n_images']}</td>" + "".join(f"<td>{with_interval(row, m)}</td>" for m in shown) + "</tr>"
         for row in products.table.rows)
     return (f"<h2>Metrics</h2><div class='figures'>{plots}</div>"
             f"<table><tr><th>branch</th><th>checkpoint</th><th>prompt set</th><th>N</th>{head}</tr>"
@@ -149,3 +158,11 @@ def metric_section(products: Products) -> str:
 
 def number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
+
+
+def with_interval(row: dict, metric: str) -> str:
+    """The value with its 95% bootstrap interval over the checkpoint's images."""
+    interval = row.get("interval", {}).get(metric)
+    if row[metric] is None or interval is None:
+        return number(row[metric])
+    return f"{number(row[metric])} [{number(interval[0])}, {number(interval[1])}]"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.defaults import DEFAULT_K, DEFAULT_SMOOTHING, NEAR_COPY_DISTANCE
+from analysis.defaults import DEFAULT_SMOOTHING, NEAR_COPY_DISTANCE
 
 if TYPE_CHECKING:  # annotations only
     from analysis.detector import Verdict
@@ -30,8 +30,7 @@ class Options:
     use_probe: bool = True  # the toy probe (toy-world runs only)
     log_scale: bool = False  # log-scale loss axes
     smoothing: float = DEFAULT_SMOOTHING  # EMA weight of the smoothed train loss, in [0, 1)
-    k: float = DEFAULT_K  # detector sensitivity
-    floors: dict[str, float] | None = None  # detector: smallest change that counts, per metric
+    calibration: Path | None = None  # the detector's rule; None: analysis/calibration.json (make verdicts)
     near_copy_distance: float = NEAR_COPY_DISTANCE  # memorisation threshold
     max_cell: int = 256  # largest grid cell side, px
     wandb_project: str | None = None  # log metrics and verdicts to a new W&B run of this project

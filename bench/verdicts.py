@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 from hydra import compose, initialize_config_dir
 
+from analysis.detector import CALIBRATION_FILE
 from burnlab.cli import CONF_DIR
 from burnlab.config import register_configs
+from burnlab.store import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
+MARK_START, MARK_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 GRID_KEYS = {"experiment", "seeds", "lr_scales", "control_scale", "held_out", "jobs", "overrides"}
 
 
@@ -125,16 +130,172 @@ def train_all(grid_studies: list[Study], runs: Path, jobs: int) -> float:
     return time.perf_counter() - start
 
 
+def measured(grid_studies: list[Study], runs: Path) -> list[tuple[Study, "BranchSeries"]]:
+    """Every branch of every study, measured with the default instruments (the toy probe)."""
+    from analysis.detector import branch_series
+    from analysis.features import load_instruments
+    from analysis.images import SampleImages
+    from analysis.measure import measure
+    from analysis.model import BranchRef
+    from analysis.sources import open_run
+
+    instruments, images, found = load_instruments(), SampleImages(), []
+    for study in grid_studies:
+        run = open_run(str(runs / study.name))
+        table = measure([BranchRef(run, branch) for branch in run.branches.values()], images, instruments)
+        found += [(study, series) for series in branch_series(table)]
+    return found
+
+
+def truth(study: Study, series) -> str:
+    return "none" if study.control else series.component
+
+
+def evaluate(branches: list, out: Path) -> tuple[dict, list[dict], "Calibration"]:
+    """Calibrate on the calibration branches only; judge every branch with that rule."""
+    from analysis.calibration import Labelled, calibrate, confusion
+    from analysis.detector import detect
+
+    calibration = [(study, series) for study, series in branches if not study.held_out]
+    names = sorted({study.name for study, _ in calibration})
+    rule, tried = calibrate([Labelled(series, truth(study, series)) for study, series in calibration],
+                            source=f"make verdicts: calibration studies {', '.join(names)}")
+    verdicts = detect([series for _, series in branches], rule)
+    rows = [{"study": study.name, "seed": study.seed, "lr_scale": study.lr_scale, "branch": series.branch,
+             "split": "held-out" if study.held_out else "calibration", "truth": truth(study, series),
+             "named": verdict.implicates, "burn_label": verdict.burn_label,
+             "component_evidence": verdict.component_evidence, "evidence": verdict.evidence,
+             "summary": verdict.summary()}
+            for (study, series), verdict in zip(branches, verdicts)]
+    held_out = [(verdict, truth(study, series)) for (study, series), verdict in zip(branches, verdicts)
+                if study.held_out]
+    table = confusion([verdict for verdict, _ in held_out], [answer for _, answer in held_out])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "calibration.json", {**asdict(rule), "candidates": tried})
+    atomic_write_json(out / "verdicts.json", {"held_out_confusion": table, "branches": rows})
+    return table, rows, rule
+
+
+def markdown(table: dict, rows: list[dict], rule, observed: list[str]) -> str:
+    from analysis.calibration import OUTCOMES
+
+    right = sum(row["truth"] == row["named"] for row in rows if row["split"] == "held-out")
+    total = sum(row["split"] == "held-out" for row in rows)
+    lines = [f"Held-out branches named right: **{right} of {total}**. Rule chosen on the calibration "
+             f"runs only: z_min {rule.z_min:g}; burn at evidence >= {rule.burn_evidence:.3g}; UNet at "
+             f">= {rule.unet_evidence:.3g} from {symptoms_of(rule, 'unet')}; text encoder at >= "
+             f"{rule.text_encoder_evidence:.3g} from {symptoms_of(rule, 'text_encoder')}.", "",
+             "| trained (held-out) | " + " | ".join(f"named {o}" for o in OUTCOMES) + " |",
+             "|---|" + "---:|" * len(OUTCOMES)]
+    lines += [f"| {'control (no burn)' if answer == 'none' else answer} | "
+              + " | ".join(str(table[answer][o]) for o in OUTCOMES) + " |" for answer in table]
+    lines += ["", "(named none = no burn called.)", "",
+              "| split | study | branch | trained | named | burn called at | evidence UNet / TE |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['split']} | {row['study']} | {row['branch']} | {row['truth']} | {row['named']} | "
+              f"{row['burn_label'] or '-'} | {row['component_evidence']['unet']:.1f} / "
+              f"{row['component_evidence']['text_encoder']:.1f} |" for row in rows]
+    return "\n".join(lines + ["", *observed]) + "\n"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the study saw on one component's burn, as a metric's move between two checkpoints of
+    the testing plan on some prompt sets, in a direction: up, down, either (a shift either way) or
+    kept (no move)."""
+    component: str
+    seen: str
+    metric: str
+    prompt_sets: tuple[str, ...]
+    direction: str
+    start: int = 1  # the baseline
+    end: int = 7  # the last checkpoint of the hi stage
+
+
+ALL_PROMPTS = ("person", "circles", "sunglasses")  # the toy's analogs of the study's prompt sets
+OBSERVATIONS = (
+    Observation("unet", "saturation up", "saturation", ALL_PROMPTS, "up"),
+    Observation("unet", "contrast up", "rms_contrast", ALL_PROMPTS, "up"),
+    Observation("unet", "texture artifacts (high-frequency energy up)", "high_frequency", ALL_PROMPTS, "up"),
+    Observation("unet", "style bleed into prompts without the phrase", "probe_style", ("person", "circles"), "up"),
+    Observation("unet", "the person no longer recognisable late", "adherence", ("person",), "down"),
+    Observation("unet", "variety collapse on the activation prompt", "variability_pixel", ("sunglasses",), "down"),
+    Observation("text_encoder", "late colour shift (hi stage)", "saturation", ALL_PROMPTS, "either", 4, 7),
+    Observation("text_encoder", "variety kept", "variability_pixel", ALL_PROMPTS, "kept"),
+    Observation("text_encoder", "the activation phrase weakening", "probe_style", ("sunglasses",), "down"),
+    Observation("text_encoder", "prompt-following failures", "adherence", ALL_PROMPTS, "down"),
+)
+
+
+def observations(branches: list, rule) -> list[str]:
+    """The study's observations on the grid's burns at lr scale 1 (the study's rates): each
+    metric's move per prompt set, mean and range across training seeds, and in how many seeds it
+    is a signal (|z| >= z_min; for "kept", no signal either way)."""
+    from analysis.detector import move
+
+    lines = ["| trained | the study saw | metric, prompt set | checkpoints | change: mean across seeds "
+             "[min, max] | seeds with a signal in that direction | toy |", "|---|---|---|---|---|---|---|"]
+    for seen in OBSERVATIONS:
+        picked = [series for study, series in branches
+                  if not study.control and study.lr_scale == 1 and series.component == seen.component]
+        for prompt_set in seen.prompt_sets:
+            moves = [found for series in picked if (found := move(series, seen.metric, prompt_set, seen.end, seen.start))]
+            if not moves:
+                lines.append(f"| {seen.component} | {seen.seen} | {seen.metric}, {prompt_set} | | not measured | | — |")
+                continue
+            changes = [change for change, _ in moves]
+            signed = {"up": 1, "down": -1}
+            agree = sum(signed[seen.direction] * z >= rule.z_min if seen.direction in signed
+                        else (abs(z) >= rule.z_min) == (seen.direction == "either") for _, z in moves)
+            outcome = ("reproduced" if agree == len(moves) else "not reproduced" if agree == 0
+                       else f"partly ({agree} of {len(moves)})")
+            lines.append(f"| {seen.component} | {seen.seen} | {seen.metric}, {prompt_set} | {seen.start} → {seen.end} | "
+                         f"{np.mean(changes):+.3g} [{min(changes):+.3g}, {max(changes):+.3g}] | "
+                         f"{agree} of {len(moves)} | {outcome} |")
+    return ["Observations of the study on the grid's burns at the study's rates (lr scale 1, "
+            f"{len({study.seed for study, _ in branches})} training seeds):", "", *lines]
+
+
+def symptoms_of(rule, component: str) -> str:
+    picked = [name for name, role in rule.symptoms.items() if role == component]
+    return ", ".join(picked) if picked else "no symptom"
+
+
+def write_readme(readme: Path, text: str) -> None:
+    """Replace what lies between the verdict markers of the README."""
+    content = readme.read_text()
+    if MARK_START not in content or MARK_END not in content:
+        raise GridError(f"--readme {readme}: no '{MARK_START}' ... '{MARK_END}' markers to write between.")
+    head, rest = content.split(MARK_START, 1)
+    readme.write_text(head + MARK_START + "\n" + text + rest[rest.index(MARK_END):])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", type=Path, default=ROOT / "experiments" / "verdicts.yaml")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--readme", type=Path, help="write the tables into this README's verdict markers")
+    parser.add_argument("--install", action="store_true",
+                        help="install the calibration as the detector's default (analysis/calibration.json)")
     args = parser.parse_args(argv)
+    runs = args.runs.resolve()
     try:
         grid = load_grid(args.grid)
-        grid_studies = studies(grid, args.runs.resolve())
-        seconds = train_all(grid_studies, args.runs.resolve(), grid["jobs"])
+        grid_studies = studies(grid, runs)
+        seconds = train_all(grid_studies, runs, grid["jobs"])
         print(f"trained in {seconds / 60:.1f} min", flush=True)
+        start = time.perf_counter()
+        branches = measured(grid_studies, runs)
+        table, rows, rule = evaluate(branches, runs / "verdicts")
+        text = markdown(table, rows, rule, observations(branches, rule))
+        print(text)
+        print(f"measured and judged in {(time.perf_counter() - start) / 60:.1f} min; "
+              f"{runs / 'verdicts'}: calibration.json, verdicts.json, table.md")
+        (runs / "verdicts" / "table.md").write_text(text)
+        if args.readme:
+            write_readme(args.readme, text)
+        if args.install:
+            shutil.copyfile(runs / "verdicts" / "calibration.json", CALIBRATION_FILE)
     except GridError as error:
         print(f"verdicts: {error}", file=sys.stderr)
         return 2

@@ -1,10 +1,19 @@
-"""Captions longer than the tokenizer's limit: the words truncation cuts."""
+"""Captions longer than the tokenizer's limit: the words truncation cuts, the study's one warning
+and its record in study.json."""
+import json
+import logging
+
 from transformers import CLIPTokenizer
 
+from burnlab.config import load_config
 from burnlab.encoding import cut_words, tokenize
+from burnlab.runner import StudyRunner
+from study_helpers import compose_config, run_study, tiny_overrides, write_captioned_images
 
 ACTIVATION = "in the zorblax ornament style"
 LONG = " ".join(["a red tree"] * 26) + ", " + ACTIVATION  # 84 tokens: 9 past the 75 that fit
+SHORT_STAGES = ["stages.baseline.epochs=1", "stages.baseline.save_epochs=[1]", "stages.unet_lo.epochs=1",
+                "stages.unet_lo.save_epochs=[1]", "stages.unet_hi.epochs=1", "stages.unet_hi.save_epochs=[1]"]
 
 
 def test_cut_words_are_the_tokens_tokenize_drops(tiny_model):
@@ -16,3 +25,32 @@ def test_cut_words_are_the_tokens_tokenize_drops(tiny_model):
     assert kept == tokenizer(fits).input_ids  # tokenize keeps exactly the 75 words that fit
     assert cut_words(tokenizer, []) == []
 
+
+def test_long_captions_are_warned_recorded_and_reported(tiny_model, tmp_path, caplog):
+    data = write_captioned_images(tmp_path / "style", 8)
+    (data / "img05.txt").write_text(LONG)
+    validation = write_captioned_images(tmp_path / "held_out", 2, seed=1)
+    (validation / "img01.txt").write_text("black and white circles " + LONG)
+    with caplog.at_level(logging.WARNING, logger="burnlab"):
+        study, run_dir = run_study(tiny_model, data, tmp_path / "runs", f"validation.path={validation}",
+                                   *SHORT_STAGES, experiment="burn_unet")
+    warnings = [r.getMessage() for r in caplog.records if "longer than the tokenizer" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("2 captions are longer than the tokenizer's limit of 77 tokens "
+                                  "(1 training, 1 validation)")
+    assert f"img05.txt loses 'a red tree , {ACTIVATION}'" in warnings[0]
+    record = json.loads((run_dir / "study.json").read_text())["long_captions"]
+    assert record == study["long_captions"] == {
+        "limit": 77, "count": 2, "by_set": {"train": 1, "validation": 1},
+        "examples": [{"set": "train", "file": "img05.txt", "cut": f"a red tree , {ACTIVATION}"},
+                     {"set": "validation", "file": "img01.txt",
+                      "cut": f"tree a red tree a red tree , {ACTIVATION}"}]}
+
+
+def test_captions_within_the_limit_give_no_warning_and_no_examples(tiny_model, tiny_data, tmp_path, caplog):
+    config = load_config(compose_config(tiny_overrides(tiny_model, tiny_data, tmp_path, "burn_unet")))
+    with caplog.at_level(logging.WARNING, logger="burnlab"):
+        runner = StudyRunner(config, tmp_path / "burn_unet", "", {})
+    assert not [r for r in caplog.records if "longer than the tokenizer" in r.getMessage()]
+    assert runner.study_json()["long_captions"] == {
+        "limit": 77, "count": 0, "by_set": {"train": 0, "validation": 0}, "examples": []}

@@ -1,5 +1,6 @@
-"""Captions longer than the tokenizer's limit: the words truncation cuts, the study's one warning
-and its record in study.json."""
+"""Captions longer than the tokenizer's limit: the words truncation cuts, the study's one warning,
+its record in study.json and the note in the report."""
+import html
 import json
 import logging
 
@@ -33,7 +34,7 @@ def test_long_captions_are_warned_recorded_and_reported(tiny_model, tmp_path, ca
     (validation / "img01.txt").write_text("black and white circles " + LONG)
     with caplog.at_level(logging.WARNING, logger="burnlab"):
         study, run_dir = run_study(tiny_model, data, tmp_path / "runs", f"validation.path={validation}",
-                                   *SHORT_STAGES, experiment="burn_unet")
+                                   *SHORT_STAGES, experiment="burn_unet", analyze=True)
     warnings = [r.getMessage() for r in caplog.records if "longer than the tokenizer" in r.getMessage()]
     assert len(warnings) == 1
     assert warnings[0].startswith("2 captions are longer than the tokenizer's limit of 77 tokens "
@@ -45,6 +46,11 @@ def test_long_captions_are_warned_recorded_and_reported(tiny_model, tmp_path, ca
         "examples": [{"set": "train", "file": "img05.txt", "cut": f"a red tree , {ACTIVATION}"},
                      {"set": "validation", "file": "img01.txt",
                       "cut": f"tree a red tree a red tree , {ACTIVATION}"}]}
+    note = ("2 captions are longer than the tokenizer's 77 tokens; words past the limit are not "
+            f"trained, e.g. 'img05.txt': '... a red tree , {ACTIVATION}'.")
+    report = html.unescape((run_dir / "analysis" / "report.html").read_text(encoding="utf-8"))
+    assert f"Long captions</h2><ul><li>burn_unet: {note}" in report
+    assert f"## Captions\n\n- burn_unet: {note}\n" in (run_dir / "analysis" / "summary.md").read_text()
 
 
 def test_captions_within_the_limit_give_no_warning_and_no_examples(tiny_model, tiny_data, tmp_path, caplog):

@@ -83,13 +83,34 @@ class SampleRow:
     expect: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LongCaptions:
+    """Training captions (and validation ones) longer than the tokenizer's limit, which training
+    cut there: `count` of them, `limit` in tokens (BOS and EOS included), and up to ten
+    `examples` as (the caption's file in its data folder, the words cut)."""
+    count: int
+    limit: int
+    examples: tuple[tuple[str, str], ...]
+
+    def note(self) -> str:
+        """One sentence for the report: how many, the limit, and the first example."""
+        captions = "1 caption is" if self.count == 1 else f"{self.count} captions are"
+        text = (f"{captions} longer than the tokenizer's {self.limit} tokens; words past the limit "
+                f"are not trained")
+        if not self.examples:
+            return text + "."
+        file, cut = self.examples[0]
+        return f"{text}, e.g. '{file}': '... {cut}'."
+
+
 @dataclass
 class Run:
     """Everything the analysis knows about one run.
 
     `name` identifies the run in the report; `location` says where it was read from;
     `losses` maps a stage name to its rows; `config` is the resolved config (a nested dict);
-    `problems` lists, in plain words, what was missing or unreadable."""
+    `problems` lists, in plain words, what was missing or unreadable; `long_captions` is None
+    when the run store does not say (written before burnlab recorded it)."""
     name: str
     location: str
     stages: dict[str, Stage]
@@ -99,6 +120,7 @@ class Run:
     config: dict[str, Any]
     problems: list[str] = field(default_factory=list)
     local_dir: Path | None = None
+    long_captions: LongCaptions | None = None
 
     def samples_in(self, branch: str, prompt_set: str) -> list[SampleRow]:
         """The samples of every checkpoint of a branch for one prompt set."""

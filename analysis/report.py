@@ -4,8 +4,9 @@
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
     # then open runs/report/report.html: every link is relative, so the folder can be moved
 
-Sections: what is missing, detector verdicts, loss overlay, UNet vs TE side by side, per prompt
-set the comparison grids / progression GIFs / 3x3 grids, metric plots and the metric table.
+Sections: captions the tokenizer cut, what is missing, detector verdicts, loss overlay, UNet vs
+TE side by side, per prompt set the comparison grids / progression GIFs / 3x3 grids, metric plots
+and the metric table.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from analysis.measure import METRICS
+from analysis.model import LongCaptions
 from analysis.results import Products
 
 STRONGEST_SIGNALS = 10  # signals listed per verdict in the report (all are in detector.json)
@@ -31,9 +33,11 @@ figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
 
 
 def write_summary(products: Products) -> Path:
-    """summary.md: the detector's verdicts and the metric table in Markdown, for a README."""
+    """summary.md: the detector's verdicts and the metric table in Markdown, for a README (after
+    a note on captions the tokenizer cut, if any)."""
     shown = measured_metrics(products)
-    lines = ["## Burn detector", ""] + [f"- {verdict.summary()}" for verdict in products.verdicts]
+    lines = summary_captions(products)
+    lines += ["## Burn detector", ""] + [f"- {verdict.summary()}" for verdict in products.verdicts]
     lines += ["", f"## Metrics (feature space: {products.table.feature_space})", "",
               "Each value with its 95% bootstrap interval over the checkpoint's images.", "",
               "| branch | checkpoint | prompt set | " + " | ".join(shown) + " |",
@@ -46,6 +50,14 @@ def write_summary(products: Products) -> Path:
     return path
 
 
+def summary_captions(products: Products) -> list[str]:
+    """summary.md's first section, when a tokenizer cut some captions: they bear on every verdict."""
+    notes = cut_captions(products)
+    if not notes:
+        return []
+    return ["## Captions", ""] + [f"- {name}: {record.note()}" for name, record in notes] + [""]
+
+
 def measured_metrics(products: Products) -> list[str]:
     """The metrics with a value somewhere (plotted), in METRICS order."""
     return [metric for metric in METRICS if metric in products.metric_plots]
@@ -53,8 +65,8 @@ def measured_metrics(products: Products) -> list[str]:
 
 def write_report(products: Products) -> Path:
     path = products.out / "report.html"
-    sections = [header(products), missing(products), verdicts(products), losses(products),
-                side_by_side(products), samples(products), metric_section(products)]
+    sections = [header(products), long_captions(products), missing(products), verdicts(products),
+                losses(products), side_by_side(products), samples(products), metric_section(products)]
     path.write_text("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
                     f"<title>burnlab report</title><style>{STYLE}</style></head><body>\n"
                     + "\n".join(section for section in sections if section)
@@ -80,6 +92,27 @@ def header(products: Products) -> str:
             f"{escape(products.table.feature_space)}. Results: <a href='metrics.json'>metrics.json"
             f"</a>, <a href='detector.json'>detector.json</a>, <a href='summary.md'>summary.md</a>; "
             f"{escape(logged)}.</p>")
+
+
+def cut_captions(products: Products) -> list[tuple[str, LongCaptions]]:
+    """(run name, its long captions) for each run whose tokenizer cut some of its captions."""
+    records = {ref.run.name: ref.run.long_captions for ref in products.refs}
+    return [(name, record) for name, record in records.items() if record and record.count]
+
+
+def long_captions(products: Products) -> str:
+    items = "".join(f"<li>{escape(name)}: {escape(record.note())}{caption_examples(record)}</li>"
+                    for name, record in cut_captions(products))
+    return f"<div class='problems'><h2>Long captions</h2><ul>{items}</ul></div>" if items else ""
+
+
+def caption_examples(record: LongCaptions) -> str:
+    """Every recorded example, when there is more than the note's one."""
+    if len(record.examples) < 2:
+        return ""
+    items = "".join(f"<li>{escape(file)}: {escape(cut)}</li>" for file, cut in record.examples)
+    return (f"<details><summary>{len(record.examples)} of {record.count} with the words cut"
+            f"</summary><ul>{items}</ul></details>")
 
 
 def missing(products: Products) -> str:

@@ -9,8 +9,8 @@ What the W&B mirror holds (burnlab/trackers.py writes it), and what is read from
     read with the other runs of its group (the branches of one study), each stage once;
   - run.config: the resolved config, flattened to `a.b.c` keys (or nested), `branch`, `stages`
     (the branch's stages in order), plus the content of study.json under the key `study_json`
-    (a JSON string, or the object itself); prompts, activation and `expect` come from its
-    `sampling.prompts`;
+    (a JSON string, or the object itself; its `long_captions` too); prompts, activation and
+    `expect` come from its `sampling.prompts`;
   - history rows: each metrics.jsonl row as `loss/train`, `loss/val`, `loss/stabilized` beside
     `study_epoch` and `stage/index` (the stage's position in `stages`);
   - one artifact of type `samples` per checkpoint, named `samples-<checkpoint_id>`, holding
@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from analysis.model import AnalysisError, Branch, Checkpoint, LossRow, Run, SampleRow, Stage
+from analysis.model import AnalysisError, Branch, Checkpoint, LongCaptions, LossRow, Run, SampleRow, Stage
 from burnlab.wandb_key import wandb_key_present  # the same rule as training's W&B mode `auto`
 
 SPEC_DOC = "see docs/run_store.md"
@@ -114,6 +114,32 @@ def parse_study(study: Any, where: str) -> tuple[dict[str, Stage], dict[str, Bra
         component = raw.get("component", stages[branch_stages[-1]].train)
         branches[name] = Branch(name, tuple(component), branch_stages, plan)
     return stages, branches
+
+
+def parse_long_captions(study: dict, where: str) -> LongCaptions | None:
+    """study.json's `long_captions`; None for a run written before burnlab recorded it."""
+    raw = study.get("long_captions")
+    if raw is None:
+        return None
+    at = f"{where}: long_captions"
+    examples = require(raw, "examples", at, "a list of {file, cut} objects")
+    if not isinstance(examples, list):
+        raise AnalysisError(f"{at}: 'examples' is {str(examples)[:80]!r}; expected a list of "
+                            f"{{file, cut}} objects ({SPEC_DOC}).")
+    return LongCaptions(
+        count=whole_number(raw, "count", at, "the number of captions longer than the limit"),
+        limit=whole_number(raw, "limit", at, "the tokenizer's limit in tokens"),
+        examples=tuple((str(require(example, "file", f"{at}.examples", "the caption's file")),
+                        str(require(example, "cut", f"{at}.examples", "the words cut")))
+                       for example in examples))
+
+
+def whole_number(mapping: dict, key: str, where: str, expected: str) -> int:
+    value = require(mapping, key, where, expected)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise AnalysisError(f"{where}: '{key}' is {repr(value)[:80]}; expected {expected}, a whole "
+                            f"number ({SPEC_DOC}).")
+    return value
 
 
 def parse_checkpoint(entry: Any, where: str) -> Checkpoint:
@@ -215,7 +241,8 @@ class LocalRun:
                      if stage.status != "complete"]
         return Run(name=str(study.get("study") or self.dir.name), location=str(self.dir),
                    stages=stages, branches=branches, losses=losses, samples=samples,
-                   config=self.read_config(problems), problems=problems, local_dir=self.dir)
+                   config=self.read_config(problems), problems=problems, local_dir=self.dir,
+                   long_captions=parse_long_captions(study, str(study_path)))
 
     def read_samples(self, problems: list[str]) -> list[SampleRow]:
         path = self.dir / "samples.jsonl"
@@ -323,7 +350,8 @@ class WandbRun:
         problems += plan_problems(branches, samples)
         return Run(name=str(study.get("study") or wandb_run.name), location=self.where,
                    stages=stages, branches=branches, losses=losses, samples=samples,
-                   config=config, problems=problems)
+                   config=config, problems=problems,
+                   long_captions=parse_long_captions(study, f"{self.where}: config.{STUDY_CONFIG_KEY}"))
 
     def branch_runs(self, api, wandb_run, config: dict) -> list:
         """The run given, then the other branches' runs of its study (its W&B group)."""

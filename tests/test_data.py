@@ -7,7 +7,7 @@ from PIL import Image
 
 from burnlab.components import BaseModel
 from burnlab.config import DataConfig, ModelConfig, ValidationConfig
-from burnlab.data import load_study_data, scan_captioned_folder
+from burnlab.data import caption_source, load_study_data, scan_captioned_folder
 from burnlab.errors import ConfigError, UserError
 from study_helpers import write_captioned_images
 
@@ -36,6 +36,20 @@ def test_metadata_jsonl_layout(tmp_path):
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     pairs = scan_captioned_folder(tmp_path, "data.path", None)
     assert [caption for _, caption in pairs] == ["caption 0", "caption 1", "caption 2"]
+
+
+def test_caption_source_names_where_each_caption_was_read(tmp_path):
+    txt = write_captioned_images(tmp_path / "txt", 2)
+    (txt / "nested").mkdir()
+    (txt / "img01.png").rename(txt / "nested" / "img01.png")  # its caption left behind: the default
+    assert [caption_source(image, txt) for image, _ in scan_captioned_folder(txt, "data.path", "a painting")] == [
+        "img00.txt", "nested/img01.png (data.default_caption)"]
+    listed = write_captioned_images(tmp_path / "listed", 1)
+    outside = write_captioned_images(tmp_path / "outside", 1) / "img00.png"
+    rows = [{"file_name": "img00.png", "text": "a"}, {"file_name": str(outside), "text": "b"}]
+    (listed / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert [caption_source(image, listed) for image, _ in scan_captioned_folder(listed, "data.path", None)] == [
+        "metadata.jsonl (img00.png)", f"metadata.jsonl ({outside})"]
 
 
 def test_missing_folder_names_key_and_value(tmp_path):

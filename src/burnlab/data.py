@@ -76,6 +76,22 @@ def scan_captioned_folder(folder: Path, key: str, default_caption: Optional[str]
     return pairs
 
 
+def caption_source(image: Path, folder: Path) -> str:
+    """Where `scan_captioned_folder(folder)` read an image's caption, relative to the folder: its
+    .txt, its metadata.jsonl row, or `data.default_caption`."""
+    if (folder / "metadata.jsonl").exists():
+        return f"metadata.jsonl ({_relative(image, folder)})"
+    caption_file = image.with_suffix(".txt")
+    if caption_file.exists():
+        return _relative(caption_file, folder)
+    return f"{_relative(image, folder)} (data.default_caption)"
+
+
+def _relative(path: Path, folder: Path) -> str:
+    # a metadata.jsonl row may name an image outside its folder by an absolute path
+    return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
+
+
 def _read_metadata(metadata: Path, default_caption: Optional[str]) -> List[Tuple[Path, str]]:
     pairs = []
     for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):

@@ -7,7 +7,7 @@ image again, at a fraction of the cost.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -48,6 +48,18 @@ def encode_latents(vae, images_uint8: torch.Tensor, device, batch_size: int = 32
 def tokenize(tokenizer, captions: List[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt").input_ids
+
+
+def cut_words(tokenizer, captions: List[str]) -> List[Optional[str]]:
+    """The words `tokenize` cuts off each caption, decoded back to text (None where nothing is
+    cut). Truncation keeps `model_max_length` tokens counting BOS and EOS, so a caption keeps
+    that many less the special tokens."""
+    if not captions:
+        return []
+    room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
+    # verbose=False: the tokenizer's own "sequence is longer than" warning would repeat ours
+    tokens = tokenizer(captions, add_special_tokens=False, verbose=False).input_ids
+    return [tokenizer.decode(ids[room:]).strip() if len(ids) > room else None for ids in tokens]
 
 
 def encode_text(tokenizer, text_encoder, captions: List[str], device) -> torch.Tensor:

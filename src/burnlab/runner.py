@@ -4,11 +4,12 @@ Each stage lives in the shared cache under its identity (burnlab.study): a stage
 complete is skipped, a stage interrupted mid-way resumes from its last saved state, and
 concurrent sweep jobs that need the same stage wait on its file lock instead of training it
 twice. The run dir (Hydra's output dir, the same on every rank) gets the resolved config and
-study.json (docs/run_store.md); only the main process writes. After each stage the accelerator
-lets go of that stage's models and optimizer, so a chain of stages needs the memory of one; each
-stage's peak memory is recorded in its metrics.jsonl. The main process mirrors every row,
-sample and the analysis onto the dashboards (burnlab.trackers: one W&B run and TensorBoard
-folder per branch).
+study.json (docs/run_store.md), which also records the captions longer than the tokenizer's
+limit (burnlab.captions, warned about once); only the main process writes. After each stage the
+accelerator lets go of that stage's models and optimizer, so a chain of stages needs the memory
+of one; each stage's peak memory is recorded in its metrics.jsonl. The main process mirrors
+every row, sample and the analysis onto the dashboards (burnlab.trackers: one W&B run and
+TensorBoard folder per branch).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from filelock import FileLock
 
-from burnlab import trackers
+from burnlab import captions, trackers
 from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
@@ -74,6 +75,7 @@ class StudyRunner:
             log.warning("model.dtype=float16 on a CPU: half precision runs many times slower there than "
                         "float32 (model.dtype=auto picks float32 on a CPU, float16 on CUDA)")
         self.data = load_study_data(config.data, config.validation)
+        self.long_captions = self._check_captions()
         self.planned = plan_stages(config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype))
         self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
         if self.is_main:
@@ -85,6 +87,17 @@ class StudyRunner:
             {name: p.epoch_offset for name, p in self.planned.items()},
             steps_per_epoch(len(self.data.train), config.train, self.accelerator.num_processes)
         ) if self.is_main else None
+
+    def _check_captions(self) -> dict:
+        """study.json's `long_captions`, warned about once, by the main process."""
+        folder = resolve_path(self.config.data.path)
+        val_folder = resolve_path(self.config.validation.path) if self.config.validation.path else folder
+        record = captions.long_captions(self.base.tokenizer(), {"train": (self.data.train, folder),
+                                                                "validation": (self.data.validation, val_folder)})
+        message = captions.warning(record)
+        if message and self.is_main:
+            log.warning(message)
+        return record
 
     # -- study.json ---------------------------------------------------------------------------
     def status(self, name: str) -> str:
@@ -110,7 +123,8 @@ class StudyRunner:
         return {"study": self.config.name, "base": self.base.describe(), "stages": stages,
                 "branches": {leaf: branch_of(self.planned, leaf) for leaf in leaf_names},
                 "testing_plan": {leaf: testing_plan(self.planned, leaf, self.base.identity, rel)
-                                 for leaf in leaf_names}}
+                                 for leaf in leaf_names},
+                "long_captions": self.long_captions}
 
     def write_study_json(self) -> dict:
         study = self.study_json()

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -130,6 +131,39 @@ def test_half_written_samples_still_build_a_report_that_says_so(store, capsys):
     assert "samples.jsonl: the last line (144) is cut short" in html
     assert f"{broken} (checkpoint &#x27;6 unet_hi e6&#x27;, person, seed 1001) cannot be decoded" in html
     assert "see the report" in capsys.readouterr().out
+
+
+def set_long_captions(run_dir: Path, record) -> None:
+    study = json.loads((run_dir / "study.json").read_text())
+    (run_dir / "study.json").write_text(json.dumps(study | {"long_captions": record}))
+
+
+def test_long_captions_are_noted_in_the_report_and_summary(store):
+    set_long_captions(store / "burn_unet", {
+        "limit": 77, "count": 3, "by_set": {"train": 2, "validation": 1},
+        "examples": [{"set": "train", "file": "painting0.txt", "cut": "in the zorblax style"},
+                     {"set": "validation", "file": "painting3.txt", "cut": "style"}]})
+    set_long_captions(store / "burn_te", {"limit": 77, "count": 0, "by_set": {"train": 0, "validation": 0},
+                                          "examples": []})
+    out = store / "out"
+    assert main([str(store / "burn_unet"), "--compare", str(store / "burn_te"), "--no-probe",
+                 "--features", "none", "--out", str(out)]) == 0
+    note = ("burn_unet: 3 captions are longer than the tokenizer's 77 tokens; words past the limit are "
+            "not trained, e.g. 'painting0.txt': '... in the zorblax style'.")
+    section = unescape((out / "report.html").read_text(encoding="utf-8")).split("<h2>Long captions</h2>")[1]
+    section = section.split("</div>")[0]
+    assert section.startswith(f"<ul><li>{note}<details><summary>2 of 3 with the words cut</summary>")
+    assert "<li>painting3.txt: style</li>" in section and "burn_te" not in section  # every caption fits
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert summary.startswith(f"## Captions\n\n- {note}\n\n## Burn detector\n")
+
+
+def test_a_bad_long_captions_record_is_one_paragraph_and_exit_2(store, capsys):
+    set_long_captions(store / "burn_unet", {"limit": 77, "count": -1, "examples": []})
+    assert main([str(store / "burn_unet"), "--no-probe", "--out", str(store / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "long_captions: 'count' is -1; expected the number of captions" in error
+    assert "Traceback" not in error and error.count("\n") == 1
 
 
 @pytest.mark.parametrize("arguments, message", [

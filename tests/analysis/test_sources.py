@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.model import AnalysisError
+from analysis.model import AnalysisError, LongCaptions
 from burnlab.trackers import dashboard_values, flatten_config
 from analysis.sources import LocalRun, WandbRun, history_losses, open_run
 
@@ -206,3 +206,37 @@ def test_wandb_history_of_one_run_per_study_still_reads():
     losses = history_losses(rows, ["baseline"], "W&B run x")
     assert [(r.kind, r.study_epoch, r.train_loss, r.val_loss, r.stabilized_loss) for r in losses["baseline"]] == [
         ("train", 0.5, 0.5, None, None), ("val", 1.0, None, 0.25, 0.125)]
+
+
+LONG_CAPTIONS = {"limit": 77, "count": 3, "by_set": {"train": 2, "validation": 1},
+                 "examples": [{"set": "train", "file": "painting0.txt", "cut": "zorblax style"},
+                              {"set": "validation", "file": "painting3.txt", "cut": "style"}]}
+
+
+def record_long_captions(run_dir: Path, record) -> None:
+    """study.json's `long_captions`, as burnlab writes it when the study starts."""
+    study = json.loads((run_dir / "study.json").read_text())
+    (run_dir / "study.json").write_text(json.dumps(study | {"long_captions": record}))
+
+
+def test_long_captions_are_read_from_the_run_and_from_wandb(store, tmp_path):
+    record_long_captions(store / "burn_te", LONG_CAPTIONS)
+    local = LocalRun(store / "burn_te").load()
+    assert local.long_captions == LongCaptions(count=3, limit=77, examples=(
+        ("painting0.txt", "zorblax style"), ("painting3.txt", "style")))
+    remote = WandbRun("team/burnlab/burn_te-te_hi", api=StandInApi(mirrored(store / "burn_te")),
+                      download_root=tmp_path).load()
+    assert remote.long_captions == local.long_captions
+    assert LocalRun(store / "burn_unet").load().long_captions is None  # a store from before the record
+
+
+@pytest.mark.parametrize("record, message", [
+    ("many", r"long_captions: expected a JSON object \(a list of \{file, cut\} objects under 'examples'\)"),
+    (LONG_CAPTIONS | {"count": "3"}, r"long_captions: 'count' is '3'; expected the number of captions"),
+    (LONG_CAPTIONS | {"examples": "painting0.txt"}, r"'examples' is 'painting0.txt'; expected a list"),
+    (LONG_CAPTIONS | {"examples": [{"file": "painting0.txt"}]}, r"long_captions.examples: key 'cut' is missing"),
+])
+def test_a_bad_long_captions_record_names_what_is_wrong(store, record, message):
+    record_long_captions(store / "burn_te", record)
+    with pytest.raises(AnalysisError, match=message):
+        LocalRun(store / "burn_te").load()

@@ -26,6 +26,8 @@ METRICS = {
     "colourfulness": "Hasler-Süsstrunk colourfulness, 0-~180",
     "rms_contrast": "RMS contrast (std of luma), 0-0.5",
     "histogram_distance": "colour-histogram distance to the base checkpoint's samples (Hellinger), 0-1",
+    "high_frequency_ratio": "share of luma energy above half Nyquist over the base checkpoint's, "
+                            "0-inf (1 = as base; texture artifacts raise it)",
     "variability_pixel": "mean pairwise RMS pixel distance among the N samples, 0-1",
     "variability_feature": "mean pairwise cosine distance of the samples' features, 0-2",
     "style_distance": "mean cosine distance to the style dataset's feature centroid, 0-2 (lower = more style)",
@@ -98,6 +100,7 @@ class Measurer:
                       variability_pixel=metrics.pixel_variability(images))
         if base_images is not None:
             values["histogram_distance"] = metrics.histogram_distance(images, base_images)
+            values["high_frequency_ratio"] = metrics.high_frequency_ratio(images, base_images)
         features = self.instruments.features(images) if self.instruments.features else None
         if features is not None:
             values["variability_feature"] = metrics.feature_variability(features)

@@ -16,6 +16,7 @@ from analysis.defaults import DEFAULT_K, DEFAULT_SMOOTHING, NEAR_COPY_DISTANCE
 
 if TYPE_CHECKING:  # annotations only
     from analysis.detector import Verdict
+    from analysis.loss_stats import StageLossStats
     from analysis.losses import Series
     from analysis.measure import MetricTable
     from analysis.model import BranchRef
@@ -51,6 +52,7 @@ class Products:
     refs: list[BranchRef]
     losses_png: Path
     loss_series: list[Series]
+    loss_statistics: list[StageLossStats]
     per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
     side_by_side: dict[str, Path]
     side_by_side_pair: tuple[BranchRef, BranchRef] | None

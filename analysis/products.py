@@ -86,7 +86,7 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
         out=out, refs=refs,
         losses_png=out / "losses.png",
         loss_series=plot_losses(refs, out / "losses.png", log_scale=options.log_scale,
-                                smoothing=options.smoothing),
+                                smoothing=options.smoothing, relative=options.relative_losses),
         loss_statistics=loss_statistics(refs),
         per_branch=per_branch, side_by_side=side_by_side, side_by_side_pair=pair,
         metric_plots=plot_metrics(table, refs, out / "metrics"), table=table, verdicts=verdicts,

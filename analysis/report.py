@@ -118,7 +118,10 @@ def verdicts(products: Products) -> str:
 
 
 def losses(products: Products) -> str:
-    caption = "train (raw + EMA), validation and stabilized loss; dashed lines: stage ends"
+    relative = any(line.stage for line in products.loss_series)
+    caption = ("train (raw + EMA), validation and stabilized loss"
+               + (" (minus their stage's first pass, as EveryDream2 logs them)" if relative else "")
+               + "; dashed lines: stage ends")
     head = "".join(f"<th title='{escape(what)}'>{escape(heading)}</th>"
                    for heading, _, what in LOSS_COLUMNS)
     rows = "".join(

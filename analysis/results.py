@@ -30,6 +30,7 @@ class Options:
     clip_model: Path | None = None  # a local CLIP model folder; never downloaded
     use_probe: bool = True  # the toy probe (toy-world runs only)
     log_scale: bool = False  # log-scale loss axes
+    relative_losses: bool = False  # validation and stabilized loss minus their stage's first pass
     smoothing: float = DEFAULT_SMOOTHING  # EMA weight of the smoothed train loss, in [0, 1)
     k: float = DEFAULT_K  # detector sensitivity
     floors: dict[str, float] | None = None  # detector: smallest change that counts, per metric

@@ -51,12 +51,13 @@ def links_of(html: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def report(shared_store, tmp_path_factory) -> Path:
-    """`burnlab-analyze burn_unet --compare burn_te --out report` on a copy of the store."""
+    """`burnlab-analyze burn_unet --compare burn_te --out report` on a copy of the store, loss
+    axes logarithmic, validation and stabilized loss relative to their stage's first pass."""
     store = tmp_path_factory.mktemp("report") / "store"
     shutil.copytree(shared_store, store)
     out = store / "report"
     assert main([str(store / "burn_unet"), "--compare", str(store / "burn_te"),
-                 "--out", str(out), "--log-scale"]) == 0
+                 "--out", str(out), "--log-scale", "--relative-losses"]) == 0
     return out
 
 
@@ -109,6 +110,7 @@ def test_loss_statistics_are_in_the_report_summary_and_json(report):
     assert "| burn_te/te_hi | te_hi | text_encoder | 6 | 0.2 | 0.02 | -0.1 | -0.01 |" in summary
     html = (report / "report.html").read_text(encoding="utf-8")
     assert "<td class='text'>burn_unet/unet_hi</td><td class='text'>unet_lo</td>" in html
+    assert "minus their stage&#x27;s first pass" in html  # --relative-losses reached the plot
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,

@@ -10,9 +10,9 @@ it. It raises AnalysisError (one paragraph naming the path or key, the value and
 expected) for bad input.
 
 Modules, in the order data flows: sources (run folder / W&B -> model), images (decoding),
-grids and gifs, losses (overlay), dataset + features + metrics + measure (metric table),
-detector (burn verdicts), metric_plots, tracking (W&B), products (every product), report (HTML),
-cli. results holds the options and products dataclasses.
+grids and gifs, losses (overlay) and loss_stats (its numbers), dataset + features + metrics +
+measure (metric table), detector (burn verdicts), metric_plots, tracking (W&B), products (every
+product), report (HTML), cli. results holds the options and products dataclasses.
 """
 from __future__ import annotations
 

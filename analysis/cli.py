@@ -29,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("--out", type=Path, help="output folder (default: RUN/analysis; for a "
                            "W&B run: ./analysis-<run_id>)")
     arguments.add_argument("--log-scale", action="store_true", help="log-scale loss axes")
+    arguments.add_argument("--relative-losses", action="store_true",
+                           help="plot validation and stabilized loss minus their stage's first pass, "
+                           "as EveryDream2 logs them (their axes stay linear)")
     arguments.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING,
                            help="EMA weight of the smoothed train loss, in [0, 1)")
     arguments.add_argument("--calibration", type=Path, metavar="FILE",
@@ -51,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = Options(out=args.out, features=args.features, clip_model=args.clip_model,
-                      use_probe=not args.no_probe, log_scale=args.log_scale, smoothing=args.smoothing,
+                      use_probe=not args.no_probe, log_scale=args.log_scale,
+                      relative_losses=args.relative_losses, smoothing=args.smoothing,
                       calibration=args.calibration, near_copy_distance=args.near_copy, max_cell=args.max_cell,
                       wandb_project=args.wandb_project)
     try:

@@ -6,6 +6,13 @@ Three panels over the branch's shared epoch axis (study_epoch = epoch_offset + e
 loss (raw, faint, and its exponential moving average), validation loss, stabilized loss (fixed
 seeds on a fixed training subset). Dashed grey lines mark where stages end; stage names head their spans.
 `loss_series` returns the plotted data, so callers (and tests) can check what was drawn.
+
+    plot_losses(refs, Path("losses.png"), relative=True)   # as EveryDream2 logs them
+
+relative=True draws validation and stabilized loss minus the first pass of their stage: EveryDream2
+logs the stabilized loss (and, with use_relative_loss, the validation loss) relative to its
+training run's first pass, and each stage of the study was a training run of its own, so its
+charts show every stage starting at 0, going negative as the loss falls.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ from analysis.defaults import DEFAULT_SMOOTHING  # noqa: E402
 
 TRAIN, TRAIN_EMA, VALIDATION, STABILIZED = "train", "train (EMA)", "validation", "stabilized"
 PANEL_TITLES = ("train loss", "validation loss", "stabilized loss")
+RELATIVE_PANEL_TITLES = ("train loss", "validation loss\nminus its stage's first pass",
+                         "stabilized loss\nminus its stage's first pass")
 PANEL_OF = {TRAIN: 0, TRAIN_EMA: 0, VALIDATION: 1, STABILIZED: 2}
 LINE_STYLE = {TRAIN: {"alpha": 0.3, "linewidth": 0.8}, TRAIN_EMA: {"linewidth": 1.8},
               VALIDATION: {"marker": "o", "markersize": 3}, STABILIZED: {"marker": "o", "markersize": 3}}
@@ -33,6 +42,7 @@ class Series:
     kind: str
     x: tuple[float, ...]
     y: tuple[float, ...]
+    stage: str | None = None  # relative losses: the stage this piece is relative to
 
 
 def ema(values: list[float], smoothing: float) -> list[float]:
@@ -45,20 +55,27 @@ def ema(values: list[float], smoothing: float) -> list[float]:
     return smoothed
 
 
-def loss_series(refs: list[BranchRef], smoothing: float = DEFAULT_SMOOTHING) -> list[Series]:
+def loss_series(refs: list[BranchRef], smoothing: float = DEFAULT_SMOOTHING,
+                relative: bool = False) -> list[Series]:
     """Per branch: train (raw and EMA), validation and stabilized loss against study_epoch.
-    A kind with no values on a branch (e.g. an empty validation split) is left out."""
+    A kind with no values on a branch (e.g. an empty validation split) is left out. relative:
+    validation and stabilized loss become a series per stage, minus the stage's first pass."""
     series = []
     for ref in refs:
         rows = sorted(ref.run.branch_losses(ref.branch.name), key=lambda row: row.study_epoch)
         for kind, attribute, row_kind in ((TRAIN, "train_loss", "train"),
                                           (VALIDATION, "val_loss", "val"),
                                           (STABILIZED, "stabilized_loss", "val")):
-            points = [(row.study_epoch, getattr(row, attribute)) for row in rows
+            points = [(row.stage, row.study_epoch, getattr(row, attribute)) for row in rows
                       if row.kind == row_kind and getattr(row, attribute) is not None]
             if not points:
                 continue
-            x, y = zip(*points)
+            if relative and kind != TRAIN:
+                for stage in dict.fromkeys(stage for stage, _, _ in points):
+                    x, y = zip(*[(epoch, value) for of, epoch, value in points if of == stage])
+                    series.append(Series(ref.title, kind, x, tuple(value - y[0] for value in y), stage))
+                continue
+            _, x, y = zip(*points)
             series.append(Series(ref.title, kind, x, y))
             if kind == TRAIN:
                 series.append(Series(ref.title, TRAIN_EMA, x, tuple(ema(list(y), smoothing))))
@@ -79,22 +96,30 @@ def stage_spans(refs: list[BranchRef]) -> dict[tuple[float, float], list[str]]:
 
 
 def plot_losses(refs: list[BranchRef], path: Path, *, log_scale: bool = False,
-                smoothing: float = DEFAULT_SMOOTHING) -> list[Series]:
-    """Write the overlay PNG to `path`; return the plotted series."""
-    series = loss_series(refs, smoothing)
+                smoothing: float = DEFAULT_SMOOTHING, relative: bool = False) -> list[Series]:
+    """Write the overlay PNG to `path`; return the plotted series. With `relative`, log_scale
+    applies to the train loss only (relative losses go below 0)."""
+    series = loss_series(refs, smoothing, relative)
     colours = {ref.title: f"C{number}" for number, ref in enumerate(refs)}
     figure, axes = plt.subplots(len(PANEL_TITLES), 1, figsize=(10, 9), sharex=True)
+    labelled = set()  # relative losses come in a piece per stage: one legend entry for them all
     for line in series:
+        label = f"{line.branch} {line.kind}"
         axes[PANEL_OF[line.kind]].plot(line.x, line.y, color=colours[line.branch],
-                                       label=f"{line.branch} {line.kind}", **LINE_STYLE[line.kind])
+                                       label=None if label in labelled else label,
+                                       **LINE_STYLE[line.kind])
+        labelled.add(label)
     for (start, end), stages in stage_spans(refs).items():
         for axis in axes:
             axis.axvline(end, color="grey", linestyle="--", linewidth=0.8)
         axes[0].annotate(" / ".join(stages), ((start + end) / 2, 1.02), ha="center", va="bottom",
                          xycoords=("data", "axes fraction"), fontsize=8, color="dimgrey")
-    for axis, title in zip(axes, PANEL_TITLES):
+    titles = RELATIVE_PANEL_TITLES if relative else PANEL_TITLES
+    for number, (axis, title) in enumerate(zip(axes, titles)):
         axis.set_ylabel(title)
-        if log_scale:
+        if relative and number != PANEL_OF[TRAIN]:
+            axis.axhline(0, color="black", linewidth=0.6)  # every stage's first pass
+        elif log_scale:
             axis.set_yscale("log")
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7, loc="upper right")

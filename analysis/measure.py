@@ -26,6 +26,8 @@ METRICS = {
     "colourfulness": "Hasler-Süsstrunk colourfulness, 0-~180",
     "rms_contrast": "RMS contrast (std of luma), 0-0.5",
     "histogram_distance": "colour-histogram distance to the base checkpoint's samples (Hellinger), 0-1",
+    "high_frequency_ratio": "share of luma energy above half Nyquist over the base checkpoint's, "
+                            "0-inf (1 = as base; texture artifacts raise it)",
     "variability_pixel": "mean pairwise RMS pixel distance among the N samples, 0-1",
     "variability_feature": "mean pairwise cosine distance of the samples' features, 0-2",
     "style_distance": "mean cosine distance to the style dataset's feature centroid, 0-2 (lower = more style)",
@@ -123,6 +125,9 @@ class Measurer:
         if base_images is not None:
             found["histogram_distance"] = estimates.pooled_hellinger(
                 np.stack([metrics.colour_histogram(one) for one in singles]), metrics.colour_histogram(base_images))
+            ratios = metrics.high_frequency_ratios(images, base_images)
+            if ratios is not None:
+                found["high_frequency_ratio"] = estimates.per_image_mean(ratios)
         features = self.instruments.features(images) if self.instruments.features else None
         if features is not None:
             found["variability_feature"] = estimates.pairwise_mean(metrics.cosine_distances(features, features))

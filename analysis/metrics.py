@@ -16,6 +16,11 @@ from analysis.defaults import NEAR_COPY_DISTANCE
 
 COMPARE_SIZE = (64, 64)  # pixel-space distances compare images at this size (speed, fairness)
 HISTOGRAM_BINS = 8
+HIGH_FREQUENCY_CUTOFF = 0.5  # fraction of the Nyquist frequency: detail finer than a 4-pixel period
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # Rec. 601
+# Luma energy below this is rounding left by removing a flat image's mean, not content: one
+# pixel one uint8 level off already has ~2e-7.
+FLAT_ENERGY = 1e-12
 
 
 def unit_rgb(images: np.ndarray) -> np.ndarray:
@@ -48,8 +53,57 @@ def colourfulness(images: np.ndarray) -> float:
 def rms_contrast(images: np.ndarray) -> float:
     """RMS contrast: the standard deviation of each image's luma (Rec. 601 weights, 0-1 scale),
     averaged over images. Range [0, 0.5]: 0 for a flat image, 0.5 for half black, half white."""
-    luma = unit_rgb(images) @ np.array([0.299, 0.587, 0.114])
+    luma = unit_rgb(images) @ LUMA_WEIGHTS
     return float(luma.std(axis=(1, 2)).mean())
+
+
+def dct_basis(size: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix [size, size]: row k is the cosine of k / (2 * size) cycles
+    per pixel."""
+    frequency, pixel = np.arange(size)[:, None], np.arange(size)[None, :]
+    basis = np.cos(np.pi * (2 * pixel + 1) * frequency / (2 * size)) * np.sqrt(2 / size)
+    basis[0] /= np.sqrt(2)
+    return basis
+
+
+def high_frequency_shares(images: np.ndarray, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> np.ndarray:
+    """Per image, the share of its luma's energy (Rec. 601, mean removed) at radial spatial
+    frequencies above `cutoff` x the Nyquist frequency: fine texture, grain, speckle. The
+    spectrum is the orthonormal 2-D DCT, which mirrors the image at its borders, so the border
+    is not read as an edge (a smooth gradient stays smooth). Range [0, 1]: 0 for a flat or smooth
+    image, ~0.80 for white noise at the default cutoff (the share of DCT frequencies above it:
+    1 - pi/16 on a large image, 0.796 at 64x64), ~1 for a one-pixel checkerboard. A share of energy, so a contrast change alone leaves it
+    unchanged. Returns an array [N]."""
+    luma = unit_rgb(images) @ LUMA_WEIGHTS
+    _, height, width = luma.shape
+    luma = luma - luma.mean(axis=(1, 2), keepdims=True)
+    power = (dct_basis(height) @ luma @ dct_basis(width).T) ** 2
+    # DCT frequency k / (2 * size) cycles per pixel, over the Nyquist frequency's 0.5
+    radial = np.hypot(np.arange(height)[:, None] / height, np.arange(width)[None, :] / width)
+    total = power.sum(axis=(1, 2))
+    high = power[:, radial > cutoff].sum(axis=1)
+    return np.divide(high, total, out=np.zeros_like(total), where=total > FLAT_ENERGY)
+
+
+def high_frequency_ratios(images: np.ndarray, reference: np.ndarray,
+                          cutoff: float = HIGH_FREQUENCY_CUTOFF) -> np.ndarray | None:
+    """Per sample, its high-frequency share (high_frequency_shares) over the mean share of the
+    `reference` samples (the base checkpoint's samples of the same prompt); their mean is
+    high_frequency_ratio. None when the reference has no energy above the cutoff."""
+    reference_share = high_frequency_shares(reference, cutoff).mean()
+    if reference_share <= 0:
+        return None
+    return high_frequency_shares(images, cutoff) / reference_share
+
+
+def high_frequency_ratio(images: np.ndarray, reference: np.ndarray,
+                         cutoff: float = HIGH_FREQUENCY_CUTOFF) -> float | None:
+    """Texture artifacts: the samples' mean high-frequency share over the base checkpoint's
+    (`reference`) mean share for the same prompt. Range [0, inf): 1 = as much fine texture as
+    the base, 2 = twice the share of energy above the cutoff, < 1 = smoother; None when the
+    reference has no energy above the cutoff."""
+    ratios = high_frequency_ratios(images, reference, cutoff)
+    return None if ratios is None else float(ratios.mean())
 
 
 def colour_histogram(images: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:

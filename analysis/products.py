@@ -6,7 +6,8 @@ Layout of the output folder (all links in report.html are relative to it):
   report.html                         the report
   losses.png                          loss overlay of every branch
   metrics.json, detector.json         the metric table and the detector's verdicts
-  summary.md                          both in Markdown (for a README)
+  loss_stats.json                     per branch and stage: loss slopes, changes, roughness
+  summary.md                          all three in Markdown (for a README)
   metrics/<metric>.png                each metric against checkpoint index, all branches
   <run>/<branch>/<prompt_set>/grid.png             rows = checkpoints, columns = seeds
   <run>/<branch>/<prompt_set>/checkpoint_<i>.png   the 3x3 grid of checkpoint i
@@ -24,6 +25,7 @@ from analysis.features import Instruments, load_instruments
 from analysis.gifs import progression_frames, side_by_side_frames, write_gif
 from analysis.grids import checkpoint_grid, comparison_grid
 from analysis.images import SampleImages
+from analysis.loss_stats import loss_statistics, statistics_json
 from analysis.losses import plot_losses
 from analysis.measure import MetricTable, measure
 from analysis.metric_plots import plot_metrics
@@ -84,12 +86,14 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
         out=out, refs=refs,
         losses_png=out / "losses.png",
         loss_series=plot_losses(refs, out / "losses.png", log_scale=options.log_scale,
-                                smoothing=options.smoothing),
+                                smoothing=options.smoothing, relative=options.relative_losses),
+        loss_statistics=loss_statistics(refs),
         per_branch=per_branch, side_by_side=side_by_side, side_by_side_pair=pair,
         metric_plots=plot_metrics(table, refs, out / "metrics"), table=table, verdicts=verdicts,
         problems=[f"{run.name}: {problem}" for run in runs for problem in run.problems]
         + images.problems)
     write_results(out, table, verdicts, rule)
+    atomic_write_json(out / "loss_stats.json", statistics_json(products.loss_statistics))
     for run in runs:
         if run.local_dir is not None:
             write_results(run.local_dir / "analysis", filter_table(table, run.name),

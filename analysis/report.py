@@ -1,12 +1,12 @@
 """The static HTML report (report.html) over the products of analysis/products.py, and summary.md
-(verdicts and metric table in Markdown).
+(verdicts, loss statistics and metric table in Markdown).
 
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
     # then open runs/report/report.html: every link is relative, so the folder can be moved
 
-Sections: captions the tokenizer cut, what is missing, detector verdicts, loss overlay, UNet vs
-TE side by side, per prompt set the comparison grids / progression GIFs / 3x3 grids, metric plots
-and the metric table.
+Sections: captions the tokenizer cut, what is missing, detector verdicts, loss overlay and loss
+statistics, UNet vs TE side by side, per prompt set the comparison grids / progression GIFs /
+3x3 grids, metric plots and the metric table.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from analysis.loss_stats import SLOPE_EPOCHS
 from analysis.measure import METRICS
 from analysis.model import LongCaptions
 from analysis.results import Products
@@ -30,6 +31,18 @@ th { background: #f0f0f0; } td.text { text-align: left; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
 """
+# Loss statistics columns: heading, StageLossStats field, what it is
+LOSS_COLUMNS = (
+    ("val passes", "val_passes", "validation passes logged in the stage"),
+    ("val slope", "val_slope", f"least-squares slope of the validation loss per {SLOPE_EPOCHS} epochs"),
+    ("val change", "val_change", "validation loss at the stage's last pass minus its first"),
+    ("stabilized slope", "stabilized_slope",
+     f"least-squares slope of the stabilized loss per {SLOPE_EPOCHS} epochs"),
+    ("stabilized change", "stabilized_change", "stabilized loss at the stage's last pass minus its first"),
+    ("train roughness", "train_roughness", "std of the step-to-step differences of the training loss"),
+    ("roughness / previous stage", "roughness_vs_previous",
+     "train roughness over the previous stage's on the branch (hi over lo)"),
+)
 
 
 def write_summary(products: Products) -> Path:
@@ -38,6 +51,12 @@ def write_summary(products: Products) -> Path:
     shown = measured_metrics(products)
     lines = summary_captions(products)
     lines += ["## Burn detector", ""] + [f"- {verdict.summary()}" for verdict in products.verdicts]
+    lines += ["", f"## Loss statistics (slopes per {SLOPE_EPOCHS} epochs)", "",
+              "| branch | stage | trains | " + " | ".join(head for head, _, _ in LOSS_COLUMNS) + " |",
+              "|---|---|---|" + "---:|" * len(LOSS_COLUMNS)]
+    lines += [f"| {stats.branch} | {stats.stage} | {stats.trains} | "
+              + " | ".join(number(getattr(stats, field)) for _, field, _ in LOSS_COLUMNS) + " |"
+              for stats in products.loss_statistics]
     lines += ["", f"## Metrics (feature space: {products.table.feature_space})", "",
               "Each value with its 95% bootstrap interval over the checkpoint's images.", "",
               "| branch | checkpoint | prompt set | " + " | ".join(shown) + " |",
@@ -140,9 +159,22 @@ def verdicts(products: Products) -> str:
 
 
 def losses(products: Products) -> str:
-    return "<h2>Losses</h2>" + image(products, products.losses_png,
-                                     "train (raw + EMA), validation and stabilized loss; "
-                                     "dashed lines: stage ends")
+    relative = any(line.stage for line in products.loss_series)
+    caption = ("train (raw + EMA), validation and stabilized loss"
+               + (" (minus their stage's first pass, as EveryDream2 logs them)" if relative else "")
+               + "; dashed lines: stage ends")
+    head = "".join(f"<th title='{escape(what)}'>{escape(heading)}</th>"
+                   for heading, _, what in LOSS_COLUMNS)
+    rows = "".join(
+        f"<tr><td class='text'>{escape(stats.branch)}</td><td class='text'>{escape(stats.stage)}</td>"
+        f"<td class='text'>{escape(stats.trains)}</td>"
+        + "".join(f"<td>{number(getattr(stats, field))}</td>" for _, field, _ in LOSS_COLUMNS) + "</tr>"
+        for stats in products.loss_statistics)
+    return ("<h2>Losses</h2>" + image(products, products.losses_png, caption)
+            + f"<h3>Loss statistics</h3><p>Per stage (<a href='loss_stats.json'>loss_stats.json</a>): "
+            f"slopes are least-squares, per {SLOPE_EPOCHS} epochs; changes are last pass minus "
+            f"first; roughness is the std of the training loss's step-to-step differences.</p>"
+            f"<table><tr><th>branch</th><th>stage</th><th>trains</th>{head}</tr>{rows}</table>")
 
 
 def side_by_side(products: Products) -> str:

@@ -16,6 +16,7 @@ from analysis.defaults import DEFAULT_SMOOTHING, NEAR_COPY_DISTANCE
 
 if TYPE_CHECKING:  # annotations only
     from analysis.detector import Verdict
+    from analysis.loss_stats import StageLossStats
     from analysis.losses import Series
     from analysis.measure import MetricTable
     from analysis.model import BranchRef
@@ -29,6 +30,7 @@ class Options:
     clip_model: Path | None = None  # a local CLIP model folder; never downloaded
     use_probe: bool = True  # the toy probe (toy-world runs only)
     log_scale: bool = False  # log-scale loss axes
+    relative_losses: bool = False  # validation and stabilized loss minus their stage's first pass
     smoothing: float = DEFAULT_SMOOTHING  # EMA weight of the smoothed train loss, in [0, 1)
     calibration: Path | None = None  # the detector's rule; None: analysis/calibration.json (make verdicts)
     near_copy_distance: float = NEAR_COPY_DISTANCE  # memorisation threshold
@@ -50,6 +52,7 @@ class Products:
     refs: list[BranchRef]
     losses_png: Path
     loss_series: list[Series]
+    loss_statistics: list[StageLossStats]
     per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
     side_by_side: dict[str, Path]
     side_by_side_pair: tuple[BranchRef, BranchRef] | None

@@ -55,6 +55,57 @@ def test_rms_contrast_range():
     assert metrics.rms_contrast(half) == pytest.approx(0.5)
 
 
+def grey(luma: np.ndarray) -> np.ndarray:
+    """uint8 RGB images [N, H, W, 3] from luma values [N, H, W] on a 0-255 scale."""
+    return np.repeat(np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def box_blur(images: np.ndarray) -> np.ndarray:
+    """Each pixel the mean of its 3x3 neighbourhood (edges repeated)."""
+    padded = np.pad(np.asarray(images, dtype=np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    height, width = images.shape[1:3]
+    return sum(padded[:, dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)) / 9
+
+
+def test_high_frequency_share_of_flat_smooth_checkerboard_and_noise_images():
+    rows, columns = np.mgrid[:64, :64]
+    flat = grey(np.full((2, 64, 64), 77.0))
+    gradient = grey((rows + columns)[None] * 255 / 126)
+    checkerboard = grey(((rows + columns) % 2 * 255)[None])
+    noise = grey(np.random.default_rng(1).uniform(0, 255, (9, 64, 64)))
+    assert metrics.high_frequency_shares(flat).tolist() == [0.0, 0.0]
+    assert metrics.high_frequency_shares(gradient)[0] < 1e-4
+    assert metrics.high_frequency_shares(checkerboard)[0] > 0.999
+    # white noise spreads its energy evenly over the DCT frequencies: the share is the fraction
+    # of the (64 x 64 - 1, the mean removed) frequencies beyond half the Nyquist frequency
+    frequencies = np.hypot(*np.mgrid[:64, :64] / 64)
+    expected = (frequencies > 0.5).sum() / (64 * 64 - 1)
+    assert expected == pytest.approx(0.796, abs=1e-3)
+    assert metrics.high_frequency_shares(noise).mean() == pytest.approx(expected, abs=0.01)
+
+
+def test_high_frequency_ratio_rises_with_added_noise_and_falls_with_blur():
+    rows, columns = np.mgrid[:64, :64]
+    blobs = 128 + 60 * np.sin(rows / 5.0 + np.arange(6)[:, None, None]) * np.cos(columns / 7.0)
+    edges = np.where((rows // 16 + columns // 16) % 2 == 0, 60.0, 190.0)
+    images = grey(blobs + edges - 128)
+    noisy = grey(blobs + edges - 128 + np.random.default_rng(1).normal(0, 12, (6, 64, 64)))
+    blurred = grey(box_blur(images)[..., 0])
+    shares = metrics.high_frequency_shares(images)
+    assert (metrics.high_frequency_shares(noisy) > shares).all()
+    assert (metrics.high_frequency_shares(blurred) < shares).all()
+    assert metrics.high_frequency_ratio(images, images) == pytest.approx(1.0)
+    assert metrics.high_frequency_ratio(noisy, images) > 1.2
+    assert metrics.high_frequency_ratio(blurred, images) < 0.2
+    # per-image values average to the checkpoint's value (bootstrap over images)
+    assert metrics.high_frequency_ratios(noisy, images).mean() == pytest.approx(
+        metrics.high_frequency_ratio(noisy, images))
+    # a share of energy: halving the contrast leaves it (nearly: uint8 rounding) unchanged
+    assert metrics.high_frequency_shares(grey((blobs + edges) / 2)) == pytest.approx(shares, rel=0.01)
+    flat = grey(np.full((2, 64, 64), 128.0))
+    assert metrics.high_frequency_ratio(images, flat) is None
+
+
 def test_n_identical_images_have_zero_variability():
     same = np.repeat(random_images(1), 9, axis=0)
     assert metrics.pixel_variability(same) == 0.0
@@ -116,6 +167,7 @@ def test_metric_table_over_both_runs(shared_store, instruments):
     assert te_saturation[7] == pytest.approx(te_saturation[1], abs=0.01)
     assert table.series("burn_te", "te_hi", "person", "adherence") == [1, 1, 1, 0, 0, 0, 0, 0]
     assert table.series("burn_unet", "unet_hi", "person", "histogram_distance")[0] == 0.0
+    assert table.series("burn_unet", "unet_hi", "person", "high_frequency_ratio")[0] == pytest.approx(1.0)
     assert max(row["near_copies"] for row in table.rows) == 0.0
 
 

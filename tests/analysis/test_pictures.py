@@ -104,3 +104,21 @@ def test_loss_overlay_series_come_from_both_runs(refs, tmp_path):
     # the burns differ after the shared baseline: the TE run's loss rows are its own
     assert by_key[("burn_unet/unet_hi", TRAIN)].y[-1] != by_key[("burn_te/te_hi", TRAIN)].y[-1]
     assert loss_series(refs) == series
+
+
+def test_relative_losses_start_every_stage_at_0(refs, tmp_path):
+    series = plot_losses(refs, tmp_path / "relative.png", log_scale=True, relative=True)
+    assert (tmp_path / "relative.png").stat().st_size > 0
+    for ref in refs:
+        rows = ref.run.branch_losses(ref.branch.name)
+        for kind, attribute in ((VALIDATION, "val_loss"), (STABILIZED, "stabilized_loss")):
+            pieces = [line for line in series if (line.branch, line.kind) == (ref.title, kind)]
+            assert [line.stage for line in pieces] == list(ref.branch.stages)
+            for line in pieces:
+                values = [getattr(row, attribute) for row in rows
+                          if row.kind == "val" and row.stage == line.stage]
+                assert line.y[0] == 0.0
+                assert line.y == pytest.approx([value - values[0] for value in values])
+        # the train loss is drawn as it was logged
+        assert [line for line in series if line.branch == ref.title and line.kind in (TRAIN, TRAIN_EMA)] \
+            == [line for line in loss_series([ref]) if line.kind in (TRAIN, TRAIN_EMA)]

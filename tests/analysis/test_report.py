@@ -52,12 +52,13 @@ def links_of(html: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def report(shared_store, tmp_path_factory) -> Path:
-    """`burnlab-analyze burn_unet --compare burn_te --out report` on a copy of the store."""
+    """`burnlab-analyze burn_unet --compare burn_te --out report` on a copy of the store, loss
+    axes logarithmic, validation and stabilized loss relative to their stage's first pass."""
     store = tmp_path_factory.mktemp("report") / "store"
     shutil.copytree(shared_store, store)
     out = store / "report"
     assert main([str(store / "burn_unet"), "--compare", str(store / "burn_te"),
-                 "--out", str(out), "--log-scale"]) == 0
+                 "--out", str(out), "--log-scale", "--relative-losses"]) == 0
     return out
 
 
@@ -90,9 +91,27 @@ def test_results_are_written_to_the_report_and_each_run(report):
         assert (report.parent / study / "analysis" / "detector.json").is_file()
     html = (report / "report.html").read_text(encoding="utf-8")
     assert "Burn detector" in html and "<table>" in html and "saturation" in html
-    summary = (report / "summary.md").read_text(encoding="utf-8").splitlines()
-    assert summary[2].startswith("- burn_unet/unet_hi (trains unet): ")
-    assert len([line for line in summary if line.startswith("| burn_")]) == 2 * 8 * 2
+    summary = (report / "summary.md").read_text(encoding="utf-8")
+    assert summary.splitlines()[2].startswith("- burn_unet/unet_hi (trains unet): ")
+    assert summary.index("## Loss statistics") < summary.index("## Metrics")
+    metric_rows = summary.split("## Metrics")[1].splitlines()
+    assert len([line for line in metric_rows if line.startswith("| burn_")]) == 2 * 8 * 2
+
+
+def test_loss_statistics_are_in_the_report_summary_and_json(report):
+    """The tiny store's validation loss rises 0.002 per epoch in every stage (conftest.stage_rows)."""
+    statistics = json.loads((report / "loss_stats.json").read_text())
+    assert statistics["slope_epochs"] == 100
+    assert [(row["branch"], row["stage"]) for row in statistics["rows"]] == [
+        (f"{study}/{leaf}", stage) for study, leaf, lo, hi in
+        (("burn_unet", "unet_hi", "unet_lo", "unet_hi"), ("burn_te", "te_hi", "te_lo", "te_hi"))
+        for stage in ("baseline", lo, hi)]
+    assert all(row["val_slope"] == pytest.approx(0.2) for row in statistics["rows"])
+    summary = (report / "summary.md").read_text(encoding="utf-8")
+    assert "| burn_te/te_hi | te_hi | text_encoder | 6 | 0.2 | 0.02 | -0.1 | -0.01 |" in summary
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert "<td class='text'>burn_unet/unet_hi</td><td class='text'>unet_lo</td>" in html
+    assert "minus their stage&#x27;s first pass" in html  # --relative-losses reached the plot
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,

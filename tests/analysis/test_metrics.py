@@ -77,6 +77,15 @@ def test_centroid_distance_falls_as_samples_approach_the_style():
     assert metrics.centroid_distance(style[:3], style) < metrics.centroid_distance(far, style)
 
 
+def test_centroid_distance_weighs_each_training_image_the_same():
+    """Known answer: the centroid of the unit rows (1, 0) and (0, 1) points along (1, 1), however
+    long the training features are; averaging them unnormalised would lean towards (10, 0)."""
+    reference = np.array([[10.0, 0.0], [0.0, 1.0]])
+    assert metrics.centroid_distance(np.array([[1.0, 1.0]]), reference) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.centroid_distance(np.array([[3.0, 0.0], [0.0, 2.0]]), reference) == \
+        pytest.approx(1 - 1 / np.sqrt(2))
+
+
 def test_a_training_image_scores_as_memorised(shared_store):
     folder = shared_store / "data" / "style"
     training = training_images(folder, (16, 16))
@@ -101,6 +110,15 @@ def test_clip_score_of_aligned_and_opposite_features():
     image = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert metrics.clip_score(image, image) == pytest.approx(100.0)
     assert metrics.clip_score(image, -image) == 0.0
+
+
+def test_clip_score_averages_the_cosines_before_clamping_at_zero():
+    """Known answers, as torchmetrics' CLIPScore: 100 * max(mean cos, 0). Cosines 1 and -0.5
+    give 25 (clamping each first would give 50); -1 and 0.5 give 0, not 25."""
+    images = np.array([[2.0, 0.0], [1.0, 0.0]])
+    texts = np.array([[1.0, 0.0], [-0.5, np.sqrt(0.75)]])
+    assert metrics.clip_score(images, texts) == pytest.approx(25.0)
+    assert metrics.clip_score(images, np.array([[-3.0, 0.0], [0.5, np.sqrt(0.75)]])) == 0.0
 
 
 def test_metric_table_over_both_runs(shared_store, instruments):

@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# before the imports below: huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded in tests
+
 import pytest
 import torch
 from accelerate.state import AcceleratorState
@@ -16,9 +21,6 @@ from burnlab.config import register_configs
 from burnlab.toy.build import build_tokenizer, save_pipeline
 from study_helpers import TINY_RESOLUTION, write_captioned_images
 
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded in tests
 register_configs()
 
 

@@ -133,14 +133,14 @@ def load_clip(spec: str | Path) -> tuple[ClipModel | None, str | None]:
     problem = clip_model_problem(spec)
     if problem:
         raise AnalysisError(f"CLIP model {str(spec)!r} (--clip-model, analysis.clip_model): {problem}; {expected}.")
-    folder = Path(str(spec).strip()).expanduser()
+    hub_id = str(spec).strip()
+    folder = Path(hub_id).expanduser()
     if folder.exists():
         try:
             return ClipModel(folder), None
         except (OSError, ValueError) as error:
             raise AnalysisError(f"CLIP model folder {folder} (--clip-model, analysis.clip_model) does "
                                 f"not load ({error}); {expected}.") from None
-    hub_id = str(spec).strip()
     try:
         return ClipModel(hub_id), None
     except ValueError as error:  # in the local cache, but not a CLIP model
@@ -158,7 +158,7 @@ def load_clip(spec: str | Path) -> tuple[ClipModel | None, str | None]:
 
 def hub_problem(hub_id: str) -> str | None:
     """Why the hub cannot give `hub_id` (unreachable, offline mode, no such model), or None. One
-    quick request: a download attempt would retry an unreachable hub for half a minute."""
+    quick request: a download attempt retries an unreachable hub for tens of seconds."""
     from huggingface_hub import model_info
     from huggingface_hub.errors import HfHubHTTPError
 

@@ -41,8 +41,10 @@ def parser() -> argparse.ArgumentParser:
                            help="RMS pixel distance (0-1) under which a sample is a near-copy")
     arguments.add_argument("--features", choices=FEATURE_SPACES, default="auto",
                            help="feature space: CLIP if --clip-model is given, else the toy probe")
-    arguments.add_argument("--clip-model", type=Path, metavar="DIR",
-                           help="a local CLIP model folder (CLIP score, CLIP features); never downloads")
+    arguments.add_argument("--clip-model", metavar="DIR_OR_HUB_ID",
+                           help="CLIP for CLIP score and CLIP features: a local model folder, or a hub "
+                           "id such as openai/clip-vit-large-patch14 (local Hugging Face cache first, "
+                           "else downloaded; unreachable: noted in the report)")
     arguments.add_argument("--no-probe", action="store_true",
                            help="do not use the toy probe (e.g. for a real SD model)")
     arguments.add_argument("--max-cell", type=int, default=256, help="largest grid cell side, px")

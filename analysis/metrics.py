@@ -148,12 +148,15 @@ def pixel_variability(images: np.ndarray) -> float:
     return mean_pairwise(rms_distances(pixels, pixels))
 
 
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Each feature row scaled to length 1 (a zero row stays zero)."""
+    features = np.asarray(features, dtype=np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
 def cosine_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """[N, M] cosine distances 1 - cos(a, b) between feature rows; range [0, 2]."""
-    def normalized(features: np.ndarray) -> np.ndarray:
-        features = np.asarray(features, dtype=np.float64)
-        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    return np.clip(1.0 - normalized(first) @ normalized(second).T, 0.0, 2.0)
+    return np.clip(1.0 - unit_rows(first) @ unit_rows(second).T, 0.0, 2.0)
 
 
 def feature_variability(features: np.ndarray) -> float:
@@ -164,9 +167,10 @@ def feature_variability(features: np.ndarray) -> float:
 
 def centroid_distance(features: np.ndarray, reference_features: np.ndarray) -> float:
     """Style proximity: mean cosine distance of each sample's features to the centroid of the
-    style dataset's features. Range [0, 2]: lower = closer to the trained style; falling on a
-    prompt without the activation phrase is style bleed."""
-    centroid = np.asarray(reference_features, dtype=np.float64).mean(axis=0, keepdims=True)
+    style dataset's unit-normalised features (each training image weighs the same, whatever its
+    feature norm). Range [0, 2]: lower = closer to the trained style; falling on a prompt
+    without the activation phrase is style bleed."""
+    centroid = unit_rows(reference_features).mean(axis=0, keepdims=True)
     return float(cosine_distances(features, centroid).mean())
 
 
@@ -194,7 +198,9 @@ def subject_accuracy(predictions: dict[str, list], expects: list[dict[str, str]]
 
 
 def clip_score(image_features: np.ndarray, text_features: np.ndarray) -> float:
-    """CLIP score (Hessel et al. 2021, as torchmetrics): 100 * max(cos(image, text), 0), averaged
-    over samples; row n of `text_features` is the prompt of sample n. Range [0, 100]."""
-    similarity = 1.0 - np.diag(cosine_distances(image_features, text_features))
-    return float(100.0 * np.clip(similarity, 0, None).mean())
+    """CLIP score (Hessel et al. 2021) as torchmetrics' CLIPScore computes it: 100 * max(mean
+    over samples of cos(image, text), 0) -- the mean first, then the clamp at 0, so a sample
+    below 0 pulls the score down instead of counting as 0. Row n of `text_features` is the
+    prompt of sample n. Range [0, 100]."""
+    similarity = (unit_rows(image_features) * unit_rows(text_features)).sum(axis=1)
+    return float(100.0 * max(similarity.mean(), 0.0))

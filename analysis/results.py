@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # annotations only
 class Options:
     out: Path | None = None  # output folder; None: RUN/analysis (a W&B run: ./analysis-<run_id>)
     features: str = "auto"  # feature space: auto (CLIP if clip_model, else the toy probe), probe, clip, none
-    clip_model: Path | None = None  # a local CLIP model folder; never downloaded
+    clip_model: str | Path | None = None  # a hub id (local Hugging Face cache, else downloaded) or a local CLIP folder
     use_probe: bool = True  # the toy probe (toy-world runs only)
     log_scale: bool = False  # log-scale loss axes
     relative_losses: bool = False  # validation and stabilized loss minus their stage's first pass

@@ -1,24 +1,27 @@
-"""Shared fixtures: a tiny random Stable Diffusion pipeline and a tiny captioned dataset, built
-from config with fixed seeds (diffusers-test style), and helpers that compose burnlab's real
-Hydra configs into tmp_path."""
+"""Shared fixtures: a tiny random Stable Diffusion pipeline, a tiny random CLIP model and a tiny
+captioned dataset, built from config with fixed seeds (diffusers-test style), and helpers that
+compose burnlab's real Hydra configs into tmp_path."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+# before the imports below: huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded in tests
+
 import pytest
 import torch
 from accelerate.state import AcceleratorState
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
+                          CLIPTextModel)
 
 from burnlab.config import register_configs
 from burnlab.toy.build import build_tokenizer, save_pipeline
 from study_helpers import TINY_RESOLUTION, write_captioned_images
 
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded in tests
 register_configs()
 
 
@@ -53,3 +56,24 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return write_captioned_images(tmp_path_factory.mktemp("data") / "style", 10)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A CLIP model folder as save_pretrained writes it (config.json, weights, CLIPProcessor =
+    CLIPImageProcessor + the toy world's offline CLIPTokenizer), with random 32-wide 2-layer
+    towers over 32x32 images: stands in for openai/clip-vit-large-patch14 without a download.
+    It tests the wiring, not what the scores mean."""
+    folder = tmp_path_factory.mktemp("clip") / "clip"
+    tokenizer = build_tokenizer(tmp_path_factory.mktemp("clip_tok"))
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(
+        text_config={**tower, "vocab_size": len(tokenizer), "max_position_embeddings": tokenizer.model_max_length,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={**tower, "image_size": 32, "patch_size": 8},
+        projection_dim=16)).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -33,6 +33,8 @@ def _error(overrides) -> str:
     ("model.dtype=fp16", "model.dtype", "auto, float32, float16, bfloat16"),
     ("model.build=sd21", "model.build", "shipped architectures: sd15"),
     ("validation.timesteps=[-5]", "validation.timesteps", "integer timesteps >= 0"),
+    ("analysis.clip_model=/", "analysis.clip_model", "/ is not a folder with a config.json"),
+    ("analysis.clip_model=./no/such/clip", "analysis.clip_model", "no such folder, and not a hub id"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, key, allowed):
     message = _error(["experiment=burn_unet", override])
@@ -117,3 +119,23 @@ def test_the_baseline_is_defined_once_and_every_study_follows_it(tmp_path):
             cfg = compose(config_name="config", overrides=[f"experiment={study}", "data.path=/data"])
             assert cfg.stages.baseline.epochs == 7, study
     assert not any("baseline:" in (conf / "experiment" / f"{study}.yaml").read_text() for study in studies)
+
+
+def test_each_model_picks_its_clip_and_no_stage_identity_depends_on_it(tiny_clip):
+    """model=sd15 measures with the CLIP its text encoder comes from; the toy world and the
+    random-weight stand-in with none. The CLIP only measures: stages train and cache the same."""
+    from burnlab.study import plan_stages
+
+    def clip_model(*overrides):
+        return load_config(compose_config(["data.path=/data", *overrides])).analysis.clip_model
+
+    assert clip_model("experiment=burn_unet") is None
+    assert clip_model("experiment=burn_unet", "model=sd15") == "openai/clip-vit-large-patch14"
+    assert clip_model("experiment=followfox_sd15") == "openai/clip-vit-large-patch14"
+    assert clip_model("experiment=followfox_sd15", "model=sd15_random") is None
+    assert clip_model("experiment=followfox_sd15", f"analysis.clip_model={tiny_clip}") == str(tiny_clip)
+    assert clip_model("experiment=followfox_sd15", "analysis.clip_model=null") is None
+    identities = [{name: stage.identity for name, stage in plan_stages(
+        load_config(compose_config(["experiment=followfox_sd15", "data.path=/data", *overrides])),
+        "base0", "data0", "float32").items()} for overrides in ([], ["analysis.clip_model=null"])]
+    assert identities[0] == identities[1]

@@ -188,6 +188,20 @@ class LoggerConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    clip_model: Optional[str] = None  # CLIP for CLIP score, variability and style distance: hub id (openai/clip-vit-large-patch14) or local folder; null = none
+
+    def __post_init__(self):
+        if self.clip_model is not None:
+            from analysis.features import clip_model_problem  # the analysis' own rule, checked before training
+
+            problem = clip_model_problem(self.clip_model)
+            _require(problem is None, "clip_model", self.clip_model,
+                     f"null, a hub id such as openai/clip-vit-large-patch14, or a local CLIP model folder "
+                     f"(transformers' save_pretrained layout; {problem})")
+
+
+@dataclass
 class StageConfig:
     parent: str = BASE  # another stage's name, or `base` for the base model
     train: List[str] = field(default_factory=lambda: list(COMPONENTS))  # components to train
@@ -234,6 +248,7 @@ class BurnlabConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # W&B, TensorBoard, progress bar
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # the study's stage graph
     analyze: bool = True  # build grids, GIFs, plots and the report after the run
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # what that analysis measures with (part of no stage identity)
 
 
 def _toy_asset(name: str) -> str:
@@ -248,7 +263,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("toy_asset", _toy_asset, replace=True)
 
 
-_GROUPS = ("paths", "model", "data", "train", "validation", "sampling", "logger")
+_GROUPS = ("paths", "model", "data", "train", "validation", "sampling", "logger", "analysis")
 
 
 def load_config(cfg: DictConfig) -> BurnlabConfig:

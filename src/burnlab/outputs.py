@@ -9,13 +9,15 @@ from pathlib import Path
 log = logging.getLogger("burnlab")
 
 
-def build_outputs(run_dir: Path, use_probe: bool = True):
-    """The analysis products (None when it failed: the failure is logged, the run store stays complete)."""
+def build_outputs(run_dir: Path, use_probe: bool = True, clip_model: str | None = None):
+    """The analysis products (None when it failed: the failure is logged, the run store stays
+    complete). `clip_model`: `analysis.clip_model`, a hub id or a local folder; a hub id that
+    cannot be had leaves the CLIP metrics out, with a note in the report."""
     import analysis
 
     run_dir = Path(run_dir)
     try:
-        products = analysis.build([run_dir], analysis.Options(use_probe=use_probe))
+        products = analysis.build([run_dir], analysis.Options(use_probe=use_probe, clip_model=clip_model))
     except (analysis.AnalysisError, OSError) as error:
         log.warning("the analysis of %s failed (%s); the run store is complete", run_dir, error)
         return None

@@ -217,7 +217,8 @@ class StudyRunner:
         if self.dashboards:
             self.dashboards.log_study(study)
             if self.config.analyze:
-                self.dashboards.log_analysis(build_outputs(self.run_dir, use_probe=self.uses_toy_model()))
+                self.dashboards.log_analysis(build_outputs(self.run_dir, use_probe=self.uses_toy_model(),
+                                                           clip_model=self.config.analysis.clip_model))
         return study
 
     def uses_toy_model(self) -> bool:

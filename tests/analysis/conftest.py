@@ -183,3 +183,17 @@ def shared_store(tmp_path_factory) -> Path:
 def instruments() -> Instruments:
     probe = MarkerProbe()
     return Instruments(features=probe.features, feature_space="marker thumbnail", probe=probe)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty local Hugging Face cache and an unreachable hub (offline mode); returns the cache.
+    huggingface_hub reads HF_HUB_OFFLINE and its cache folder once, at import: both are set on
+    its constants too."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -4,6 +4,9 @@
 """
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -128,6 +131,15 @@ def test_centroid_distance_falls_as_samples_approach_the_style():
     assert metrics.centroid_distance(style[:3], style) < metrics.centroid_distance(far, style)
 
 
+def test_centroid_distance_weighs_each_training_image_the_same():
+    """Known answer: the centroid of the unit rows (1, 0) and (0, 1) points along (1, 1), however
+    long the training features are; averaging them unnormalised would lean towards (10, 0)."""
+    reference = np.array([[10.0, 0.0], [0.0, 1.0]])
+    assert metrics.centroid_distance(np.array([[1.0, 1.0]]), reference) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.centroid_distance(np.array([[3.0, 0.0], [0.0, 2.0]]), reference) == \
+        pytest.approx(1 - 1 / np.sqrt(2))
+
+
 def test_a_training_image_scores_as_memorised(shared_store):
     folder = shared_store / "data" / "style"
     training = training_images(folder, (16, 16))
@@ -152,6 +164,15 @@ def test_clip_score_of_aligned_and_opposite_features():
     image = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert metrics.clip_score(image, image) == pytest.approx(100.0)
     assert metrics.clip_score(image, -image) == 0.0
+
+
+def test_clip_score_averages_the_cosines_before_clamping_at_zero():
+    """Known answers, as torchmetrics' CLIPScore: 100 * max(mean cos, 0). Cosines 1 and -0.5
+    give 25 (clamping each first would give 50); -1 and 0.5 give 0, not 25."""
+    images = np.array([[2.0, 0.0], [1.0, 0.0]])
+    texts = np.array([[1.0, 0.0], [-0.5, np.sqrt(0.75)]])
+    assert metrics.clip_score(images, texts) == pytest.approx(25.0)
+    assert metrics.clip_score(images, np.array([[-3.0, 0.0], [0.5, np.sqrt(0.75)]])) == 0.0
 
 
 def test_metric_table_over_both_runs(shared_store, instruments):
@@ -186,37 +207,52 @@ def test_instruments_fall_back_to_notes_and_reject_bad_options(tmp_path):
     unavailable = load_instruments(probe_loader=lambda: (None, "no probe here"))
     assert unavailable.features is None and unavailable.probe is None
     assert any("no probe here" in note for note in unavailable.notes)
-    with pytest.raises(AnalysisError, match="no config.json there"):
-        load_instruments(clip_dir=tmp_path)
+    with pytest.raises(AnalysisError, match="is not a folder with a config.json"):
+        load_instruments(clip_model=tmp_path)
     with pytest.raises(AnalysisError, match="--features clip needs --clip-model"):
         load_instruments("clip")
 
 
-def test_a_local_clip_folder_gives_clip_scores_and_features(shared_store, tmp_path):
+def test_a_local_clip_folder_gives_clip_scores_and_features(shared_store, tiny_clip):
     """A tiny random CLIP saved to a folder stands in for a real one: the wiring is tested,
-    not the scores' meaning. Loading uses local_files_only; nothing is downloaded."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from burnlab.toy.build import build_tokenizer  # an offline CLIP tokenizer (no download)
-
-    tokenizer = build_tokenizer(tmp_path / "tokenizer")
-    config = CLIPConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
-                     "num_hidden_layers": 1, "vocab_size": len(tokenizer),
-                     "max_position_embeddings": tokenizer.model_max_length,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
-                       "num_hidden_layers": 1, "image_size": 32, "patch_size": 8},
-        projection_dim=8)
-    folder = tmp_path / "clip"
-    CLIPModel(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-
-    instruments = load_instruments(clip_dir=folder, use_probe=False)
+    not the scores' meaning."""
+    instruments = load_instruments(clip_model=tiny_clip, use_probe=False)
     assert instruments.feature_space == "CLIP image features"
     run = LocalRun(shared_store / "burn_te").load()
     table = measure([BranchRef(run, run.branches["te_hi"])], SampleImages(), instruments)
     assert all(0 <= row["clip_score"] <= 100 for row in table.rows)
     assert all(row["variability_feature"] is not None for row in table.rows)
+
+
+def test_a_hub_id_neither_cached_nor_reachable_is_a_note_not_a_failure(offline_hub):
+    instruments = load_instruments(clip_model="openai/clip-vit-large-patch14", use_probe=False)
+    assert instruments.clip is None and instruments.features is None
+    assert ("CLIP model openai/clip-vit-large-patch14 not found in the local Hugging Face cache and the "
+            "hub is unreachable: CLIP score, CLIP variability and CLIP style distance not measured; "
+            "download it with `hf download openai/clip-vit-large-patch14` or set analysis.clip_model=/path"
+            ) in instruments.notes[0]
+
+
+def test_a_hub_id_in_the_local_cache_is_used_offline(offline_hub, tiny_clip):
+    """The cache's layout (models--owner--name/snapshots/<commit>, refs/main), as `hf download`
+    leaves it, holding the tiny CLIP under a hub id."""
+    commit = "0" * 40
+    repo = offline_hub / "models--burnlab-tests--tiny-clip"
+    shutil.copytree(tiny_clip, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    instruments = load_instruments(clip_model="burnlab-tests/tiny-clip", use_probe=False)
+    assert instruments.clip is not None and instruments.feature_space == "CLIP image features"
+    assert not any("CLIP model" in note for note in instruments.notes)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{tmp}/text_encoder", "config.json describes a 'clip_text_model' model, not CLIP"),
+    ("{tmp}/text_encoder/config.json", "is not a folder with a config.json"),
+    ("./no/such/clip", "no such folder, and not a hub id"),
+])
+def test_a_clip_model_value_that_names_no_clip_model_is_refused(tmp_path, spec, message):
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "clip_text_model"}))
+    with pytest.raises(AnalysisError, match=message):
+        load_instruments(clip_model=spec.format(tmp=tmp_path), use_probe=False)

@@ -192,6 +192,7 @@ def test_a_bad_long_captions_record_is_one_paragraph_and_exit_2(store, capsys):
     (["wandb:team/burnlab/abc123"], "needs an API key"),
     (["{store}/burn_unet", "--smoothing", "1.5"], "--smoothing 1.5: expected a number in [0, 1)"),
     (["{store}/burn_unet", "--out", "{store}/data/style/painting0.png"], "a writable output folder"),
+    (["{store}/burn_unet", "--clip-model", "{store}/data"], "data is not a folder with a config.json"),
 ])
 def test_bad_input_is_one_paragraph_and_exit_2(store, arguments, message, capsys, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -200,6 +201,17 @@ def test_bad_input_is_one_paragraph_and_exit_2(store, arguments, message, capsys
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
     assert error.startswith("burnlab-analyze: ") and error.count("\n") == 1
+
+
+def test_a_clip_hub_id_that_cannot_be_had_is_noted_and_the_rest_is_built(store, offline_hub, capsys):
+    assert main([str(store / "burn_te"), "--no-probe", "--clip-model", "openai/clip-vit-large-patch14",
+                 "--out", str(store / "out")]) == 0
+    notes = json.loads((store / "out" / "metrics.json").read_text())["notes"]
+    assert any(note.startswith("CLIP model openai/clip-vit-large-patch14 not found in the local Hugging "
+                               "Face cache and the hub is unreachable") for note in notes)
+    assert "the hub is unreachable: CLIP score, CLIP variability and CLIP style distance not measured" in \
+        (store / "out" / "report.html").read_text(encoding="utf-8")
+    assert "see the report" in capsys.readouterr().out
 
 
 def test_results_are_logged_to_wandb_offline(tmp_path, monkeypatch):

@@ -152,7 +152,9 @@ class Measurer:
         if clip is not None:
             by_prompt = {prompt: clip.text_features(prompt) for prompt in {row.prompt for row in samples}}
             texts = np.concatenate([by_prompt[row.prompt] for row in samples])
-            cosines = 1.0 - np.diag(metrics.cosine_distances(clip.image_features(images), texts))
+            # with CLIP as the feature space its image features are already computed
+            image_features = features if self.instruments.features == clip.image_features else clip.image_features(images)
+            cosines = 1.0 - np.diag(metrics.cosine_distances(image_features, texts))
             found["clip_score"] = estimates.clipped_mean(cosines, 100.0)
         return found
 

@@ -6,6 +6,7 @@ headless Chromium), the results in the run store, W&B logging (offline) and bad 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import re
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from analysis.cli import main
-from analysis.detector import detect
+from analysis.detector import Calibration, detect
 from analysis.measure import MetricTable
 from analysis.tracking import log_results
 
@@ -82,7 +83,8 @@ def test_report_gifs_and_grids_have_the_plan_shape(report):
 def test_results_are_written_to_the_report_and_each_run(report):
     detector = json.loads((report / "detector.json").read_text())
     assert [v["branch"] for v in detector["verdicts"]] == ["unet_hi", "te_hi"]
-    assert detector["k"] == 2.0
+    assert detector["rule"] == asdict(Calibration.load())  # the shipped calibration by default
+    assert all(entry["component_evidence"].keys() == {"unet", "text_encoder"} for entry in detector["verdicts"])
     metrics = json.loads((report / "metrics.json").read_text())
     assert len(metrics["rows"]) == 2 * 8 * 2
     for study in ("burn_unet", "burn_te"):
@@ -219,13 +221,13 @@ def test_results_are_logged_to_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     rows = [{"run": "study", "branch": "unet_hi", "component": "unet", "index": index,
-             "label": f"{index}", "prompt_set": "person", "activation": False,
-             "saturation": 0.4 + 0.1 * index, **{m: None for m in ("colourfulness", "rms_contrast",
+             "label": f"{index}", "prompt_set": "person", "activation": False, "n_images": 9,
+             "saturation": 0.4 + 0.1 * index, "se": {"saturation": 0.01}, **{m: None for m in ("colourfulness", "rms_contrast",
              "histogram_distance", "variability_pixel", "variability_feature", "style_distance",
              "probe_style", "adherence", "clip_score")}} for index in range(4)]
     table = MetricTable(rows, "none")
     from analysis.detector import branch_series
-    verdicts = detect(branch_series(table))
+    verdicts = detect(branch_series(table), Calibration.load())
     assert log_results(table, verdicts) is None  # no active run, no project: nothing logged
     where = log_results(table, verdicts, project="burnlab-test", directory=tmp_path)
     assert where is not None and "offline" in where

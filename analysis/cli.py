@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
                            help="the detector's rule (default: the shipped analysis/calibration.json, "
                            "written by make verdicts)")
     arguments.add_argument("--near-copy", type=float, default=NEAR_COPY_DISTANCE,
-                           help="RMS pixel distance (0-1) under which a sample is a near-copy")
+                           help="distance of standardized pixels (0-2; mirror images included) under which a sample "
+                           "is a near-copy of a training image")
     arguments.add_argument("--features", choices=FEATURE_SPACES, default="auto",
                            help="feature space: CLIP if --clip-model is given, else the toy probe")
     arguments.add_argument("--clip-model", metavar="DIR_OR_HUB_ID",

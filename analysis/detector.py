@@ -72,7 +72,7 @@ SYMPTOM_NAMES = tuple(symptom.name for symptom in SYMPTOMS)
 # near-copies) and the probe's near-binary style score move in steps of one image of N, so they
 # get half a step; continuous metrics a thousandth of their range (see analysis/measure.py).
 HALF_IMAGE_STEP = {"adherence", "near_copies", "probe_style"}
-RANGES = {"saturation": 1.0, "colourfulness": 180.0, "rms_contrast": 0.5, "histogram_distance": 1.0,
+RANGES = {"saturation": 1.0, "colourfulness": 300.0, "rms_contrast": 0.5, "histogram_distance": 1.0,
           "high_frequency_ratio": 1.0, "variability_pixel": 1.0, "variability_feature": 1.0,
           "style_distance": 1.0, "clip_score": 100.0, "nearest_training_distance": 1.0}
 TRAINED = {"unet": "unet", "text_encoder": "text_encoder", "unet+text_encoder": "both"}  # what a right verdict names

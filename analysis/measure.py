@@ -23,7 +23,7 @@ from analysis.model import BranchRef, SampleRow
 # Each metric with what it measures and its range (analysis/metrics.py has the definitions).
 METRICS = {
     "saturation": "mean HSV saturation, 0-1",
-    "colourfulness": "Hasler-Süsstrunk colourfulness, 0-~180",
+    "colourfulness": "Hasler-Süsstrunk colourfulness, 0-~298",
     "rms_contrast": "RMS contrast (std of luma), 0-0.5",
     "histogram_distance": "colour-histogram distance to the base checkpoint's samples (Hellinger), 0-1",
     "high_frequency_ratio": "share of luma energy above half Nyquist over the base checkpoint's, "
@@ -35,7 +35,7 @@ METRICS = {
     "adherence": "toy probe: fraction of samples showing what the prompt expects, 0-1",
     "clip_score": "CLIP score of sample vs prompt, 0-100",
     "nearest_training_distance": "mean RMS pixel distance to the nearest training image, 0-1",
-    "near_copies": "fraction of samples that are near-copies of a training image, 0-1",
+    "near_copies": "fraction of samples that are near-copies of a training image or its mirror image (brightness and contrast aside), 0-1",
 }
 
 
@@ -135,7 +135,8 @@ class Measurer:
         if reference is not None:
             distances = metrics.nearest_training_distances(images, reference.pixels)
             found["nearest_training_distance"] = estimates.per_image_mean(distances)
-            found["near_copies"] = estimates.per_image_mean(distances < self.near_copy_distance)
+            copies = metrics.copy_distances(images, reference.pixels) < self.near_copy_distance
+            found["near_copies"] = estimates.per_image_mean(copies)
             if features is not None:
                 found["style_distance"] = estimates.per_image_mean(
                     [metrics.centroid_distance(features[number:number + 1], reference.features)

@@ -145,11 +145,14 @@ def test_a_training_image_scores_as_memorised(shared_store):
     training = training_images(folder, (16, 16))
     pixels = metrics.comparable_pixels(training)
     copied = training[[1]]
-    distances = metrics.nearest_training_distances(copied, pixels)
-    assert distances[0] == pytest.approx(0.0, abs=1e-6)
-    assert metrics.near_copy_fraction(distances) == 1.0
-    novel = metrics.nearest_training_distances(random_images(3, 16), pixels)
-    assert metrics.near_copy_fraction(novel) == 0.0 and novel.min() > 0.2
+    assert metrics.nearest_training_distances(copied, pixels)[0] == pytest.approx(0.0, abs=1e-6)
+    brightened = np.clip(training[[1]].astype(int) + 10, 0, 255).astype(np.uint8)
+    mirror = training[[1], :, ::-1]
+    copies = metrics.copy_distances(np.concatenate([copied, brightened, mirror]), pixels)
+    assert copies[0] == pytest.approx(0.0, abs=1e-6) and copies.max() < 0.1
+    assert metrics.near_copy_fraction(copies) == 1.0
+    novel = metrics.copy_distances(random_images(3, 16), pixels)
+    assert metrics.near_copy_fraction(novel) == 0.0 and novel.min() > 1.0
 
 
 def test_subject_accuracy_counts_only_labels_the_probe_predicts():

@@ -7,7 +7,7 @@ RUNS ?= runs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report bench clean
+.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report verdicts bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ analyze: setup ## analyse one run: make analyze RUN=runs/burn_unet
 
 report: setup ## side-by-side report of the UNet and TE burns
 	$(ANALYZE) $(RUNS)/burn_unet --compare $(RUNS)/burn_te --out $(RUNS)/report $(ARGS)
+
+verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies, held-out confusion table (~80 min)
+	$(PY) bench/verdicts.py --runs $(RUNS) --readme experiments/README.md --install $(ARGS)
 
 bench: setup ## sampling throughput: testing plan vs a naive loop
 	$(PY) bench/sampling_throughput.py $(ARGS)

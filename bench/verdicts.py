@@ -130,21 +130,25 @@ def train_all(grid_studies: list[Study], runs: Path, jobs: int) -> float:
     return time.perf_counter() - start
 
 
-def measured(grid_studies: list[Study], runs: Path) -> list[tuple[Study, "BranchSeries"]]:
-    """Every branch of every study, measured with the default instruments (the toy probe)."""
+def measured(grid_studies: list[Study], runs: Path) -> tuple[list, dict]:
+    """Every branch of every study measured with the default instruments (the toy probe), and
+    the loss statistics of its stages: ([(study, series)], {(study name, branch): {stage: stats}})."""
     from analysis.detector import branch_series
     from analysis.features import load_instruments
     from analysis.images import SampleImages
+    from analysis.loss_stats import loss_statistics
     from analysis.measure import measure
     from analysis.model import BranchRef
     from analysis.sources import open_run
 
-    instruments, images, found = load_instruments(), SampleImages(), []
+    instruments, images, found, losses = load_instruments(), SampleImages(), [], {}
     for study in grid_studies:
         run = open_run(str(runs / study.name))
-        table = measure([BranchRef(run, branch) for branch in run.branches.values()], images, instruments)
-        found += [(study, series) for series in branch_series(table)]
-    return found
+        refs = [BranchRef(run, branch) for branch in run.branches.values()]
+        found += [(study, series) for series in branch_series(measure(refs, images, instruments))]
+        for stats in loss_statistics(refs):
+            losses.setdefault((study.name, stats.branch.split("/")[-1]), {})[stats.stage] = stats
+    return found, losses
 
 
 def truth(study: Study, series) -> str:
@@ -216,7 +220,7 @@ ALL_PROMPTS = ("person", "circles", "sunglasses")  # the toy's analogs of the st
 OBSERVATIONS = (
     Observation("unet", "saturation up", "saturation", ALL_PROMPTS, "up"),
     Observation("unet", "contrast up", "rms_contrast", ALL_PROMPTS, "up"),
-    Observation("unet", "texture artifacts (high-frequency energy up)", "high_frequency", ALL_PROMPTS, "up"),
+    Observation("unet", "texture artifacts (high-frequency energy up)", "high_frequency_ratio", ALL_PROMPTS, "up"),
     Observation("unet", "style bleed into prompts without the phrase", "probe_style", ("person", "circles"), "up"),
     Observation("unet", "the person no longer recognisable late", "adherence", ("person",), "down"),
     Observation("unet", "variety collapse on the activation prompt", "variability_pixel", ("sunglasses",), "down"),
@@ -256,6 +260,58 @@ def observations(branches: list, rule) -> list[str]:
             f"{len({study.seed for study, _ in branches})} training seeds):", "", *lines]
 
 
+def spread(values: list[float]) -> str:
+    return f"{np.mean(values):+.3g} [{min(values):+.3g}, {max(values):+.3g}]"
+
+
+def loss_observations(branches: list, losses: dict, rows: list[dict]) -> list[str]:
+    """The study's loss and overall observations at lr scale 1: each number's mean and range
+    across training seeds, and whether every seed shows it."""
+    picked = {component: [(study, series) for study, series in branches if not study.control
+                          and study.lr_scale == 1 and series.component == component]
+              for component in ("unet", "text_encoder")}
+
+    def stage_values(component: str, position: int, field: str) -> list[float]:
+        found = []
+        for study, series in picked[component]:
+            stages = list(losses[(study.name, series.branch)].values())
+            value = getattr(stages[position], field)
+            if value is not None:
+                found.append(value)
+        return found
+
+    def outcome(holds: list[bool]) -> str:
+        return ("reproduced" if all(holds) else "not reproduced" if not any(holds)
+                else f"partly ({sum(holds)} of {len(holds)})")
+
+    lines = ["", "Losses and overall size (lr scale 1, per seed; stage -2 = lo, -1 = hi; changes from the "
+             "stage's first validation pass to its last):", "",
+             "| trained | the study saw | number | mean across seeds [min, max] | toy |", "|---|---|---|---|---|"]
+    unet_lo_val = stage_values("unet", -2, "val_change")
+    for component, seen, position, field, holds in (
+            ("unet", "validation loss rising (lo stage)", -2, "val_change", lambda v: v > 0),
+            ("unet", "validation loss rising (hi stage)", -1, "val_change", lambda v: v > 0),
+            ("unet", "stabilized loss falling (lo stage)", -2, "stabilized_change", lambda v: v < 0),
+            ("unet", "stabilized loss falling (hi stage)", -1, "stabilized_change", lambda v: v < 0),
+            ("unet", "rougher training loss in the hi stage", -1, "roughness_vs_previous", lambda v: v > 1),
+            ("text_encoder", "validation loss flat (lo stage; absolute change under a fifth of the UNet's mean)",
+             -2, "val_change", lambda v: abs(v) < abs(np.mean(unet_lo_val)) / 5),
+            ("text_encoder", "stabilized loss flat (lo stage; absolute change under a fifth of the UNet's mean)",
+             -2, "stabilized_change",
+             lambda v: abs(v) < abs(np.mean(stage_values("unet", -2, "stabilized_change"))) / 5),
+            ("text_encoder", "rougher training loss in the hi stage", -1, "roughness_vs_previous", lambda v: v > 1)):
+        values = stage_values(component, position, field)
+        if values:
+            lines.append(f"| {component} | {seen} | {field} | {spread(values)} | {outcome([holds(v) for v in values])} |")
+    totals = {component: [sum(row["evidence"].values()) for row in rows if row["truth"] == component
+                          and row["study"] in {study.name for study, _ in picked[component]}]
+              for component in ("unet", "text_encoder")}
+    milder = [te < min(totals["unet"]) for te in totals["text_encoder"]]
+    lines.append(f"| text_encoder | milder changes than the UNet burn | detector evidence, all symptoms "
+                 f"(UNet burns: {spread(totals['unet'])}) | {spread(totals['text_encoder'])} | {outcome(milder)} |")
+    return lines
+
+
 def symptoms_of(rule, component: str) -> str:
     picked = [name for name, role in rule.symptoms.items() if role == component]
     return ", ".join(picked) if picked else "no symptom"
@@ -285,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = train_all(grid_studies, runs, grid["jobs"])
         print(f"trained in {seconds / 60:.1f} min", flush=True)
         start = time.perf_counter()
-        branches = measured(grid_studies, runs)
+        branches, losses = measured(grid_studies, runs)
         table, rows, rule = evaluate(branches, runs / "verdicts")
-        text = markdown(table, rows, rule, observations(branches, rule))
+        text = markdown(table, rows, rule, observations(branches, rule) + loss_observations(branches, losses, rows))
         print(text)
         print(f"measured and judged in {(time.perf_counter() - start) / 60:.1f} min; "
               f"{runs / 'verdicts'}: calibration.json, verdicts.json, table.md")

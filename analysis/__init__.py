@@ -11,8 +11,10 @@ expected) for bad input.
 
 Modules, in the order data flows: sources (run folder / W&B -> model), images (decoding),
 grids and gifs, losses (overlay) and loss_stats (its numbers), dataset + features + metrics +
-measure (metric table), detector (burn verdicts), metric_plots, tracking (W&B), products (every
-product), report (HTML), cli. results holds the options and products dataclasses.
+estimates (bootstrap intervals) + measure (metric table), detector (burn verdicts, rule from
+calibration.json) and calibration (choosing that rule on labelled runs; make verdicts),
+metric_plots, tracking (W&B), products (every product), report (HTML), cli. results holds the
+options and products dataclasses.
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ def fit(labelled: list[Labelled], z_min: float) -> tuple[Calibration, int, float
     rule = Calibration(z_min, symptoms, burn.value, thresholds["unet"].value,
                        thresholds["text_encoder"].value)
     chosen = (burn, *thresholds.values())
-    return rule, sum(t.errors for t in chosen), min(t.margin for t in chosen)
+    return rule, int(sum(t.errors for t in chosen)), float(min(t.margin for t in chosen))
 
 
 def calibrate(labelled: list[Labelled], source: str = "") -> tuple[Calibration, dict]:
@@ -97,8 +97,8 @@ def calibrate(labelled: list[Labelled], source: str = "") -> tuple[Calibration, 
     tried = {z: fit(labelled, z) for z in Z_CANDIDATES}
     best = min(Z_CANDIDATES, key=lambda z: (tried[z][1], -tried[z][2], z))
     rule = tried[best][0]
-    rule = Calibration(rule.z_min, rule.symptoms, rule.burn_evidence, rule.unet_evidence,
-                       rule.text_encoder_evidence, source)
+    rule = Calibration(rule.z_min, rule.symptoms, float(rule.burn_evidence), float(rule.unet_evidence),
+                       float(rule.text_encoder_evidence), source)
     return rule, {str(z): {"errors": errors, "margin": round(margin, 4)}
                   for z, (_, errors, margin) in tried.items()}
 

@@ -27,6 +27,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from analysis.detector import CALIBRATION_FILE
+from analysis.model import AnalysisError
 from burnlab.cli import CONF_DIR
 from burnlab.config import register_configs
 from burnlab.store import atomic_write_json
@@ -331,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=Path, default=ROOT / "experiments" / "verdicts.yaml")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--readme", type=Path, help="write the tables into this README's verdict markers")
+    parser.add_argument("--no-train", action="store_true",
+                        help="analyse the grid's run folders as they are (no `burnlab` runs)")
     parser.add_argument("--install", action="store_true",
                         help="install the calibration as the detector's default (analysis/calibration.json)")
     args = parser.parse_args(argv)
@@ -338,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = load_grid(args.grid)
         grid_studies = studies(grid, runs)
-        seconds = train_all(grid_studies, runs, grid["jobs"])
-        print(f"trained in {seconds / 60:.1f} min", flush=True)
+        if not args.no_train:
+            seconds = train_all(grid_studies, runs, grid["jobs"])
+            print(f"trained in {seconds / 60:.1f} min", flush=True)
         start = time.perf_counter()
         branches, losses = measured(grid_studies, runs)
         table, rows, rule = evaluate(branches, runs / "verdicts")
@@ -352,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             write_readme(args.readme, text)
         if args.install:
             shutil.copyfile(runs / "verdicts" / "calibration.json", CALIBRATION_FILE)
-    except GridError as error:
+    except (GridError, AnalysisError) as error:
         print(f"verdicts: {error}", file=sys.stderr)
         return 2
     return 0

@@ -42,7 +42,7 @@ analyze: setup ## analyse one run: make analyze RUN=runs/burn_unet
 report: setup ## side-by-side report of the UNet and TE burns
 	$(ANALYZE) $(RUNS)/burn_unet --compare $(RUNS)/burn_te --out $(RUNS)/report $(ARGS)
 
-verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies, held-out confusion table (~80 min)
+verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies, held-out confusion table (~63 min)
 	$(PY) bench/verdicts.py --runs $(RUNS) --readme experiments/README.md --install $(ARGS)
 
 bench: setup ## sampling throughput: testing plan vs a naive loop

@@ -89,3 +89,11 @@ def test_small_benchmark_calibrates_on_calibration_runs_and_reports_held_out(tin
     assert text.startswith("# Results\nbefore\n") and text.endswith(f"{bench.MARK_END}\nafter\n")
     assert "old table" not in text and "| trained (held-out) |" in text and "verdicts_s2_x2" in text
     assert "Held-out branches named right" in capsys.readouterr().out
+
+
+def test_no_train_without_a_trained_grid_is_one_paragraph(tiny_model, tiny_data, tmp_path, capsys):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(tiny_grid(tiny_model, tiny_data)))
+    assert bench.main(["--grid", str(grid_file), "--runs", str(tmp_path / "runs"), "--no-train"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("verdicts: ") and "verdicts_s1_x1" in error and "Traceback" not in error

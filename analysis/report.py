@@ -152,7 +152,8 @@ def verdicts(products: Products) -> str:
         items.append(f"<li>{escape(verdict.summary())}<ul>{signals}</ul></li>")
     return ("<h2>Burn detector</h2><p>A signal is a metric's move from the baseline, in the "
             "direction of a symptom of the study, of at least z_min bootstrap standard errors; a "
-            "symptom's evidence is the number of (prompt set, checkpoint) cells where it signals. "
+            "symptom's evidence sums, over the (prompt set, checkpoint) cells where it signals, the "
+            "cell's largest z (capped at 10). "
             "The rule (z_min, which symptoms implicate which component, the evidence needed) was "
             "calibrated by <code>make verdicts</code>; see detector.json.</p>"
             f"<ul>{''.join(items)}</ul>")

@@ -15,7 +15,7 @@ Nothing here looks at held-out runs: bench/verdicts.py passes calibration runs o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from analysis.detector import (COMPONENTS, SYMPTOM_NAMES, Z_CAP, BranchSeries, Calibration, Verdict,
                                component_evidence, evidence, signals)
@@ -82,8 +82,8 @@ def fit(labelled: list[Labelled], z_min: float) -> tuple[Calibration, int, float
         [b[component] for b, truth in zip(by_component, truths) if truth in COMPONENTS and truth != component],
         [b[component] for b, truth in zip(by_component, truths) if truth == component])
         for component in COMPONENTS}
-    rule = Calibration(z_min, symptoms, burn.value, thresholds["unet"].value,
-                       thresholds["text_encoder"].value)
+    rule = Calibration(z_min, symptoms, float(burn.value), float(thresholds["unet"].value),
+                       float(thresholds["text_encoder"].value))
     chosen = (burn, *thresholds.values())
     return rule, int(sum(t.errors for t in chosen)), float(min(t.margin for t in chosen))
 
@@ -96,10 +96,7 @@ def calibrate(labelled: list[Labelled], source: str = "") -> tuple[Calibration, 
         raise ValueError("calibration needs at least one control and one burn of each component")
     tried = {z: fit(labelled, z) for z in Z_CANDIDATES}
     best = min(Z_CANDIDATES, key=lambda z: (tried[z][1], -tried[z][2], z))
-    rule = tried[best][0]
-    rule = Calibration(rule.z_min, rule.symptoms, float(rule.burn_evidence), float(rule.unet_evidence),
-                       float(rule.text_encoder_evidence), source)
-    return rule, {str(z): {"errors": errors, "margin": round(margin, 4)}
+    return replace(tried[best][0], source=source), {str(z): {"errors": errors, "margin": round(margin, 4)}
                   for z, (_, errors, margin) in tried.items()}
 
 
@@ -109,7 +106,3 @@ def confusion(verdicts: list[Verdict], truths: list[str]) -> dict[str, dict[str,
     for verdict, truth in zip(verdicts, truths):
         table[truth][verdict.implicates] += 1
     return table
-
-
-def correct(verdict: Verdict, truth: str) -> bool:
-    return verdict.implicates == truth

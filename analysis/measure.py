@@ -139,8 +139,7 @@ class Measurer:
             found["near_copies"] = estimates.per_image_mean(copies)
             if features is not None:
                 found["style_distance"] = estimates.per_image_mean(
-                    [metrics.centroid_distance(features[number:number + 1], reference.features)
-                     for number in range(len(features))])
+                    metrics.centroid_distances(features, reference.features))
         probe = self.instruments.probe
         if probe is not None:
             predictions = probe.predict(images)

@@ -166,13 +166,19 @@ def feature_variability(features: np.ndarray) -> float:
     return mean_pairwise(cosine_distances(features, features))
 
 
+def centroid_distances(features: np.ndarray, reference_features: np.ndarray) -> np.ndarray:
+    """Per sample, the cosine distance of its features to the centroid of the style dataset's
+    unit-normalised features (each training image weighs the same, whatever its feature norm);
+    their mean is centroid_distance. Returns an array [N] in [0, 2]."""
+    centroid = unit_rows(reference_features).mean(axis=0, keepdims=True)
+    return cosine_distances(features, centroid)[:, 0]
+
+
 def centroid_distance(features: np.ndarray, reference_features: np.ndarray) -> float:
     """Style proximity: mean cosine distance of each sample's features to the centroid of the
-    style dataset's unit-normalised features (each training image weighs the same, whatever its
-    feature norm). Range [0, 2]: lower = closer to the trained style; falling on a prompt
-    without the activation phrase is style bleed."""
-    centroid = unit_rows(reference_features).mean(axis=0, keepdims=True)
-    return float(cosine_distances(features, centroid).mean())
+    style dataset's unit-normalised features. Range [0, 2]: lower = closer to the trained style;
+    falling on a prompt without the activation phrase is style bleed."""
+    return float(centroid_distances(features, reference_features).mean())
 
 
 def nearest_training_distances(images: np.ndarray, training_pixels: np.ndarray) -> np.ndarray:

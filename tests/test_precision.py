@@ -68,10 +68,10 @@ def test_the_grad_scaler_state_resumes_exactly(tiny_model, tiny_data, tmp_path, 
 
     original = StageTrainer._train_epoch
 
-    def dies_in_unet_lo_epoch_3(self, epoch, step, progress):
+    def dies_in_unet_lo_epoch_3(self, epoch, first_batch, step, progress):
         if self.job.stage.name == "unet_lo" and epoch == 2:  # the state of epoch 2 is saved
             raise Interrupted
-        return original(self, epoch, step, progress)
+        return original(self, epoch, first_batch, step, progress)
 
     monkeypatch.setattr(StageTrainer, "_train_epoch", dies_in_unet_lo_epoch_3)
     with pytest.raises(Interrupted):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, Iterable
 
 from burnlab.components import Source
 from burnlab.errors import UserError
-from burnlab.store import atomic_write_json, hash_json, read_json, replace_dir, sha256_file
+from burnlab.store import atomic_write_json, hash_json, publish_dir, read_json, sha256_file, temp_dir_for
 
 CHECKPOINT_COMPONENTS = ("unet", "text_encoder")
 MANIFEST = "manifest.json"
@@ -40,10 +39,7 @@ def base_sources(base: dict) -> Dict[str, Source]:
 def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str, Source], *,
                     stage: str, stage_identity: str, epoch: int, lineage: Iterable[str], base: dict) -> None:
     """Write the trained `models` (name -> diffusers/transformers model) and a manifest atomically."""
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(target)
     components = {}
     for name, model in models.items():
         model.save_pretrained(tmp / name, safe_serialization=True)
@@ -53,7 +49,7 @@ def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str
     atomic_write_json(tmp / MANIFEST, {
         "checkpoint_id": checkpoint_id(stage_identity, epoch), "stage": stage, "stage_identity": stage_identity,
         "epoch": epoch, "components": components, "lineage": list(lineage), "base": base})
-    replace_dir(tmp, target)
+    publish_dir(tmp, target)
 
 
 def _inherited_entry(source: Source, target: Path) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from burnlab.config import load_config, register_configs
-from burnlab.errors import UserError
+from burnlab.errors import Interrupted, UserError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (conf/experiment/ too)
 log = logging.getLogger("burnlab")
@@ -43,9 +44,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except Interrupted as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"burnlab: {error} Resume with: {resume_command()}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except UserError as error:
         print(f"burnlab: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def resume_command() -> str:
+    """The command line this process was started with: running it again resumes the study."""
+    program = Path(sys.argv[0]).name
+    if program in ("cli.py", "__main__.py"):
+        program = f"{Path(sys.executable).name} -m burnlab.cli"
+    return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
 def main() -> None:

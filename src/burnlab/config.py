@@ -84,6 +84,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trade compute for memory in the trained components
     seed: int = 555  # fixes data order, flips, caption dropout, noise and timesteps
     state_every_epochs: int = 10  # resumable training state saved every N epochs (and at save epochs)
+    skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN/inf instead of stopping the stage
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
 
     def __post_init__(self):

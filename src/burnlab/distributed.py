@@ -25,3 +25,13 @@ def gather_shards(accelerator, mine: list) -> List:
     from accelerate.utils import gather_object
 
     return list(gather_object(list(mine)))
+
+
+def any_rank(accelerator, flag: bool) -> bool:
+    """Whether `flag` is true on any rank, on every rank (a collective with several processes),
+    so that all of them take the same branch."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item())

@@ -19,3 +19,16 @@ class ConfigError(UserError):
     def under(self, prefix: str) -> "ConfigError":
         """The same error with its key placed under `prefix` (e.g. `stages.unet_hi`)."""
         return ConfigError(f"{prefix}.{self.key}", self.value, self.allowed)
+
+
+class Interrupted(UserError):
+    """A SIGINT or SIGTERM that burnlab honoured: the step in progress finished and the training
+    state was saved. The command line adds how to resume and exits with 128 + the signal."""
+
+    def __init__(self, message: str, signal_number: int):
+        self.exit_code = 128 + signal_number
+        super().__init__(message)
+
+
+class NonFiniteLoss(UserError):
+    """A training loss or gradient that is NaN or infinite: the stage stops and is marked failed."""

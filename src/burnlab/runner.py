@@ -27,15 +27,17 @@ from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
 from burnlab.data import load_study_data
-from burnlab.errors import ConfigError, UserError
+from burnlab.distributed import any_rank
+from burnlab.errors import ConfigError, NonFiniteLoss, UserError
 from burnlab.memory import PeakMemory
 from burnlab.outputs import build_outputs
 from burnlab.sampling import Sampler
 from burnlab.stage_setup import steps_per_epoch
 from burnlab.precision import dtype_name
-from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from burnlab.stopping import StopSignals
+from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_temp
 from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
-from burnlab.train import COMPLETE, StageJob, train_stage
+from burnlab.train import COMPLETE, FAILED, StageJob, train_stage
 from burnlab.train_state import STATE
 
 log = logging.getLogger("burnlab")
@@ -68,6 +70,7 @@ class StudyRunner:
                             f"run store. Launch with `accelerate launch --num_processes N -m burnlab.cli ...` "
                             f"(on a CPU machine: `accelerate launch --multi_gpu --num_processes N ...`).")
         self.is_main = self.accelerator.is_main_process
+        self.stop = StopSignals()
         self.base = BaseModel(config.model)
         _check_timesteps(config.validation.timesteps, self.base.num_train_timesteps())
         self.frozen_dtype = self.base.frozen_dtype(self.accelerator.device)
@@ -80,6 +83,7 @@ class StudyRunner:
         self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_temp(self.run_dir, recursive=False)  # a killed run's half-written study.json, say
             atomic_write_text(self.run_dir / "config.yaml", resolved_yaml)
         self.dashboards = trackers.Dashboards(
             config, self.run_dir, flat_config,
@@ -104,6 +108,8 @@ class StudyRunner:
         stage_dir = self.stage_dirs[name]
         if (stage_dir / COMPLETE).exists():
             return "complete"
+        if (stage_dir / FAILED).exists():
+            return "failed"
         return "partial" if (stage_dir / STATE).exists() or (stage_dir / "metrics.jsonl").exists() else "pending"
 
     def stage_entry(self, name: str) -> dict:
@@ -152,6 +158,9 @@ class StudyRunner:
                 if self.dashboards:
                     self.dashboards.replay_rows(read_jsonl(stage_dir / "metrics.jsonl"))
                 return
+            if self.is_main:  # under the lock: whatever a killed writer left half-done here
+                remove_temp(stage_dir)
+                (stage_dir / FAILED).unlink(missing_ok=True)
             log.info("stage %s: training %s for %d epochs -> %s", name, "+".join(planned.config.train),
                      planned.config.epochs, stage_dir)
             if self.is_main:
@@ -160,9 +169,14 @@ class StudyRunner:
             job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
                            self.accelerator, self.frozen_dtype,
                            log=self.dashboards.log_row if self.dashboards else (lambda row: None),
-                           on_epoch_end=self._mirrored(name, on_epoch_end(stage_dir)) if on_epoch_end else None)
+                           on_epoch_end=self._mirrored(name, on_epoch_end(stage_dir)) if on_epoch_end else None,
+                           stop=self.stop)
             with PeakMemory(self.accelerator.device) as peak:
-                train_stage(job)
+                try:
+                    train_stage(job)
+                except NonFiniteLoss as error:
+                    self._mark_failed(name, str(error))
+                    raise
                 del job
                 self.accelerator.free_memory()  # prepare() kept the stage's models and optimizer
             self._record_memory(name, peak)
@@ -170,6 +184,12 @@ class StudyRunner:
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 lock.release()
+
+    def _mark_failed(self, name: str, reason: str) -> None:
+        """The stage's FAILED marker and study.json saying so; its state and checkpoints stay."""
+        if self.is_main:
+            atomic_write_json(self.stage_dirs[name] / FAILED, {"stage": name, "reason": reason})
+        self.write_study_json()
 
     def _record_memory(self, name: str, peak: PeakMemory) -> None:
         planned = self.planned[name]
@@ -192,7 +212,8 @@ class StudyRunner:
 
     def run(self) -> dict:
         try:
-            study = self._run()
+            with self.stop:
+                study = self._run()
         except BaseException:
             if self.dashboards:  # a failed study's W&B runs end as failed, not left open in this process
                 self.dashboards.finish(exit_code=1)
@@ -205,11 +226,13 @@ class StudyRunner:
     def _run(self) -> dict:
         study = self.write_study_json()
         sampler = Sampler(self.config.sampling, self.base.describe(), self.cache / "samples",
-                          self.accelerator) if self.config.sampling.prompts else None
+                          self.accelerator, self.stop) if self.config.sampling.prompts else None
         for name in stage_order(self.config.stages):
             hook = sampler.training_hook if sampler and self.config.sampling.every_n_epochs else None
             self.run_stage(name, hook)
             study = self.write_study_json()
+            if any_rank(self.accelerator, self.stop.received is not None):
+                raise self.stop.interrupted(f"after stage {name}, which is complete in the cache")
         if sampler and self.config.sampling.testing_plan:
             rows = sampler.sample_testing_plan(study, self.run_dir)
             if self.dashboards:

@@ -10,7 +10,6 @@ share are made once.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -18,14 +17,16 @@ import numpy as np
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                        StableDiffusionPipeline)
+from filelock import FileLock
 from PIL import Image
 
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_sources
 from burnlab.components import Source
 from burnlab.config import SamplingConfig
-from burnlab.distributed import gather_shards, shard
+from burnlab.distributed import any_rank, gather_shards, shard
 from burnlab.precision import dtype_name, in_dtype, resolve_dtype
-from burnlab.store import hash_json, read_jsonl, write_jsonl
+from burnlab.stopping import StopSignals
+from burnlab.store import hash_json, publish_dir, read_jsonl, remove_temp, temp_dir_for, write_jsonl
 
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
               "dpm": DPMSolverMultistepScheduler}
@@ -87,8 +88,10 @@ class Sampler:
     makes its share of each checkpoint's images and the main process writes them all.
     """
 
-    def __init__(self, config: SamplingConfig, base: dict, cache_dir: Path, accelerator):
+    def __init__(self, config: SamplingConfig, base: dict, cache_dir: Path, accelerator,
+                 stop: Optional[StopSignals] = None):
         self.config = config
+        self.stop = stop or StopSignals()
         self.base = base
         self.cache = Path(cache_dir)
         self.accelerator = accelerator
@@ -121,22 +124,36 @@ class Sampler:
         return self.cache / f"{checkpoint_id}-{self.identity}"
 
     def checkpoint_samples(self, checkpoint_id: str, sources: Dict[str, Source]) -> Path:
-        """Make the samples of one checkpoint into the cache (every rank calls this)."""
+        """Make the samples of one checkpoint into the cache (every rank calls this). Concurrent
+        sweep jobs sampling the same checkpoint take turns on its lock, and the later ones find it
+        made; each writes into its own temp folder, published by one rename."""
         folder = self._folder(checkpoint_id)
+        lock = FileLock(str(folder) + ".lock")
+        if self.accelerator.is_main_process:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        try:
+            made = any_rank(self.accelerator, self.accelerator.is_main_process and (folder / "COMPLETE").exists())
+            if not made:
+                self._make(checkpoint_id, sources, folder)
+        finally:
+            if self.accelerator.is_main_process:
+                lock.release()
+        return folder
+
+    def _make(self, checkpoint_id: str, sources: Dict[str, Source], folder: Path) -> None:
         jobs = sample_jobs(self.config)
         self._swap_in(sources)
         images = self._generate_shared(jobs)
         if self.accelerator.is_main_process:
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_temp(self.cache, prefix=folder.name, recursive=False)  # a killed job's, under the lock
+            tmp = temp_dir_for(folder)
             rows = write_images(tmp, jobs, images)
             common = {"checkpoint_id": checkpoint_id, "steps": self.config.steps,
                       "guidance_scale": self.config.guidance_scale, "scheduler": self.config.scheduler}
             write_jsonl(tmp / "index.jsonl", [{**row, **common} for row in rows])
             (tmp / "COMPLETE").write_text("complete\n")
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-        return folder
+            publish_dir(tmp, folder)
 
     def sample_testing_plan(self, study: dict, run_dir: Path) -> List[dict]:
         """Every checkpoint of every branch; writes the run's samples.jsonl (main process) and
@@ -152,6 +169,9 @@ class Sampler:
             entry = entries[checkpoint_id]
             sources = base_sources(self.base) if entry["dir"] is None else component_sources(run_dir / entry["dir"])
             self.checkpoint_samples(checkpoint_id, sources)
+            if any_rank(self.accelerator, self.stop.received is not None):
+                raise self.stop.interrupted("while sampling the testing plan; the checkpoints sampled so far "
+                                            "are kept in the sample cache")
         rows: List[dict] = []
         if self.accelerator.is_main_process:
             for branch, plan in study["testing_plan"].items():

@@ -15,6 +15,11 @@ from burnlab.checkpoint import checkpoint_dir, checkpoint_id
 from burnlab.config import BASE, BurnlabConfig, StageConfig
 from burnlab.store import hash_json
 
+# how often the state is saved, and whether a NaN batch is skipped or stops the stage, change
+# nothing in a stage that trains through without one: a stage resumes under either setting, and
+# one stopped by a NaN continues from its last state with train.skip_nonfinite=true
+RESUME_ONLY_KEYS = ("state_every_epochs", "skip_nonfinite")
+
 
 @dataclass
 class PlannedStage:
@@ -50,7 +55,7 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
         "frozen_dtype": frozen_dtype,
         "data": data_identity,
         "data_config": dataclasses.asdict(config.data),
-        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k != "state_every_epochs"},
+        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in RESUME_ONLY_KEYS},
         "validation": dataclasses.asdict(config.validation),
     }
     for name in stage_order(config.stages):

@@ -12,8 +12,10 @@ and the validation rows.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -25,16 +27,20 @@ from burnlab.checkpoint import checkpoint_dir, save_checkpoint
 from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
 from burnlab.data import StudyData
-from burnlab.distributed import shard
+from burnlab.distributed import any_rank, shard
 from burnlab.encoding import diffusion_target, encode_text
+from burnlab.errors import NonFiniteLoss
 from burnlab.precision import predict_noise
 from burnlab.stage_setup import set_up_stage
-from burnlab.store import append_jsonl, hash_json
+from burnlab.store import append_jsonl, atomic_write_text, hash_json
+from burnlab.stopping import StopSignals
 from burnlab.study import PlannedStage
-from burnlab.train_state import STATE, load_state, save_state
+from burnlab.train_state import STATE, Position, load_state, save_state, saved_states
 from burnlab.validation import diffusion_loss
 
-COMPLETE = "COMPLETE"
+COMPLETE = "COMPLETE"  # written last: the stage finished
+FAILED = "FAILED"  # the stage stopped at a NaN/inf loss (JSON: stage, reason); removed when it trains again
+log = logging.getLogger("burnlab")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class StageJob:
     frozen_dtype: torch.dtype  # the VAE's and the frozen component's dtype (`model.dtype` on this device)
     log: Callable[[dict], None] = lambda row: None  # mirror of metrics rows (W&B, TensorBoard)
     on_epoch_end: Optional[Callable[[int, Dict[str, torch.nn.Module]], None]] = None  # sampling hook
+    stop: StopSignals = field(default_factory=StopSignals)  # a SIGINT/SIGTERM noted by the runner
 
 
 def epoch_seed(seed: int, *parts) -> int:
@@ -65,6 +72,7 @@ class StageTrainer:
         self.models, self.trained = self.setup.models, self.setup.trained
         self.tokenizer, self.scheduler = self.setup.tokenizer, self.setup.noise_scheduler
         self.optimizer, self.lr_scheduler = self.setup.optimizer, self.setup.lr_scheduler
+        self.skipped_nonfinite = 0
 
     def autocast(self):
         return self.accelerator.autocast() if self.cfg.train.mixed_precision != "no" else contextlib.nullcontext()
@@ -73,14 +81,15 @@ class StageTrainer:
     def run(self) -> None:
         stage, job = self.job.stage, self.job
         epochs = stage.config.epochs
-        start_epoch = load_state(job.stage_dir, self.setup, self.accelerator)
-        step = start_epoch * self.setup.steps_per_epoch
-        if start_epoch == 0:
+        resumed = load_state(job.stage_dir, self.setup, self.accelerator, stage.identity)
+        position = resumed or Position()
+        if resumed is None:
             self._validate(0, 0)
-        progress = tqdm(total=epochs, initial=start_epoch, desc=f"stage {stage.name}", unit="epoch",
+        progress = tqdm(total=epochs, initial=position.epoch, desc=f"stage {stage.name}", unit="epoch",
                         disable=not (self.cfg.logger.progress and self.accelerator.is_main_process))
-        for epoch in range(start_epoch, epochs):
-            step = self._train_epoch(epoch, step, progress)
+        step = position.step
+        for epoch in range(position.epoch, epochs):
+            step = self._train_epoch(epoch, position.batch if epoch == position.epoch else 0, step, progress)
             done = epoch + 1
             every = self.cfg.validation.every_n_epochs
             if (every and done % every == 0) or done == epochs:
@@ -91,15 +100,23 @@ class StageTrainer:
                 job.on_epoch_end(done, self._unwrapped())
             if done < epochs and (done % self.cfg.train.state_every_epochs == 0
                                   or done in stage.config.checkpoint_epochs()):
-                save_state(job.stage_dir, self.setup, self.accelerator, stage.identity, done, step)
+                self._save_state(Position(done, 0, step))
             progress.update(1)
         progress.close()
+        if self.skipped_nonfinite:
+            log.warning("stage %s: skipped %d micro-batches with a non-finite loss or gradient "
+                        "(train.skip_nonfinite=true); metrics.jsonl counts them per step (`skipped_nonfinite`)",
+                        stage.name, self.skipped_nonfinite)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            (job.stage_dir / COMPLETE).write_text("complete\n")
+            atomic_write_text(job.stage_dir / COMPLETE, "complete\n")
             shutil.rmtree(job.stage_dir / STATE, ignore_errors=True)
 
-    def _train_epoch(self, epoch: int, step: int, progress) -> int:
+    def _save_state(self, position: Position) -> None:
+        save_state(self.job.stage_dir, self.setup, self.accelerator, self.job.stage.identity, position)
+
+    def _train_epoch(self, epoch: int, first_batch: int, step: int, progress) -> int:
+        """Trains the epoch's batches from `first_batch` on (a resumed state may stand mid-epoch)."""
         cfg, data = self.cfg, self.job.data
         generator = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, self.job.stage.name, epoch))
         count = len(data.train)
@@ -110,37 +127,78 @@ class StageTrainer:
         global_batch = cfg.train.batch_size * world
         batches = [order[i:i + global_batch] for i in range(0, count, global_batch)]
         accumulation = cfg.train.gradient_accumulation_steps
-        for group_start in range(0, len(batches), accumulation):
+        for group_start in range(first_batch, len(batches), accumulation):
             group = batches[group_start:group_start + accumulation]
             loss_sums = torch.zeros(2, dtype=torch.float64)  # (loss x images, images) over the group, this rank
+            skipped = 0
             for offset, batch in enumerate(group):
                 batch_generator = torch.Generator().manual_seed(
                     epoch_seed(cfg.train.seed, self.job.stage.name, epoch, group_start + offset))
                 loss, images = self._loss(batch, flips, dropped, batch_generator, rank, world)
+                value = loss.item()
+                if any_rank(self.accelerator, not math.isfinite(value)):
+                    self._non_finite("loss", value, epoch, step + 1)
+                    skipped += 1
+                    continue
                 # DDP averages gradients over ranks: weighting each rank's mean by its share of the
                 # global batch (x world) makes that average the global batch's mean, however
                 # unevenly it was split; with one process the weight is exactly 1
                 share = images * world / len(batch)
                 self.accelerator.backward(loss * share / len(group))
-                loss_sums += torch.tensor([loss.item() * images, images], dtype=torch.float64)
-            if cfg.train.max_grad_norm > 0:
-                self.accelerator.clip_grad_norm_(
-                    [p for name in self.trained for p in self.models[name].parameters()], cfg.train.max_grad_norm)
-            self.optimizer.step()
-            skipped = self.accelerator.optimizer_step_was_skipped  # fp16: the scaler found inf/NaN gradients
-            if not skipped:
-                self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                loss_sums += torch.tensor([value * images, images], dtype=torch.float64)
             step += 1
+            row = {"type": "train", "step": step, "epoch": epoch + min(1.0, (group_start + len(group)) / len(batches))}
+            if skipped < len(group):
+                row.update(self._optimizer_step(epoch, step))
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
             total, images = self.accelerator.reduce(loss_sums.to(self.device), "sum").tolist()
-            fraction = min(1.0, (group_start + len(group)) / len(batches))
-            row = {"type": "train", "step": step, "epoch": epoch + fraction, "train_loss": total / images}
+            row["train_loss"] = total / images if images else None
+            if skipped:
+                row["skipped_nonfinite"] = row.get("skipped_nonfinite", 0) + skipped
             row.update({f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups})
-            if self.accelerator.scaler is not None:
-                row.update(grad_scale=self.accelerator.scaler.get_scale(), step_skipped=skipped)
             self._record(row)
-            progress.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+            if row["train_loss"] is not None:
+                progress.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+            if any_rank(self.accelerator, self.job.stop.received is not None):
+                self._save_state(Position(epoch, group_start + len(group), step))
+                raise self.job.stop.interrupted(
+                    f"in stage {self.job.stage.name} at epoch {epoch + 1}, step {step}; its training state is "
+                    f"saved in {self.job.stage_dir / STATE} and the stages before it are complete")
         return step
+
+    def _optimizer_step(self, epoch: int, step: int) -> dict:
+        """Clip, step the optimizer and the LR schedule; returns the fp16 loss scale for the row."""
+        if self.cfg.train.max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(
+                [p for name in self.trained for p in self.models[name].parameters()], self.cfg.train.max_grad_norm)
+            # with fp16 an infinite norm is the GradScaler's business: it skips the step itself
+            if self.accelerator.scaler is None and not math.isfinite(float(norm)):
+                self._non_finite("gradient norm", float(norm), epoch, step)
+                self.optimizer.zero_grad(set_to_none=True)
+                return {"skipped_nonfinite": 1}
+        self.optimizer.step()
+        skipped = self.accelerator.optimizer_step_was_skipped  # fp16: the scaler found inf/NaN gradients
+        if not skipped:
+            self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.accelerator.scaler is None:
+            return {}
+        return {"grad_scale": self.accelerator.scaler.get_scale(), "step_skipped": skipped}
+
+    def _non_finite(self, what: str, value: float, epoch: int, step: int) -> None:
+        """With `train.skip_nonfinite` the caller skips the batch (counted); without, the stage stops."""
+        if self.cfg.train.skip_nonfinite:
+            self.skipped_nonfinite += 1
+            return
+        states = saved_states(self.job.stage_dir)
+        kept = f"its last saved state ({states[0].name}) and checkpoints are kept" if states else \
+            "it had saved no training state yet; its checkpoints, if any, are kept"
+        raise NonFiniteLoss(
+            f"stage {self.job.stage.name}: the training {what} became {value} at epoch {epoch + 1}, step {step} "
+            f"(lr {self.job.stage.config.lr}); the stage stopped and is marked failed in study.json, and {kept}. "
+            f"Lower the stage's learning rate, or set train.skip_nonfinite=true to skip such batches "
+            f"(they are counted in metrics.jsonl).")
 
     def _loss(self, global_batch, flips, dropped, generator, rank, world):
         """The mean loss over this rank's share of the global batch, and the share's size. A rank

@@ -18,6 +18,7 @@ from burnlab.config import DataConfig, ModelConfig, ValidationConfig, load_confi
 from burnlab.data import caption_source, load_study_data, scan_captioned_folder
 from burnlab.errors import ConfigError, UserError
 from burnlab.runner import StudyRunner
+from burnlab.study import plan_stages
 from study_helpers import compose_config, tiny_overrides, write_captioned_images
 
 
@@ -334,3 +335,14 @@ def test_identity_hashes_the_files_used_not_where_the_folder_is(tmp_path):
     (moved / "img01.txt").write_text("another caption")
     assert _load(moved).identity != skipping
 
+
+def test_stage_identities_leave_out_the_folders_paths_but_not_the_pixels_settings():
+    def identities(*overrides):
+        config = load_config(compose_config(["experiment=burn_unet", "data.path=/data", *overrides]))
+        return {name: stage.identity for name, stage in plan_stages(config, "base0", "data0", "float32").items()}
+
+    plain = identities()
+    assert identities("data.path=/elsewhere", "validation.path=/held_out", "data.skip_bad=true",
+                      "data.max_image_pixels=1000", "data.caption_encoding=cp1252") == plain
+    for changed in ("data.background=black", "data.flip_p=0.5", "data.default_caption=art", "data.resolution=32"):
+        assert identities(changed) != plain, changed

@@ -60,6 +60,10 @@ class DataConfig:
     flip_p: float = 0.0  # probability of a horizontal flip per image per epoch
     caption_dropout: float = 0.0  # probability of training on the empty caption (for guidance)
     default_caption: Optional[str] = None  # caption for images without one; None = error
+    caption_encoding: Optional[str] = None  # fallback for caption files that are not UTF-8 (e.g. cp1252); None = error
+    background: str = "white"  # colour under transparent pixels: a name or #rrggbb
+    max_image_pixels: int = 178956970  # larger images are a problem, not decoded (PIL's own refusal threshold)
+    skip_bad: bool = False  # leave out bad images and captions (warned, listed in study.json) instead of stopping
 
     def __post_init__(self):
         _require(isinstance(self.resolution, int) and self.resolution >= 8 and self.resolution % 8 == 0,
@@ -67,6 +71,30 @@ class DataConfig:
         _require(0.0 <= self.flip_p <= 1.0, "flip_p", self.flip_p, "a probability in [0, 1]")
         _require(0.0 <= self.caption_dropout < 1.0, "caption_dropout", self.caption_dropout,
                  "a probability in [0, 1)")
+        _require(self.caption_encoding is None or self._is_text_encoding(self.caption_encoding), "caption_encoding",
+                 self.caption_encoding, "null or a text encoding Python knows, e.g. cp1252 or latin-1")
+        _require(self._is_opaque_colour(self.background), "background", self.background,
+                 "an opaque colour: a name such as white or black, or #rrggbb")
+        _require(self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, "an integer >= 1")
+
+    @staticmethod
+    def _is_text_encoding(name: str) -> bool:
+        # str.encode looks the name up (codecs.lookup) and refuses codecs that are not text
+        # encodings (rot13, zlib, hex)
+        try:
+            "a".encode(name)
+            return True
+        except LookupError:
+            return False
+
+    @staticmethod
+    def _is_opaque_colour(value: str) -> bool:
+        from PIL import ImageColor
+
+        try:
+            return len(ImageColor.getrgb(value)) == 3  # rgba(...) and #rrggbbaa give 4
+        except ValueError:
+            return False
 
 
 @dataclass

@@ -130,7 +130,7 @@ class StudyRunner:
                 "branches": {leaf: branch_of(self.planned, leaf) for leaf in leaf_names},
                 "testing_plan": {leaf: testing_plan(self.planned, leaf, self.base.identity, rel)
                                  for leaf in leaf_names},
-                "long_captions": self.long_captions}
+                "long_captions": self.long_captions, "data_problems": self.data.problems_record()}
 
     def write_study_json(self) -> dict:
         study = self.study_json()

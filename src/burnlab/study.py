@@ -54,9 +54,12 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
         "base": base_identity,
         "frozen_dtype": frozen_dtype,
         "data": data_identity,
-        "data_config": dataclasses.asdict(config.data),
-        "train": {k: v for k, v in dataclasses.asdict(config.train).items() if k not in RESUME_ONLY_KEYS},
-        "validation": dataclasses.asdict(config.validation),
+        # `data_identity` hashes the files used and their captions, which is all that the folders'
+        # paths and the settings choosing or decoding the files decide: moving a folder, or
+        # skipping bad files in a folder without any, trains nothing again
+        "data_config": _settings(config.data, "path", "skip_bad", "max_image_pixels", "caption_encoding"),
+        "train": _settings(config.train, *RESUME_ONLY_KEYS),
+        "validation": _settings(config.validation, "path"),
     }
     for name in stage_order(config.stages):
         stage = config.stages[name]
@@ -68,6 +71,10 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
             lineage=(parent.lineage if parent else [BASE]) + [name],
             epoch_offset=(parent.epoch_offset + parent.config.epochs) if parent else 0)
     return planned
+
+
+def _settings(group, *left_out: str) -> dict:
+    return {k: v for k, v in dataclasses.asdict(group).items() if k not in left_out}
 
 
 def leaves(stages: Dict[str, StageConfig]) -> List[str]:

@@ -165,8 +165,8 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tiny_mod
         metrics.write('{"type": "train", "step": 99')
 
     command = shlex.split(message.split("Resume with: ", 1)[1])
-    assert command[1:3] == ["-m", "burnlab.cli"] and command[3:] == overrides
-    resumed = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=300)
+    assert command == [sys.executable, "-m", "burnlab.cli", *overrides]
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     reference = tmp_path / "reference"
     run_study(tiny_model, tiny_data, reference, *overrides[len(tiny_overrides(tiny_model, tiny_data, runs, "burn_unet")):],

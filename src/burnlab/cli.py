@@ -55,9 +55,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def resume_command() -> str:
     """The command line this process was started with: running it again resumes the study."""
-    program = Path(sys.argv[0]).name
-    if program in ("cli.py", "__main__.py"):
-        program = f"{Path(sys.executable).name} -m burnlab.cli"
+    program = sys.argv[0]  # as typed: .venv/bin/burnlab, say
+    if Path(program).name in ("cli.py", "__main__.py"):
+        program = f"{sys.executable} -m burnlab.cli"
     return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 

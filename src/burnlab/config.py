@@ -21,6 +21,7 @@ from burnlab.errors import ConfigError
 COMPONENTS = ("unet", "text_encoder")
 BASE = "base"
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}  # AdamW kwargs
 
 
 def _is_set(value) -> bool:
@@ -113,6 +114,10 @@ class TrainConfig:
     seed: int = 555  # fixes data order, flips, caption dropout, noise and timesteps
     state_every_epochs: int = 10  # resumable training state saved every N epochs (and at save epochs)
     skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN/inf instead of stopping the stage
+    adamw_impl: str = "fused"  # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: bench/README.md)
+    channels_last: bool = False  # UNet activations in channels-last memory layout (no gain on the CPU; see bench/README.md)
+    tf32: bool = True  # TensorFloat-32 matmuls and convolutions on GPUs that have them (Ampere+); no effect elsewhere
+    compile: bool = False  # torch.compile the UNet (minutes of compiling first; see bench/README.md)
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
 
     def __post_init__(self):
@@ -134,6 +139,7 @@ class TrainConfig:
         _require(self.state_every_epochs >= 1, "state_every_epochs", self.state_every_epochs,
                  "an integer >= 1")
         _require(self.noise_scheduler == "ddpm", "noise_scheduler", self.noise_scheduler, "ddpm")
+        _require(self.adamw_impl in ADAMW_IMPLS, "adamw_impl", self.adamw_impl, "one of " + ", ".join(ADAMW_IMPLS))
 
 
 @dataclass

@@ -2,12 +2,13 @@
 
 The VAE never trains, so each image's latent distribution (mean, std) is computed once per
 stage and sampled with an explicit generator at every step — the same draws as encoding the
-image again, at a fraction of the cost.
+image again, at a fraction of the cost. Likewise a stage that does not train the text encoder
+encodes each distinct caption (and the empty one, for caption dropout) once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -64,6 +65,27 @@ def cut_words(tokenizer, captions: List[str]) -> List[Optional[str]]:
 
 def encode_text(tokenizer, text_encoder, captions: List[str], device) -> torch.Tensor:
     return text_encoder(tokenize(tokenizer, captions).to(device))[0]
+
+
+@dataclass
+class TextStateCache:
+    """A frozen text encoder's states of a set of captions, on the training device."""
+
+    rows: Dict[str, int]
+    states: torch.Tensor  # [captions, tokens, width]
+
+    def lookup(self, captions: List[str]) -> torch.Tensor:
+        return self.states[[self.rows[caption] for caption in captions]]
+
+
+@torch.no_grad()
+def encode_captions_once(tokenizer, text_encoder, captions: Iterable[str], device,
+                         batch_size: int = 64) -> TextStateCache:
+    """The states of every distinct caption; call it under the autocast the steps would use."""
+    distinct = sorted(set(captions))
+    states = [encode_text(tokenizer, text_encoder, distinct[start:start + batch_size], device)
+              for start in range(0, len(distinct), batch_size)]
+    return TextStateCache({caption: row for row, caption in enumerate(distinct)}, torch.cat(states))
 
 
 def diffusion_target(scheduler, latents, noise, timesteps):

@@ -15,6 +15,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS
+from burnlab.config import ADAMW_IMPLS
 from burnlab.encoding import LatentCache, encode_latents
 
 
@@ -47,8 +48,15 @@ def set_up_stage(job) -> StageSetup:
         if name in trained and cfg.train.gradient_checkpointing:
             _enable_gradient_checkpointing(model)
         model.to(device)
+    if cfg.train.channels_last:
+        models["unet"].to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        models["unet"].compile()  # in place: the module, its state dict and checkpoints stay as they are
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     optimizer = torch.optim.AdamW(_param_groups(job.stage.config, models, trained), betas=tuple(cfg.train.betas),
-                                  eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
+                                  eps=cfg.train.eps, weight_decay=cfg.train.weight_decay,
+                                  **ADAMW_IMPLS[cfg.train.adamw_impl])
     steps = steps_per_epoch(len(job.data.train), cfg.train, accelerator.num_processes)
     lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.lr_warmup_steps,
                                  num_training_steps=steps * job.stage.config.epochs)

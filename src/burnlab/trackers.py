@@ -33,7 +33,8 @@ from burnlab.wandb_key import wandb_key_present
 # metrics.jsonl field -> dashboard key; fields not named here and not bookkeeping go under `other/`
 KEYS = {"train_loss": "loss/train", "val_loss": "loss/val", "stabilized_loss": "loss/stabilized",
         "val_loss_by_t": "loss_by_t/val", "stabilized_loss_by_t": "loss_by_t/stabilized",
-        "grad_scale": "train/grad_scale", "step_skipped": "train/step_skipped",
+        "grad_scale": "train/grad_scale", "step_skipped": "train/step_skipped", "grad_norm": "train/grad_norm",
+        "skipped_nonfinite": "train/skipped_nonfinite",
         "peak_bytes": "memory/peak_bytes"}
 BOOKKEEPING = {"type", "stage", "step", "epoch", "study_epoch", "measure"}
 SAMPLE_COLUMNS = ["index", "checkpoint", "stage", "study_epoch", "prompt_set", "prompt", "seed", "image"]

@@ -28,7 +28,7 @@ from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
 from burnlab.data import StudyData
 from burnlab.distributed import any_rank, shard
-from burnlab.encoding import diffusion_target, encode_text
+from burnlab.encoding import diffusion_target, encode_captions_once, encode_text
 from burnlab.errors import NonFiniteLoss
 from burnlab.precision import predict_noise
 from burnlab.stage_setup import set_up_stage
@@ -73,6 +73,11 @@ class StageTrainer:
         self.tokenizer, self.scheduler = self.setup.tokenizer, self.setup.noise_scheduler
         self.optimizer, self.lr_scheduler = self.setup.optimizer, self.setup.lr_scheduler
         self.skipped_nonfinite = 0
+        self.text_states = None  # a frozen text encoder's states, encoded once (UNet-only stages)
+        if "text_encoder" not in self.trained:
+            with self.autocast():
+                self.text_states = encode_captions_once(self.tokenizer, self.models["text_encoder"],
+                                                        [*job.data.train.captions, ""], self.device)
 
     def autocast(self):
         return self.accelerator.autocast() if self.cfg.train.mixed_precision != "no" else contextlib.nullcontext()
@@ -104,7 +109,7 @@ class StageTrainer:
             progress.update(1)
         progress.close()
         if self.skipped_nonfinite:
-            log.warning("stage %s: skipped %d micro-batches with a non-finite loss or gradient "
+            log.warning("stage %s: skipped %d optimizer steps with a non-finite loss or gradient norm "
                         "(train.skip_nonfinite=true); metrics.jsonl counts them per step (`skipped_nonfinite`)",
                         stage.name, self.skipped_nonfinite)
         self.accelerator.wait_for_everyone()
@@ -129,33 +134,20 @@ class StageTrainer:
         accumulation = cfg.train.gradient_accumulation_steps
         for group_start in range(first_batch, len(batches), accumulation):
             group = batches[group_start:group_start + accumulation]
-            loss_sums = torch.zeros(2, dtype=torch.float64)  # (loss x images, images) over the group, this rank
-            skipped = 0
+            sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss x images, images) of the group, this rank
             for offset, batch in enumerate(group):
                 batch_generator = torch.Generator().manual_seed(
                     epoch_seed(cfg.train.seed, self.job.stage.name, epoch, group_start + offset))
                 loss, images = self._loss(batch, flips, dropped, batch_generator, rank, world)
-                value = loss.item()
-                if any_rank(self.accelerator, not math.isfinite(value)):
-                    self._non_finite("loss", value, epoch, step + 1)
-                    skipped += 1
-                    continue
                 # DDP averages gradients over ranks: weighting each rank's mean by its share of the
                 # global batch (x world) makes that average the global batch's mean, however
                 # unevenly it was split; with one process the weight is exactly 1
                 share = images * world / len(batch)
                 self.accelerator.backward(loss * share / len(group))
-                loss_sums += torch.tensor([value * images, images], dtype=torch.float64)
+                sums += torch.stack([loss.detach().double() * images, sums.new_tensor(float(images))])
             step += 1
-            row = {"type": "train", "step": step, "epoch": epoch + min(1.0, (group_start + len(group)) / len(batches))}
-            if skipped < len(group):
-                row.update(self._optimizer_step(epoch, step))
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-            total, images = self.accelerator.reduce(loss_sums.to(self.device), "sum").tolist()
-            row["train_loss"] = total / images if images else None
-            if skipped:
-                row["skipped_nonfinite"] = row.get("skipped_nonfinite", 0) + skipped
+            row = {"type": "train", "step": step, "epoch": epoch + min(1.0, (group_start + len(group)) / len(batches)),
+                   **self._optimizer_step(sums, epoch, step)}
             row.update({f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups})
             self._record(row)
             if row["train_loss"] is not None:
@@ -167,27 +159,40 @@ class StageTrainer:
                     f"saved in {self.job.stage_dir / STATE} and the stages before it are complete")
         return step
 
-    def _optimizer_step(self, epoch: int, step: int) -> dict:
-        """Clip, step the optimizer and the LR schedule; returns the fp16 loss scale for the row."""
+    def _optimizer_step(self, sums: torch.Tensor, epoch: int, step: int) -> dict:
+        """Clip, then step the optimizer and the LR schedule unless the loss or the gradient norm
+        is NaN/inf. Reading the step's loss and norm is its one host sync (the row logs them);
+        returns the row's values."""
+        scaler = self.accelerator.scaler
+        measured = self.accelerator.reduce(sums, "sum")
         if self.cfg.train.max_grad_norm > 0:
             norm = self.accelerator.clip_grad_norm_(
                 [p for name in self.trained for p in self.models[name].parameters()], self.cfg.train.max_grad_norm)
-            # with fp16 an infinite norm is the GradScaler's business: it skips the step itself
-            if self.accelerator.scaler is None and not math.isfinite(float(norm)):
-                self._non_finite("gradient norm", float(norm), epoch, step)
-                self.optimizer.zero_grad(set_to_none=True)
-                return {"skipped_nonfinite": 1}
+            measured = torch.cat([measured, norm.detach().reshape(1).to(measured)])
+        total, images, *norm = measured.tolist()
+        loss, norm = total / images, (norm[0] if norm else 0.0)
+        # with fp16 an infinite gradient norm is the GradScaler's business: it skips the step itself
+        bad = [(what, value) for what, value in (("loss", loss), ("gradient norm", norm))
+               if not math.isfinite(value) and (what == "loss" or scaler is None)]
+        # NaN and inf are no JSON: such values are logged as null
+        row = {"train_loss": loss if math.isfinite(loss) else None}
+        if self.cfg.train.max_grad_norm > 0:
+            row["grad_norm"] = norm if math.isfinite(norm) else None
+        if bad:
+            self._non_finite(*bad[0], epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**row, "train_loss": None, "skipped_nonfinite": 1}
         self.optimizer.step()
         skipped = self.accelerator.optimizer_step_was_skipped  # fp16: the scaler found inf/NaN gradients
         if not skipped:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.scaler is None:
-            return {}
-        return {"grad_scale": self.accelerator.scaler.get_scale(), "step_skipped": skipped}
+        if scaler is not None:
+            row.update(grad_scale=scaler.get_scale(), step_skipped=skipped)
+        return row
 
     def _non_finite(self, what: str, value: float, epoch: int, step: int) -> None:
-        """With `train.skip_nonfinite` the caller skips the batch (counted); without, the stage stops."""
+        """With `train.skip_nonfinite` the caller skips the step (counted); without, the stage stops."""
         if self.cfg.train.skip_nonfinite:
             self.skipped_nonfinite += 1
             return
@@ -197,7 +202,7 @@ class StageTrainer:
         raise NonFiniteLoss(
             f"stage {self.job.stage.name}: the training {what} became {value} at epoch {epoch + 1}, step {step} "
             f"(lr {self.job.stage.config.lr}); the stage stopped and is marked failed in study.json, and {kept}. "
-            f"Lower the stage's learning rate, or set train.skip_nonfinite=true to skip such batches "
+            f"Lower the stage's learning rate, or set train.skip_nonfinite=true to skip such steps "
             f"(they are counted in metrics.jsonl).")
 
     def _loss(self, global_batch, flips, dropped, generator, rank, world):
@@ -216,9 +221,10 @@ class StageTrainer:
         captions = ["" if dropped[i] else self.job.data.train.captions[i] for i in indices.tolist()]
         noisy = self.scheduler.add_noise(clean, noise, timesteps).to(self.device)
         target = diffusion_target(self.scheduler, clean, noise, timesteps).to(self.device)
-        text_grad = torch.enable_grad() if "text_encoder" in self.trained else torch.no_grad()
         with self.autocast():
-            with text_grad:
+            if self.text_states is not None:
+                states = self.text_states.lookup(captions)
+            else:
                 states = encode_text(self.tokenizer, self.models["text_encoder"], captions, self.device)
             prediction = predict_noise(self.models["unet"], noisy, timesteps.to(self.device), states)
         return F.mse_loss(prediction, target.float()), images

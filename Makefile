@@ -7,7 +7,7 @@ RUNS ?= runs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report verdicts bench clean
+.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report verdicts bench bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies,
 
 bench: setup ## sampling throughput: testing plan vs a naive loop
 	$(PY) bench/sampling_throughput.py $(ARGS)
+
+bench-train: setup ## training throughput: burnlab's stages vs the diffusers example's loop, and checkpoint storage
+	$(PY) bench/train_throughput.py $(ARGS)
 
 clean: ## remove runs and caches (keeps .venv)
 	rm -rf $(RUNS) outputs multirun wandb .pytest_cache

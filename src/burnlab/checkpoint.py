@@ -14,12 +14,17 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable
 
+import torch
+from safetensors.torch import save_file
+
 from burnlab.components import Source
 from burnlab.errors import UserError
+from burnlab.precision import dtype_name
 from burnlab.store import atomic_write_json, hash_json, publish_dir, read_json, sha256_file, temp_dir_for
 
 CHECKPOINT_COMPONENTS = ("unet", "text_encoder")
 MANIFEST = "manifest.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def checkpoint_id(stage_identity: str, epoch: int) -> str:
@@ -37,19 +42,39 @@ def base_sources(base: dict) -> Dict[str, Source]:
 
 
 def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str, Source], *,
-                    stage: str, stage_identity: str, epoch: int, lineage: Iterable[str], base: dict) -> None:
-    """Write the trained `models` (name -> diffusers/transformers model) and a manifest atomically."""
+                    stage: str, stage_identity: str, epoch: int, lineage: Iterable[str], base: dict,
+                    dtype: torch.dtype = torch.float32) -> None:
+    """Write the trained `models` (name -> diffusers/transformers model), their weights in
+    `dtype`, and a manifest atomically."""
     tmp = temp_dir_for(target)
     components = {}
     for name, model in models.items():
-        model.save_pretrained(tmp / name, safe_serialization=True)
-        components[name] = {"dir": name, "sha256": {p.name: sha256_file(p) for p in sorted((tmp / name).iterdir())}}
+        save_component(model, tmp / name, dtype)
+        components[name] = {"dir": name, "dtype": dtype_name(dtype),
+                            "sha256": {p.name: sha256_file(p) for p in sorted((tmp / name).iterdir())}}
     for name, source in inherited.items():
         components[name] = _inherited_entry(source, target)
     atomic_write_json(tmp / MANIFEST, {
         "checkpoint_id": checkpoint_id(stage_identity, epoch), "stage": stage, "stage_identity": stage_identity,
         "epoch": epoch, "components": components, "lineage": list(lineage), "base": base})
     publish_dir(tmp, target)
+
+
+def save_component(model, folder: Path, dtype: torch.dtype) -> None:
+    """The model's config and weights, as its `save_pretrained` lays them out, the floating-point
+    weights in `dtype`; the model itself is left as it is (it goes on training)."""
+    if dtype == torch.float32:
+        model.save_pretrained(folder, safe_serialization=True)
+        return
+    weights = {key: value.detach().to("cpu", dtype) if value.is_floating_point() else value.detach().cpu()
+               for key, value in model.state_dict().items()}
+    if hasattr(model, "save_config"):  # diffusers: its save_pretrained takes no state dict
+        folder.mkdir(parents=True)
+        model.save_config(folder)
+        save_file({key: value.contiguous() for key, value in weights.items()},
+                  folder / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
+    else:  # transformers
+        model.save_pretrained(folder, state_dict=weights)
 
 
 def _inherited_entry(source: Source, target: Path) -> dict:

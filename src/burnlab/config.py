@@ -21,6 +21,7 @@ from burnlab.errors import ConfigError
 COMPONENTS = ("unet", "text_encoder")
 BASE = "base"
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
 ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}  # AdamW kwargs
 
 
@@ -118,6 +119,7 @@ class TrainConfig:
     channels_last: bool = False  # UNet activations in channels-last memory layout (no gain on the CPU; see bench/README.md)
     tf32: bool = True  # TensorFloat-32 matmuls and convolutions on GPUs that have them (Ampere+); no effect elsewhere
     compile: bool = False  # torch.compile the UNet (minutes of compiling first; see bench/README.md)
+    save_dtype: str = "float32"  # float32 | float16 | bfloat16: checkpoints no later stage starts from (a parent's final one stays float32)
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
 
     def __post_init__(self):
@@ -140,6 +142,7 @@ class TrainConfig:
                  "an integer >= 1")
         _require(self.noise_scheduler == "ddpm", "noise_scheduler", self.noise_scheduler, "ddpm")
         _require(self.adamw_impl in ADAMW_IMPLS, "adamw_impl", self.adamw_impl, "one of " + ", ".join(ADAMW_IMPLS))
+        _require(self.save_dtype in SAVE_DTYPES, "save_dtype", self.save_dtype, "one of " + ", ".join(SAVE_DTYPES))
 
 
 @dataclass

@@ -28,6 +28,7 @@ class PlannedStage:
     identity: str
     lineage: List[str]  # base, ..., this stage
     epoch_offset: int  # epochs trained by the ancestors
+    has_children: bool = False  # a later stage starts from its final checkpoint, which is then saved exactly
 
 
 def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
@@ -61,15 +62,20 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
         "train": _settings(config.train, *RESUME_ONLY_KEYS),
         "validation": _settings(config.validation, "path"),
     }
+    parents = {stage.parent for stage in config.stages.values()}
     for name in stage_order(config.stages):
         stage = config.stages[name]
         parent = planned.get(stage.parent)
-        identity = hash_json({
-            "name": name, "stage": dataclasses.asdict(stage), "parent": parent.identity if parent else BASE, **shared})
+        parts = {"name": name, "stage": dataclasses.asdict(stage), "parent": parent.identity if parent else BASE, **shared}
+        if config.train.save_dtype != "float32":
+            # its final checkpoint is exact only where a child starts from it: a leaf in one study
+            # cannot serve as a parent in another
+            parts["exact_final"] = name in parents
         planned[name] = PlannedStage(
-            name=name, config=stage, identity=identity,
+            name=name, config=stage, identity=hash_json(parts),
             lineage=(parent.lineage if parent else [BASE]) + [name],
-            epoch_offset=(parent.epoch_offset + parent.config.epochs) if parent else 0)
+            epoch_offset=(parent.epoch_offset + parent.config.epochs) if parent else 0,
+            has_children=name in parents)
     return planned
 
 

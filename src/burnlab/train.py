@@ -30,7 +30,7 @@ from burnlab.data import StudyData
 from burnlab.distributed import any_rank, shard
 from burnlab.encoding import diffusion_target, encode_captions_once, encode_text
 from burnlab.errors import NonFiniteLoss
-from burnlab.precision import predict_noise
+from burnlab.precision import DTYPES, predict_noise
 from burnlab.stage_setup import set_up_stage
 from burnlab.store import append_jsonl, atomic_write_text, hash_json
 from burnlab.stopping import StopSignals
@@ -265,9 +265,12 @@ class StageTrainer:
             return
         stage, models = self.job.stage, self._unwrapped()
         inherited = {name: source for name, source in self.job.parent_sources.items() if name not in self.trained}
+        # a child starts from the final checkpoint: that one stays exact, whatever train.save_dtype
+        exact = epoch == stage.config.epochs and stage.has_children
         save_checkpoint(checkpoint_dir(self.job.stage_dir, epoch), {n: models[n] for n in self.trained}, inherited,
                         stage=stage.name, stage_identity=stage.identity, epoch=epoch, lineage=stage.lineage,
-                        base=self.job.base.describe())
+                        base=self.job.base.describe(),
+                        dtype=torch.float32 if exact else DTYPES[self.cfg.train.save_dtype])
 
 def train_stage(job: StageJob) -> None:
     StageTrainer(job).run()

@@ -1,0 +1,260 @@
+"""Training throughput: burnlab's stages against the loop the diffusers example runs, in one run.
+
+    .venv/bin/python bench/train_throughput.py                      # make bench-train (the toy, CPU)
+    .venv/bin/python bench/train_throughput.py --epochs 2 model=sd15_random model.path=/data/sd15_random \\
+        train=sd15 train.mixed_precision=bf16 train.batch_size=4 data.resolution=512      # a GPU
+
+Every row trains one stage from the base model on the same data, batches, noise, timesteps,
+batch size and precision (any Hydra override after the flags picks them), each in a process
+of its own so that its peak memory is its own:
+- reference: the step of diffusers' examples/text_to_image/train_text_to_image.py — pixels
+  normalised and flipped and captions tokenized every step, the VAE encoding and the text
+  encoder running every step, UNet forward/backward, gradient clipping, torch's default AdamW;
+- naive TE / naive both: the same step training the text encoder (alone, or with the UNet)
+  through a UNet that still takes weight gradients;
+- burnlab UNet-only / TE-only / both: burnlab's StageTrainer (validation, sampling and states
+  off), timed with everything it does: loading, encoding latents and captions, the final save.
+The reference loops are timed over their steps only. Prints images/s, the ratios, peak memory
+(RSS on a CPU, torch.cuda.max_memory_allocated on a GPU), MFU on a GPU (FLOPs of one
+forward+backward counted by torch), and the study's checkpoint storage against one full
+pipeline per checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+STAGE = "bench"  # the stage name seeds the batch schedule: the reference loops follow it
+TRAINED = {"unet": ["unet"], "text_encoder": ["text_encoder"], "both": ["unet", "text_encoder"]}
+# dense bf16/fp16 tensor-core peaks (FLOP/s), by the start of torch.cuda.get_device_name()
+GPU_PEAKS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
+             "NVIDIA A100": 312e12}
+
+
+def compose_study(overrides: list, runs: Path, epochs: int = 0, train: str = ""):
+    """The config with quiet settings; with `train`, one stage STAGE from the base model."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from burnlab.cli import CONF_DIR
+    from burnlab.config import StageConfig, register_configs
+
+    register_configs()
+    quiet = [f"paths.runs={runs}", "logger.wandb.mode=disabled", "logger.progress=false", "analyze=false",
+             "sampling.testing_plan=false", "sampling.every_n_epochs=0", "validation.every_n_epochs=0",
+             "train.state_every_epochs=1000000"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=quiet + list(overrides))
+    if train:
+        with open_dict(cfg):
+            cfg.stages[STAGE] = OmegaConf.structured(StageConfig(train=TRAINED[train], lr=1e-5, epochs=epochs))
+    return cfg
+
+
+def make_runner(cfg, runs: Path):
+    from omegaconf import OmegaConf
+
+    from burnlab.config import load_config
+    from burnlab.runner import StudyRunner
+
+    return StudyRunner(load_config(cfg), runs / "bench", OmegaConf.to_yaml(cfg), {})
+
+
+def burnlab_stage(runner) -> dict:
+    """burnlab's stage, timed whole; its losses and peak memory from its metrics.jsonl."""
+    from burnlab.store import read_jsonl
+
+    started = time.perf_counter()
+    runner.run_stage(STAGE)
+    seconds = time.perf_counter() - started
+    rows = list(read_jsonl(runner.stage_dirs[STAGE] / "metrics.jsonl"))
+    memory = next(r for r in rows if r["type"] == "memory")
+    return {"seconds": seconds, "losses": [r["train_loss"] for r in rows if r["type"] == "train"],
+            "peak_bytes": memory["peak_bytes"], "measure": memory["measure"]}
+
+
+def reference_loop(runner, train: str, epochs: int, flops: bool = False) -> dict:
+    """The diffusers example's step on burnlab's batch schedule (same images, flips, captions,
+    latent draws, noise and timesteps as the stage named STAGE)."""
+    from burnlab.encoding import diffusion_target, pixels, tokenize
+    from burnlab.memory import PeakMemory
+    from burnlab.train import epoch_seed
+
+    config, base, device = runner.config, runner.base, runner.accelerator.device
+    frozen = runner.frozen_dtype
+    trained = TRAINED[train]
+    vae = base.source("vae").load("vae", frozen).to(device).requires_grad_(False)
+    text_encoder = base.source("text_encoder").load(
+        "text_encoder", torch.float32 if "text_encoder" in trained else frozen).to(device)
+    unet = base.source("unet").load("unet", torch.float32).to(device)  # it takes weight gradients either way
+    text_encoder.requires_grad_("text_encoder" in trained).train("text_encoder" in trained)
+    unet.requires_grad_(True).train()
+    tokenizer, scheduler = base.tokenizer(), base.noise_scheduler()
+    params = [p for name, model in (("unet", unet), ("text_encoder", text_encoder)) if name in trained
+              for p in model.parameters()]
+    train_cfg = config.train
+    optimizer = torch.optim.AdamW(params, lr=1e-5, betas=tuple(train_cfg.betas), eps=train_cfg.eps,
+                                  weight_decay=train_cfg.weight_decay)
+    autocast = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        train_cfg.mixed_precision, torch.float32), enabled=train_cfg.mixed_precision != "no")
+    data = runner.data.train
+    losses, images_seen = [], 0
+
+    def step(batch, flips, dropped, generator):
+        pixel_values = pixels(data.images[batch])
+        pixel_values = torch.where(flips[batch, None, None, None], pixel_values.flip(-1), pixel_values).to(device)
+        input_ids = tokenize(tokenizer, ["" if dropped[i] else data.captions[i] for i in batch.tolist()]).to(device)
+        with autocast:
+            with torch.no_grad():
+                latents = vae.encode(pixel_values.to(frozen)).latent_dist.sample(generator).float().cpu()
+            latents = latents * vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=generator)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator)
+            noisy = scheduler.add_noise(latents, noise, timesteps).to(device)
+            target = diffusion_target(scheduler, latents, noise, timesteps).to(device)
+            with torch.set_grad_enabled("text_encoder" in trained):
+                states = text_encoder(input_ids)[0]
+            prediction = unet(noisy, timesteps.to(device), states.to(unet.dtype)).sample
+        loss = F.mse_loss(prediction.float(), target.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    if flops:  # one forward+backward of the UNet-only step, counted
+        from torch.utils.flop_counter import FlopCounterMode
+
+        batch = torch.arange(min(train_cfg.batch_size, len(data)))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(batch, torch.zeros(len(data), dtype=torch.bool), torch.zeros(len(data), dtype=torch.bool),
+                 torch.Generator().manual_seed(0))
+        return {"flops_per_image": counter.get_total_flops() / len(batch)}
+    with PeakMemory(device) as peak:
+        started = time.perf_counter()
+        for epoch in range(epochs):
+            generator = torch.Generator().manual_seed(epoch_seed(train_cfg.seed, STAGE, epoch))
+            order = torch.randperm(len(data), generator=generator)
+            flips = torch.rand(len(data), generator=generator) < config.data.flip_p
+            dropped = torch.rand(len(data), generator=generator) < config.data.caption_dropout
+            for number, start in enumerate(range(0, len(data), train_cfg.batch_size)):
+                batch = order[start:start + train_cfg.batch_size]
+                generator_b = torch.Generator().manual_seed(epoch_seed(train_cfg.seed, STAGE, epoch, number))
+                losses.append(step(batch, flips, dropped, generator_b).item())  # the example logs every step
+                images_seen += len(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "losses": losses, "peak_bytes": peak.peak_bytes, "measure": peak.kind}
+
+
+def one(variant: str, train: str, epochs: int, overrides: list) -> dict:
+    """One row, in this process."""
+    runs = Path(tempfile.mkdtemp(prefix="burnlab_bench_train_"))
+    try:
+        cfg = compose_study(overrides, runs, epochs, train)
+        runner = make_runner(cfg, runs)
+        if variant == "flops":
+            return reference_loop(runner, "unet", 1, flops=True)
+        result = burnlab_stage(runner) if variant == "burnlab" else reference_loop(runner, train, epochs)
+        result["images"] = epochs * len(runner.data.train)
+        result["device"] = str(runner.accelerator.device)
+        if runner.accelerator.device.type == "cuda":
+            result["gpu"] = torch.cuda.get_device_name()
+        return result
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+def storage(overrides: list) -> dict:
+    """Bytes of a short followfox study's checkpoints (save_dtype float32 and float16) against
+    one full pipeline folder per checkpoint."""
+    from burnlab.checkpoint import materialize
+    from burnlab.cli import run
+
+    sizes = {}
+    for save_dtype in ("float32", "float16"):
+        runs = Path(tempfile.mkdtemp(prefix="burnlab_bench_storage_"))
+        try:
+            cfg = compose_study(overrides + [f"train.save_dtype={save_dtype}", "experiment=followfox"]
+                                + [f"stages.{s}.epochs=2" for s in ("baseline", "unet_lo", "unet_hi", "te_lo", "te_hi")]
+                                + [f"stages.{s}.save_epochs=[1]" for s in ("unet_lo", "unet_hi", "te_lo", "te_hi")],
+                                runs)
+            study = run(cfg, runs / "followfox")
+            checkpoints = sorted(p for p in (runs / "cache" / "stages").glob("*/checkpoints/epoch_*"))
+            sizes[save_dtype] = sum(f.stat().st_size for c in checkpoints for f in c.rglob("*") if f.is_file())
+            pipeline = materialize(checkpoints[0], runs / "pipeline")
+            sizes["pipeline"] = sum(f.stat().st_size for f in pipeline.rglob("*") if f.is_file())
+            sizes["checkpoints"] = len(checkpoints)
+            planned = {e["checkpoint_id"] for plan in study["testing_plan"].values() for e in plan if e["dir"]}
+            assert len(planned) == len(checkpoints)
+        finally:
+            shutil.rmtree(runs, ignore_errors=True)
+    return sizes
+
+
+def in_subprocess(args: list) -> dict:
+    output = subprocess.run([sys.executable, __file__, "--one", *args], check=True, capture_output=True, text=True)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=30, help="epochs each row trains (default 30)")
+    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "TRAIN"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-storage", action="store_true", help="skip the checkpoint storage comparison")
+    args, overrides = parser.parse_known_args()
+    if args.one:
+        print(json.dumps(one(*args.one, args.epochs, overrides)))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; overrides: {' '.join(overrides) or 'none'}")
+    rows = {}
+    for train in ("unet", "text_encoder", "both"):
+        for variant in ("reference", "burnlab"):
+            rows[variant, train] = in_subprocess([variant, train, "--epochs", str(args.epochs), *overrides])
+    first = rows["reference", "unet"]
+    print(f"device: {first.get('gpu', first['device'])}; {first['images']} images per row "
+          f"({args.epochs} epochs)")
+    names = {"unet": "UNet-only", "text_encoder": "TE-only", "both": "both"}
+    peak = None
+    if "gpu" in first:
+        flops = in_subprocess(["flops", "unet", "--epochs", "1", *overrides])["flops_per_image"]
+        peak = next((v for k, v in GPU_PEAKS.items() if first["gpu"].startswith(k)), None)
+    print(f"{'row':34s} {'images/s':>9s} {'ratio':>6s} {'peak memory':>14s}" + ("  MFU" if peak else ""))
+    for train in ("unet", "text_encoder", "both"):
+        reference, ours = rows["reference", train], rows["burnlab", train]
+        for label, row in ((f"reference ({'diffusers example' if train == 'unet' else 'naive ' + names[train]})",
+                            reference), (f"burnlab {names[train]}", ours)):
+            speed = row["images"] / row["seconds"]
+            ratio = speed / (reference["images"] / reference["seconds"])
+            line = f"{label:34s} {speed:9.2f} {ratio:5.2f}x {row['peak_bytes'] / 2 ** 30:9.2f} GiB {row['measure']}"
+            if peak and train == "unet":
+                line += f"  {speed * flops / peak:.1%}"
+            print(line)
+        gap = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours["losses"], reference["losses"]))
+        first_gap = abs(ours["losses"][0] - reference["losses"][0])
+        print(f"  losses: first step |diff| {first_gap:.2e}, largest relative diff over "
+              f"{len(ours['losses'])} steps {gap:.2e}")
+    if not args.no_storage:
+        sizes = storage(overrides)
+        full = sizes["checkpoints"] * sizes["pipeline"]
+        print(f"storage of a followfox study's {sizes['checkpoints']} checkpoints against one full pipeline "
+              f"({sizes['pipeline'] / 2 ** 20:.1f} MiB) per checkpoint ({full / 2 ** 20:.1f} MiB):")
+        for save_dtype in ("float32", "float16"):
+            print(f"  train.save_dtype={save_dtype}: {sizes[save_dtype] / 2 ** 20:.1f} MiB = "
+                  f"{sizes[save_dtype] / full:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,7 @@ class ModelConfig:
     build: Optional[str] = None  # an architecture in burnlab/architectures/ to build at `path` with seeded random weights when missing
     build_seed: int = 0  # seed of the random weights `build` draws
     study_lrs: Dict[str, float] = field(default_factory=dict)  # the learning rates the study's experiments use for this model (baseline, lo, hi)
+    allow_pickle_weights: bool = False  # also load pickle weights (.bin, .ckpt, .pt: they can run code) where a part has no .safetensors; only for a model you trust
 
     def __post_init__(self):
         _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))

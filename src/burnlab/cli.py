@@ -5,13 +5,15 @@
     burnlab -m experiment=burn_unet stages.unet_hi.lr=2e-4,6e-4 hydra/launcher=joblib   # a sweep
     accelerate launch --num_processes 2 -m burnlab.cli experiment=burn_unet           # 2 processes
 
-User errors (bad config values, missing data) print one paragraph and exit with status 2.
+User errors (bad config values, missing data; Hydra's errors over the command line and the
+config too) print one paragraph and exit with status 2.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -19,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from burnlab.config import load_config, register_configs
-from burnlab.errors import UserError
+from burnlab.errors import USER_ERRORS, paragraph
+from burnlab.preflight import check_before_hydra
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (conf/experiment/ too)
 log = logging.getLogger("burnlab")
@@ -27,10 +30,11 @@ log = logging.getLogger("burnlab")
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate `cfg`, run the study into `run_dir`, build its outputs; returns study.json."""
-    from burnlab.runner import StudyRunner
     from burnlab.trackers import flatten_config
 
     config = load_config(cfg)
+    from burnlab.runner import StudyRunner  # after the checks: a config error needs no torch or diffusers
+
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat)
@@ -39,13 +43,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return study
 
 
+@contextmanager
+def _reported():
+    """A user error as `burnlab: <one paragraph>` on stderr, and exit status 2."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        print(f"burnlab: {paragraph(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
+    with _reported():  # here too: an error leaving a job makes Hydra print "Error executing job" first
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except UserError as error:
-        print(f"burnlab: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main() -> None:
@@ -54,7 +65,12 @@ def main() -> None:
         # `accelerate launch` starts this once per process, and every rank composes the same run
         # dir; only rank 0 writes there (Hydra's .hydra/ copy and log file included)
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
-    _hydra_main()
+    # Hydra raises its errors (a bad override, an unknown key or config option) instead of printing
+    # them over several lines with a hint about stack traces; _reported words them as one paragraph
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with _reported():
+        check_before_hydra(sys.argv[1:], CONF_DIR)
+        _hydra_main()
 
 
 if __name__ == "__main__":

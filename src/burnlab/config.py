@@ -8,7 +8,7 @@ several groups (the stage graph). Every bad value fails here, before any trainin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from burnlab.errors import ConfigError
+from burnlab.errors import ConfigError, schema_keys
 
 COMPONENTS = ("unet", "text_encoder")
 BASE = "base"
@@ -177,7 +177,8 @@ class WandbConfig:
     entity: Optional[str] = None  # W&B team or user; None = the key's default
 
     def __post_init__(self):
-        _require(self.mode in ("auto", "online", "offline", "disabled"), "mode", self.mode,
+        # built inside `logger`, whose errors _to_object places under `logger.`: the key carries `wandb.`
+        _require(self.mode in ("auto", "online", "offline", "disabled"), "wandb.mode", self.mode,
                  "one of auto, online, offline, disabled")
 
 
@@ -269,6 +270,7 @@ _GROUPS = ("paths", "model", "data", "train", "validation", "sampling", "logger"
 
 def load_config(cfg: DictConfig) -> BurnlabConfig:
     """Validate a composed config and return it as dataclasses; raises ConfigError."""
+    _check_known_keys(cfg, "")
     groups: Dict[str, Any] = {}
     for group in _GROUPS:
         groups[group] = _to_object(cfg[group], group)
@@ -276,6 +278,18 @@ def load_config(cfg: DictConfig) -> BurnlabConfig:
     config = BurnlabConfig(name=cfg.name, stages=stages, analyze=cfg.analyze, **groups)
     check_stage_graph(config.stages)
     return config
+
+
+def _check_known_keys(node: DictConfig, prefix: str) -> None:
+    """Hydra adds a `+key=value` override even where the schema has no such key, and
+    OmegaConf.to_object keeps it as a stray attribute: refuse it, so that a typo never passes
+    for a setting."""
+    schema = OmegaConf.get_type(node)
+    for key, value in node.items_ex(resolve=False):
+        if is_dataclass(schema) and key not in {f.name for f in fields(schema)}:
+            raise ConfigError(f"{prefix}{key}", value, "no such key; " + schema_keys(schema, prefix[:-1]))
+        if isinstance(value, DictConfig):
+            _check_known_keys(value, f"{prefix}{key}.")
 
 
 def _to_object(node: DictConfig, prefix: str):

@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from burnlab.config import load_config, register_configs
+from burnlab.config import check_no_secrets, load_config, register_configs
 from burnlab.errors import USER_ERRORS, paragraph
 from burnlab.preflight import check_before_hydra
 
@@ -32,11 +32,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate `cfg`, run the study into `run_dir`, build its outputs; returns study.json."""
     from burnlab.trackers import flatten_config
 
+    flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    check_no_secrets(flat.items())  # first: the errors of load_config show values
     config = load_config(cfg)
     from burnlab.runner import StudyRunner  # after the checks: a config error needs no torch or diffusers
 
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat)
     study = runner.run()
     log.info("run dir: %s", run_dir)

@@ -8,15 +8,17 @@ several groups (the stage graph). Every bad value fails here, before any trainin
 from __future__ import annotations
 
 import math
+import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from burnlab.errors import ConfigError, schema_keys
+from burnlab.errors import ConfigError, UserError, schema_keys
 
 COMPONENTS = ("unet", "text_encoder")
 BASE = "base"
@@ -323,6 +325,28 @@ def check_stage_graph(stages: Dict[str, StageConfig]) -> None:
                                   f"a parent chain that ends at `{BASE}`, not a cycle ({cycle})")
             seen.append(parent)
             parent = stages[parent].parent
+
+
+# A config is copied into the run dir (config.yaml, Hydra's .hydra/ with the command line),
+# study.json and the W&B run's config: a secret in it would be kept in every one of them.
+_SECRET_NAME = re.compile(r"(^|[._/-])(api_?key|token|secret|password|passwd|credentials?)s?($|[._/-])",
+                          re.IGNORECASE)
+_MIN_KEY_LENGTH = 16  # W&B keys have 40 or more characters; a shorter value would match ordinary text
+_KEPT = ("burnlab keeps no secret in a config: the run dir, Hydra's .hydra/ copy of the command line, "
+         "study.json and the W&B run's config would all hold it")
+
+
+def check_no_secrets(items: Iterable[Tuple[str, Any]]) -> None:
+    """Refuse (key, value) pairs of a config or a command line that would keep a secret: a key
+    named like one, or a value holding WANDB_API_KEY's. The message never shows the value."""
+    api_key = os.environ.get("WANDB_API_KEY", "")
+    for key, value in items:
+        if _SECRET_NAME.search(key):
+            raise UserError(f"config key `{key}` is named like a secret (its value is not shown), and {_KEPT}. "
+                            f"Give W&B its key with the environment variable WANDB_API_KEY or `wandb login`.")
+        if len(api_key) >= _MIN_KEY_LENGTH and api_key in str(value):
+            raise UserError(f"config key `{key}` holds the value of WANDB_API_KEY (not shown), and {_KEPT}. "
+                            f"W&B reads the key from the environment by itself: leave it out of the config.")
 
 
 def resolve_path(path: str) -> Path:

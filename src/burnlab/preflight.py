@@ -1,10 +1,12 @@
 """What the `burnlab` command checks before Hydra runs a job.
 
-Hydra creates the run dir under `paths.runs` before any burnlab code runs, so a run store that
-cannot be written (else a traceback from Hydra's mkdir) is refused first: the command line is
-read with Hydra's own parser, and the config composed with Hydra's compose API from the same
-overrides. A sweep's jobs compose their swept values later; here its other overrides are
-composed. Commands that run no job (--help, --cfg, --info) are left to Hydra.
+Hydra creates the run dir under `paths.runs` and writes the command line and the composed config
+into the run dir's .hydra/ before any burnlab code runs. So a run store that cannot be written
+(else a traceback from Hydra's mkdir) and a secret on the command line or in the config (else a
+copy in .hydra/) are refused first: the command line is read with Hydra's own parser, and the
+config composed with Hydra's compose API from the same overrides. A sweep's jobs compose their
+swept values later; here its other overrides are composed, and every override is checked for
+secrets as written. Commands that run no job (--help, --cfg, --info) are left to Hydra.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from hydra._internal.utils import get_args_parser  # the parser hydra.main itsel
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from burnlab.config import resolve_path
+from burnlab.config import check_no_secrets, resolve_path
 from burnlab.errors import ConfigError
+from burnlab.trackers import flatten_config
 
 
 def check_before_hydra(argv: list, conf_dir: Path) -> None:
@@ -26,8 +29,10 @@ def check_before_hydra(argv: list, conf_dir: Path) -> None:
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
         return
     overrides = OverridesParser.create().parse_overrides(args.overrides)
+    check_no_secrets((override.key_or_group, override.input_line) for override in overrides)
     cfg = _compose(args, conf_dir, [o.input_line for o in overrides if not o.is_sweep_override()])
-    OmegaConf.to_container(cfg, resolve=True)  # a bad interpolation (name=${nope}) names its key, not the run dir
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # a bad interpolation (name=${nope}) names its key
+    check_no_secrets(flatten_config(resolved).items())
     check_runs_writable(cfg.paths.runs)
 
 

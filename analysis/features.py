@@ -52,7 +52,9 @@ class ClipModel:
             raise ValueError(f"its config describes a {config.model_type!r} model, not CLIP (model_type 'clip')")
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = CLIPModel.from_pretrained(source, config=config, local_files_only=local_files_only)
+        # safetensors only, as burnlab's models: pickle weights (pytorch_model.bin) can run code when loaded
+        self.model = CLIPModel.from_pretrained(source, config=config, local_files_only=local_files_only,
+                                               use_safetensors=True)
         self.model = self.model.to(self.device).eval()
         self.processor = CLIPProcessor.from_pretrained(source, local_files_only=local_files_only)
 
@@ -129,7 +131,7 @@ def load_clip(spec: str | Path) -> tuple[ClipModel | None, str | None]:
     the hub answers. A hub id that cannot be had is a note, not a failed analysis; a value that
     names no CLIP model (clip_model_problem) or a folder that does not load is an AnalysisError."""
     expected = (f"expected a hub id such as {CLIP_EXAMPLE} or a local CLIP model folder "
-                f"(transformers' save_pretrained layout: config.json, weights, processor files)")
+                f"(transformers' save_pretrained layout: config.json, .safetensors weights, processor files)")
     problem = clip_model_problem(spec)
     if problem:
         raise AnalysisError(f"CLIP model {str(spec)!r} (--clip-model, analysis.clip_model): {problem}; {expected}.")

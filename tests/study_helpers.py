@@ -2,14 +2,17 @@
 composed with overrides for a tiny, fast study."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from burnlab.checkpoint import component_sources
+from burnlab import cli
 from burnlab.cli import CONF_DIR, run
 
 TINY_RESOLUTION = 32
@@ -37,6 +40,22 @@ def tiny_overrides(tiny_model: Path, tiny_data: Path, runs: Path, experiment: st
     for name in stages:
         overrides += [f"stages.{name}.epochs=3", f"stages.{name}.save_epochs=[1,3]"]
     return overrides
+
+QUICK_STAGES = ("baseline", "unet_lo", "unet_hi", "te_lo", "te_hi")
+QUICK_STUDY = ["experiment=followfox", "analyze=false", "logger.wandb.mode=disabled", "logger.progress=false",
+               "validation.every_n_epochs=0", "sampling.images_per_prompt=1", "sampling.steps=1",
+               *[f"stages.{name}.epochs=1" for name in QUICK_STAGES],
+               *[f"stages.{name}.save_epochs=[]" for name in QUICK_STAGES]]  # the toy followfox in seconds
+
+
+def burnlab_in_process(argv: list, monkeypatch, capsys) -> tuple:
+    """`burnlab <argv>` through burnlab.cli.main, which must exit: (exit status, stderr)."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main sets it; monkeypatch restores it afterwards
+    monkeypatch.setattr(sys, "argv", ["burnlab", *argv])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    return exited.value.code, capsys.readouterr().err
+
 
 def compose_config(overrides: list):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -17,7 +17,7 @@ from typing import Dict, Iterable
 import torch
 from safetensors.torch import save_file
 
-from burnlab.components import Source
+from burnlab.components import Source, base_pipeline, base_source
 from burnlab.errors import UserError
 from burnlab.precision import dtype_name
 from burnlab.store import atomic_write_json, hash_json, publish_dir, read_json, sha256_file, temp_dir_for
@@ -37,8 +37,7 @@ def checkpoint_dir(stage_dir: Path, epoch: int) -> Path:
 
 def base_sources(base: dict) -> Dict[str, Source]:
     """Component sources of the base model described by `BaseModel.describe()`."""
-    return {name: Source(base["path"], name, base.get("revision"), base.get("variant"))
-            for name in CHECKPOINT_COMPONENTS}
+    return {name: base_source(base, name) for name in CHECKPOINT_COMPONENTS}
 
 
 def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str, Source], *,
@@ -99,7 +98,7 @@ def component_sources(checkpoint: Path) -> Dict[str, Source]:
     sources = {}
     for name, entry in manifest["components"].items():
         if entry.get("base"):
-            sources[name] = Source(base["path"], entry["subfolder"], base.get("revision"), base.get("variant"))
+            sources[name] = base_source(base, entry["subfolder"])
         else:
             folder = (checkpoint / entry["dir"]).resolve()
             sources[name] = Source(str(folder.parent), folder.name)
@@ -108,13 +107,7 @@ def component_sources(checkpoint: Path) -> Dict[str, Source]:
 
 def materialize(checkpoint: Path, out: Path) -> Path:
     """A full diffusers pipeline folder for `checkpoint` (base model parts + the checkpoint's)."""
-    from diffusers import StableDiffusionPipeline
-
-    manifest = read_manifest(checkpoint)
-    base = manifest["base"]
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        base["path"], revision=base.get("revision"), variant=base.get("variant"), use_safetensors=True,
-        safety_checker=None, requires_safety_checker=False)
+    pipeline = base_pipeline(read_manifest(checkpoint)["base"])
     for name, source in component_sources(checkpoint).items():
         setattr(pipeline, name, source.load(name))
         pipeline.register_modules(**{name: getattr(pipeline, name)})

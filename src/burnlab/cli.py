@@ -5,7 +5,8 @@
     burnlab -m experiment=burn_unet stages.unet_hi.lr=2e-4,6e-4 hydra/launcher=joblib   # a sweep
     accelerate launch --num_processes 2 -m burnlab.cli experiment=burn_unet           # 2 processes
 
-User errors (bad config values, missing data) print one paragraph and exit with status 2.
+User errors (bad config values, missing data; Hydra's errors over the command line and the
+config too) print one paragraph and exit with status 2.
 """
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import logging
 import os
 import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from burnlab.config import load_config, register_configs
-from burnlab.errors import Interrupted, UserError
+from burnlab.config import check_no_secrets, load_config, register_configs
+from burnlab.errors import USER_ERRORS, Interrupted, paragraph
+from burnlab.preflight import check_before_hydra
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (conf/experiment/ too)
 log = logging.getLogger("burnlab")
@@ -28,28 +31,32 @@ log = logging.getLogger("burnlab")
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate `cfg`, run the study into `run_dir`, build its outputs; returns study.json."""
-    from burnlab.runner import StudyRunner
     from burnlab.trackers import flatten_config
 
-    config = load_config(cfg)
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
     flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    check_no_secrets(flat.items())  # first: the errors of load_config show values
+    config = load_config(cfg)
+    from burnlab.runner import StudyRunner  # after the checks: a config error needs no torch or diffusers
+
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
     runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat)
     study = runner.run()
     log.info("run dir: %s", run_dir)
     return study
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+@contextmanager
+def _reported():
+    """A user error as `burnlab: <one paragraph>` on stderr, and exit status 2; a run stopped by
+    a signal with the command that resumes it, and 128 + the signal."""
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        yield
     except Interrupted as error:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"burnlab: {error} Resume with: {resume_command()}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except UserError as error:
-        print(f"burnlab: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        print(f"burnlab: {paragraph(error)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -61,13 +68,24 @@ def resume_command() -> str:
     return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    with _reported():  # here too: an error leaving a job makes Hydra print "Error executing job" first
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
 def main() -> None:
     register_configs()
     if int(os.environ.get("RANK", "0")) > 0:
         # `accelerate launch` starts this once per process, and every rank composes the same run
         # dir; only rank 0 writes there (Hydra's .hydra/ copy and log file included)
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
-    _hydra_main()
+    # Hydra raises its errors (a bad override, an unknown key or config option) instead of printing
+    # them over several lines with a hint about stack traces; _reported words them as one paragraph
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with _reported():
+        check_before_hydra(sys.argv[1:], CONF_DIR)
+        _hydra_main()
 
 
 if __name__ == "__main__":

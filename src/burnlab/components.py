@@ -2,8 +2,9 @@
 
 A component source is a diffusers folder plus a subfolder: the base model (hub id or local
 folder, `subfolder="unet"`) or a checkpoint directory that saved that component. The same
-`from_pretrained` code loads the toy model, a local SD 1.5 folder and a hub id, always with
-`use_safetensors=True`.
+`from_pretrained` code loads the toy model, a local SD 1.5 folder and a hub id, with
+`use_safetensors=True`: pickle weights (.bin, .ckpt, .pt) can run code when loaded, so a base
+model that has only those is refused unless the user opts in (`model.allow_pickle_weights`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -23,6 +24,7 @@ from burnlab.precision import resolve_dtype
 from burnlab.store import hash_json, hash_tree
 
 MODEL_CLASSES = {"unet": UNet2DConditionModel, "text_encoder": CLIPTextModel, "vae": AutoencoderKL}
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")  # weight files torch.load unpickles
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 log = logging.getLogger("burnlab")
 
@@ -35,13 +37,36 @@ class Source:
     subfolder: str
     revision: Optional[str] = None
     variant: Optional[str] = None
+    allow_pickle: bool = False  # the base model's opt-in (model.allow_pickle_weights); checkpoints are safetensors
 
     def load(self, component: str, dtype: torch.dtype = torch.float32):
         return _from_pretrained(MODEL_CLASSES[component], self, dtype=dtype)
 
 
+def base_source(base: dict, subfolder: str) -> Source:
+    """One part of the base model described by `BaseModel.describe()`."""
+    return Source(base["path"], subfolder, base.get("revision"), base.get("variant"),
+                  base.get("allow_pickle_weights", False))
+
+
+def base_pipeline(base: dict, **kwargs):
+    """The base model described by `BaseModel.describe()` as a StableDiffusionPipeline without
+    safety checker; `kwargs` go to from_pretrained (e.g. dtype)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(
+        base["path"], revision=base.get("revision"), variant=base.get("variant"),
+        use_safetensors=_use_safetensors(base.get("allow_pickle_weights", False)), safety_checker=None,
+        requires_safety_checker=False, **kwargs)
+
+
+def _use_safetensors(allow_pickle: bool) -> Optional[bool]:
+    # from_pretrained's None: safetensors where a component has them, else its pickle file
+    return None if allow_pickle else True
+
+
 def _from_pretrained(cls, source: Source, **kwargs):
-    extra = {"use_safetensors": True} if cls is not CLIPTokenizer else {}
+    extra = {"use_safetensors": _use_safetensors(source.allow_pickle)} if cls is not CLIPTokenizer else {}
     if source.variant and cls is not CLIPTokenizer:
         extra["variant"] = source.variant
     try:
@@ -49,10 +74,14 @@ def _from_pretrained(cls, source: Source, **kwargs):
                                    **extra, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise UserError(f"cannot load `{source.subfolder}` from {source.root} "
-                        f"(revision {source.revision or 'main'}): {first_line}. A hub id needs the hub "
-                        f"or a local Hugging Face cache; a local folder needs the diffusers layout "
-                        f"(unet/, text_encoder/, vae/, tokenizer/, scheduler/) with .safetensors weights.") from None
+        problem = (f"cannot load `{source.subfolder}` from {source.root} (revision {source.revision or 'main'}): "
+                   f"{first_line.rstrip('.')}")
+        weights = "with .safetensors weights (pickle weights such as .bin only with model.allow_pickle_weights=true)"
+        if not Path(source.root).is_dir():  # a hub id: only the base model comes from the hub
+            raise ConfigError("model.path", source.root, f"a hub id that the hub or the local Hugging Face cache "
+                              f"holds {weights}, or a local diffusers folder; {problem}") from None
+        raise UserError(f"{problem}. A diffusers folder has unet/, text_encoder/, vae/, tokenizer/, scheduler/ "
+                        f"{weights}.") from None
 
 
 class BaseModel:
@@ -64,6 +93,11 @@ class BaseModel:
         path = Path(config.path).expanduser()
         if config.build:
             _build_once(config.build, path.resolve(), config.build_seed)
+        if path.is_file():
+            raise ConfigError("model.path", config.path,
+                              "a diffusers pipeline folder (model_index.json, unet/, text_encoder/, vae/) or a hub "
+                              "id, not a single-file checkpoint; convert one with diffusers' "
+                              "scripts/convert_original_stable_diffusion_to_diffusers.py")
         if path.is_dir():
             self.root, self.is_local = str(path.resolve()), True
         elif _HUB_ID.match(config.path) and not config.path.startswith((".", "/", "~")):
@@ -74,6 +108,16 @@ class BaseModel:
         if self.is_local and not (path / "model_index.json").exists():
             raise ConfigError("model.path", config.path,
                               "a diffusers pipeline folder (with model_index.json, unet/, text_encoder/, vae/)")
+        pickled = _pickle_only_weights(path) if self.is_local else []
+        if pickled and not config.allow_pickle_weights:
+            raise ConfigError("model.path", config.path,
+                              f"a diffusers folder with .safetensors weights; {pickled[0].relative_to(path)} is a "
+                              f"pickle file, which can run code when loaded: convert it to safetensors, or set "
+                              f"model.allow_pickle_weights=true for a model you trust")
+        if config.allow_pickle_weights and (pickled or not self.is_local):
+            log.warning("model.allow_pickle_weights=true: the parts of %s without .safetensors weights load "
+                        "from pickle files%s, which can run code when loaded", config.path,
+                        f" ({', '.join(str(p.relative_to(path)) for p in pickled)})" if pickled else "")
         self._identity: Optional[str] = None
 
     @property
@@ -89,7 +133,8 @@ class BaseModel:
         return self._identity
 
     def source(self, component: str) -> Source:
-        return Source(self.root, component, self.config.revision, self.config.variant)
+        return Source(self.root, component, self.config.revision, self.config.variant,
+                      self.config.allow_pickle_weights)
 
     def tokenizer(self) -> CLIPTokenizer:
         return _from_pretrained(CLIPTokenizer, self.source("tokenizer"))
@@ -99,7 +144,7 @@ class BaseModel:
 
     def describe(self) -> dict:
         return {"path": self.root, "revision": self.config.revision, "variant": self.config.variant,
-                "identity": self.identity}
+                "allow_pickle_weights": self.config.allow_pickle_weights, "identity": self.identity}
 
     def frozen_dtype(self, device) -> torch.dtype:
         """The dtype of the VAE and the frozen component on `device` (`model.dtype`)."""
@@ -107,6 +152,17 @@ class BaseModel:
 
     def num_train_timesteps(self) -> int:
         return int(self.noise_scheduler().config.num_train_timesteps)
+
+
+def _pickle_only_weights(folder: Path) -> List[Path]:
+    """The weight files of the parts of a local pipeline folder (unet/, text_encoder/, vae/) that
+    have no .safetensors file: pickles, which from_pretrained(use_safetensors=True) refuses."""
+    found = []
+    for part in MODEL_CLASSES:
+        files = sorted(p for p in (folder / part).glob("*") if p.suffix in PICKLE_SUFFIXES)
+        if not any((folder / part).glob("*.safetensors")):
+            found += files
+    return found
 
 
 def _build_once(architecture: str, folder: Path, seed: int) -> None:

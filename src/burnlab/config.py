@@ -8,15 +8,17 @@ several groups (the stage graph). Every bad value fails here, before any trainin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from burnlab.errors import ConfigError
+from burnlab.errors import ConfigError, UserError, schema_keys
 
 COMPONENTS = ("unet", "text_encoder")
 BASE = "base"
@@ -43,6 +45,7 @@ class ModelConfig:
     build: Optional[str] = None  # an architecture in burnlab/architectures/ to build at `path` with seeded random weights when missing
     build_seed: int = 0  # seed of the random weights `build` draws
     study_lrs: Dict[str, float] = field(default_factory=dict)  # the learning rates the study's experiments use for this model (baseline, lo, hi)
+    allow_pickle_weights: bool = False  # also load pickle weights (.bin, .ckpt, .pt: they can run code) where a part has no .safetensors; only for a model you trust
 
     def __post_init__(self):
         _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))
@@ -215,7 +218,8 @@ class WandbConfig:
     entity: Optional[str] = None  # W&B team or user; None = the key's default
 
     def __post_init__(self):
-        _require(self.mode in ("auto", "online", "offline", "disabled"), "mode", self.mode,
+        # built inside `logger`, whose errors _to_object places under `logger.`: the key carries `wandb.`
+        _require(self.mode in ("auto", "online", "offline", "disabled"), "wandb.mode", self.mode,
                  "one of auto, online, offline, disabled")
 
 
@@ -307,6 +311,7 @@ _GROUPS = ("paths", "model", "data", "train", "validation", "sampling", "logger"
 
 def load_config(cfg: DictConfig) -> BurnlabConfig:
     """Validate a composed config and return it as dataclasses; raises ConfigError."""
+    _check_known_keys(cfg, "")
     groups: Dict[str, Any] = {}
     for group in _GROUPS:
         groups[group] = _to_object(cfg[group], group)
@@ -314,6 +319,18 @@ def load_config(cfg: DictConfig) -> BurnlabConfig:
     config = BurnlabConfig(name=cfg.name, stages=stages, analyze=cfg.analyze, **groups)
     check_stage_graph(config.stages)
     return config
+
+
+def _check_known_keys(node: DictConfig, prefix: str) -> None:
+    """Hydra adds a `+key=value` override even where the schema has no such key, and
+    OmegaConf.to_object keeps it as a stray attribute: refuse it, so that a typo never passes
+    for a setting."""
+    schema = OmegaConf.get_type(node)
+    for key, value in node.items_ex(resolve=False):
+        if is_dataclass(schema) and key not in {f.name for f in fields(schema)}:
+            raise ConfigError(f"{prefix}{key}", value, "no such key; " + schema_keys(schema, prefix[:-1]))
+        if isinstance(value, DictConfig):
+            _check_known_keys(value, f"{prefix}{key}.")
 
 
 def _to_object(node: DictConfig, prefix: str):
@@ -347,6 +364,28 @@ def check_stage_graph(stages: Dict[str, StageConfig]) -> None:
                                   f"a parent chain that ends at `{BASE}`, not a cycle ({cycle})")
             seen.append(parent)
             parent = stages[parent].parent
+
+
+# A config is copied into the run dir (config.yaml, Hydra's .hydra/ with the command line),
+# study.json and the W&B run's config: a secret in it would be kept in every one of them.
+_SECRET_NAME = re.compile(r"(^|[._/-])(api_?key|token|secret|password|passwd|credentials?)s?($|[._/-])",
+                          re.IGNORECASE)
+_MIN_KEY_LENGTH = 16  # W&B keys have 40 or more characters; a shorter value would match ordinary text
+_KEPT = ("burnlab keeps no secret in a config: the run dir, Hydra's .hydra/ copy of the command line, "
+         "study.json and the W&B run's config would all hold it")
+
+
+def check_no_secrets(items: Iterable[Tuple[str, Any]]) -> None:
+    """Refuse (key, value) pairs of a config or a command line that would keep a secret: a key
+    named like one, or a value holding WANDB_API_KEY's. The message never shows the value."""
+    api_key = os.environ.get("WANDB_API_KEY", "")
+    for key, value in items:
+        if _SECRET_NAME.search(key):
+            raise UserError(f"config key `{key}` is named like a secret (its value is not shown), and {_KEPT}. "
+                            f"Give W&B its key with the environment variable WANDB_API_KEY or `wandb login`.")
+        if len(api_key) >= _MIN_KEY_LENGTH and api_key in str(value):
+            raise UserError(f"config key `{key}` holds the value of WANDB_API_KEY (not shown), and {_KEPT}. "
+                            f"W&B reads the key from the environment by itself: leave it out of the config.")
 
 
 def resolve_path(path: str) -> Path:

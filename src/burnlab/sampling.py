@@ -21,7 +21,7 @@ from filelock import FileLock
 from PIL import Image
 
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_sources
-from burnlab.components import Source
+from burnlab.components import Source, base_pipeline
 from burnlab.config import SamplingConfig
 from burnlab.distributed import any_rank, gather_shards, shard
 from burnlab.precision import dtype_name, in_dtype, resolve_dtype
@@ -41,9 +41,7 @@ def sampling_identity(config: SamplingConfig, dtype: torch.dtype) -> str:
 
 def load_pipeline(base: dict, config: SamplingConfig, device, dtype: torch.dtype = torch.float32
                   ) -> StableDiffusionPipeline:
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        base["path"], revision=base.get("revision"), variant=base.get("variant"), use_safetensors=True,
-        safety_checker=None, requires_safety_checker=False, dtype=dtype)
+    pipeline = base_pipeline(base, dtype=dtype)
     pipeline.scheduler = SCHEDULERS[config.scheduler].from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)

@@ -182,8 +182,11 @@ class StageTrainer:
             self._non_finite(*bad[0], epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             return {**row, "train_loss": None, "skipped_nonfinite": 1}
+        scale = scaler.get_scale() if scaler is not None else None
         self.optimizer.step()
-        skipped = self.accelerator.optimizer_step_was_skipped  # fp16: the scaler found inf/NaN gradients
+        # fp16: the scaler found inf/NaN gradients and backed off. Read from the scale, because a
+        # fused AdamW takes every step itself and skips inside (accelerate cannot tell)
+        skipped = scaler is not None and scaler.get_scale() < scale
         if not skipped:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

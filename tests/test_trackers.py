@@ -83,7 +83,7 @@ def test_wandb_one_run_per_branch_with_the_same_keys(followfox_run):
         histories[branch] = history
         keys = {key.split("/")[0] for row in history for key in row}
         # no `<stage>/...` keys and no bookkeeping as metrics
-        assert keys == {"_runtime", "_step", "_timestamp", "loss", "loss_by_t", "lr", "memory", "stage", "study_epoch",
+        assert keys == {"_runtime", "_step", "_timestamp", "loss", "loss_by_t", "lr", "memory", "stage", "study_epoch", "train",
                         "samples", "training_samples", "analysis", "progression"}, keys
         stages = study["branches"][branch]["stages"]
         epochs = sum(study["stages"][stage]["epochs"] for stage in stages)

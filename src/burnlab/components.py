@@ -35,9 +35,15 @@ class Source:
     subfolder: str
     revision: Optional[str] = None
     variant: Optional[str] = None
+    lora: Optional[str] = None  # a LoRA file whose adapter for this component rides on these weights (burnlab.adapters)
 
     def load(self, component: str, dtype: torch.dtype = torch.float32):
-        return _from_pretrained(MODEL_CLASSES[component], self, dtype=dtype)
+        model = _from_pretrained(MODEL_CLASSES[component], self, dtype=dtype)
+        if self.lora:
+            from burnlab.adapters import load_adapter
+
+            load_adapter(model, component, self.lora)
+        return model
 
 
 def _from_pretrained(cls, source: Source, **kwargs):

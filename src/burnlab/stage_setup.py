@@ -14,6 +14,7 @@ from typing import Dict, List
 import torch
 from diffusers.optimization import get_scheduler
 
+from burnlab import adapters
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS
 from burnlab.encoding import LatentCache, encode_latents
 
@@ -47,6 +48,10 @@ def set_up_stage(job) -> StageSetup:
         if name in trained and cfg.train.gradient_checkpointing:
             _enable_gradient_checkpointing(model)
         model.to(device)
+    if cfg.train.adapter == "lora":  # only the trained components' adapters learn (burnlab.adapters)
+        from burnlab.train import epoch_seed  # burnlab.train imports this module
+
+        adapters.attach(models, trained, cfg.lora, epoch_seed(cfg.train.seed, job.stage.name, "lora"))
     optimizer = torch.optim.AdamW(_param_groups(job.stage.config, models, trained), betas=tuple(cfg.train.betas),
                                   eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
     steps = steps_per_epoch(len(job.data.train), cfg.train, accelerator.num_processes)
@@ -62,7 +67,7 @@ def _param_groups(stage, models, trained) -> List[dict]:
     groups = []
     for name in trained:
         lr = stage.text_encoder_lr if name == "text_encoder" and stage.text_encoder_lr else stage.lr
-        groups.append({"params": list(models[name].parameters()), "lr": lr, "name": name})
+        groups.append({"params": [p for p in models[name].parameters() if p.requires_grad], "lr": lr, "name": name})
     return groups
 
 

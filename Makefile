@@ -7,7 +7,7 @@ RUNS ?= runs
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox base analyze report verdicts bench bench-train clean
+.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report verdicts bench bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ burn-te: setup ## the text-encoder burn study on the embedded toy world
 
 followfox: setup ## both burns on one shared baseline
 	$(BURNLAB) experiment=followfox $(ARGS)
+
+burn-lora: setup ## both burns on LoRA adapters (UNet-LoRA, text-encoder-LoRA) on one shared LoRA baseline
+	$(BURNLAB) experiment=lora_followfox $(ARGS)
 
 base: setup ## pretrain the embedded toy base model and probe (resumable; result is committed)
 	$(PY) -m burnlab.toy.pretrain $(ARGS)

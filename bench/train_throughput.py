@@ -190,7 +190,8 @@ def storage(overrides: list) -> dict:
         try:
             cfg = compose_study(overrides + [f"train.save_dtype={save_dtype}", "experiment=followfox"]
                                 + [f"stages.{s}.epochs=2" for s in ("baseline", "unet_lo", "unet_hi", "te_lo", "te_hi")]
-                                + [f"stages.{s}.save_epochs=[1]" for s in ("unet_lo", "unet_hi", "te_lo", "te_hi")],
+                                + [f"stages.{s}.save_epochs=[1]" for s in ("unet_lo", "unet_hi", "te_lo", "te_hi")]
+                                + ["stages.baseline.save_epochs=[2]"],
                                 runs)
             study = run(cfg, runs / "followfox")
             checkpoints = sorted(p for p in (runs / "cache" / "stages").glob("*/checkpoints/epoch_*"))

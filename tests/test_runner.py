@@ -52,8 +52,13 @@ def test_followfox_study_runs_end_to_end(followfox):
 
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of a model's in-memory parameters and buffers, bit for bit."""
+    return state_digest(model.state_dict())
+
+
+def state_digest(state: dict) -> str:
+    """sha256 of named tensors, bit for bit."""
     digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
+    for key, tensor in sorted(state.items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

@@ -3,12 +3,14 @@
     python -m burnlab.checkpoint runs/cache/stages/<id>/checkpoints/epoch_0500 out/pipeline
 
 writes a standard diffusers pipeline folder (`StableDiffusionPipeline.from_pretrained` loads
-it). A checkpoint's manifest.json names, for every component it does not hold, the checkpoint
-or base-model folder that does (docs/run_store.md).
+it); a LoRA checkpoint (`train.adapter=lora`, one pytorch_lora_weights.safetensors) is baked:
+its adapters fused into the base weights. A checkpoint's manifest.json names, for every
+component it does not hold, the checkpoint or base-model folder that does (docs/run_store.md).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -53,6 +55,14 @@ def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str
                             "sha256": {p.name: sha256_file(p) for p in sorted((tmp / name).iterdir())}}
     for name, source in inherited.items():
         components[name] = _inherited_entry(source, target)
+    publish_checkpoint(tmp, target, components, stage=stage, stage_identity=stage_identity, epoch=epoch,
+                       lineage=lineage, base=base)
+
+
+def publish_checkpoint(tmp: Path, target: Path, components: Dict[str, dict], *, stage: str, stage_identity: str,
+                       epoch: int, lineage: Iterable[str], base: dict) -> None:
+    """The manifest into the temp folder `tmp` that holds the checkpoint's files, then `tmp` published
+    as `target` (full weights: save_checkpoint; LoRA files: burnlab.adapters)."""
     atomic_write_json(tmp / MANIFEST, {
         "checkpoint_id": checkpoint_id(stage_identity, epoch), "stage": stage, "stage_identity": stage_identity,
         "epoch": epoch, "components": components, "lineage": list(lineage), "base": base})
@@ -99,6 +109,8 @@ def component_sources(checkpoint: Path) -> Dict[str, Source]:
     for name, entry in manifest["components"].items():
         if entry.get("base"):
             sources[name] = base_source(base, entry["subfolder"])
+            if entry.get("lora"):
+                sources[name] = dataclasses.replace(sources[name], lora=str(checkpoint / entry["lora"]))
         else:
             folder = (checkpoint / entry["dir"]).resolve()
             sources[name] = Source(str(folder.parent), folder.name)
@@ -106,11 +118,18 @@ def component_sources(checkpoint: Path) -> Dict[str, Source]:
 
 
 def materialize(checkpoint: Path, out: Path) -> Path:
-    """A full diffusers pipeline folder for `checkpoint` (base model parts + the checkpoint's)."""
+    """A full diffusers pipeline folder for `checkpoint` (base model parts + the checkpoint's, a
+    LoRA checkpoint's adapters fused in)."""
+    from burnlab.adapters import bake
+
     pipeline = base_pipeline(read_manifest(checkpoint)["base"])
-    for name, source in component_sources(checkpoint).items():
+    sources = component_sources(checkpoint)
+    for name, source in sources.items():
+        if source.lora:  # its base weights are the pipeline's own; its adapter is fused below
+            continue
         setattr(pipeline, name, source.load(name))
         pipeline.register_modules(**{name: getattr(pipeline, name)})
+    bake(pipeline, sources)
     pipeline.save_pretrained(out, safe_serialization=True)
     return Path(out)
 

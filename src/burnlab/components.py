@@ -38,9 +38,15 @@ class Source:
     revision: Optional[str] = None
     variant: Optional[str] = None
     allow_pickle: bool = False  # the base model's opt-in (model.allow_pickle_weights); checkpoints are safetensors
+    lora: Optional[str] = None  # a LoRA file whose adapter for this component rides on these weights (burnlab.adapters)
 
     def load(self, component: str, dtype: torch.dtype = torch.float32):
-        return _from_pretrained(MODEL_CLASSES[component], self, dtype=dtype)
+        model = _from_pretrained(MODEL_CLASSES[component], self, dtype=dtype)
+        if self.lora:
+            from burnlab.adapters import load_adapter
+
+            load_adapter(model, component, self.lora)
+        return model
 
 
 def base_source(base: dict, subfolder: str) -> Source:

@@ -25,6 +25,7 @@ BASE = "base"
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}  # AdamW kwargs
+ADAPTERS = ("full", "lora")
 
 
 def _is_set(value) -> bool:
@@ -125,6 +126,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the UNet (minutes of compiling first; see bench/README.md)
     save_dtype: str = "float32"  # float32 | float16 | bfloat16: checkpoints no later stage starts from (a parent's final one stays float32)
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
+    adapter: str = "full"  # full: train the components' weights; lora: train LoRA adapters on frozen weights (settings: lora.*)
 
     def __post_init__(self):
         _require(self.optimizer == "adamw", "optimizer", self.optimizer, "adamw")
@@ -147,6 +149,35 @@ class TrainConfig:
         _require(self.noise_scheduler == "ddpm", "noise_scheduler", self.noise_scheduler, "ddpm")
         _require(self.adamw_impl in ADAMW_IMPLS, "adamw_impl", self.adamw_impl, "one of " + ", ".join(ADAMW_IMPLS))
         _require(self.save_dtype in SAVE_DTYPES, "save_dtype", self.save_dtype, "one of " + ", ".join(SAVE_DTYPES))
+        _require(self.adapter in ADAPTERS, "adapter", self.adapter, "one of " + ", ".join(ADAPTERS))
+
+
+@dataclass
+class LoraConfig:
+    """The LoRA adapters of `train.adapter=lora`, built with peft as diffusers' LoRA training
+    examples build them (burnlab.adapters)."""
+
+    rank: int = 4  # r: the adapter's inner dimension
+    alpha: float = 4.0  # lora_alpha: the adapter's update is scaled by alpha / rank
+    dropout: float = 0.0  # lora_dropout on the adapter's input while it trains
+    init: Any = "gaussian"  # peft's init_lora_weights: gaussian (diffusers' examples) or true (Kaiming A), both with B = 0; false = random B
+    target_modules: Dict[str, List[str]] = field(default_factory=lambda: {
+        "unet": ["to_q", "to_k", "to_v", "to_out.0"],
+        "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]})  # per component: module names (or name endings) that get an adapter
+
+    def __post_init__(self):
+        _require(isinstance(self.rank, int) and self.rank >= 1, "rank", self.rank, "an integer >= 1, e.g. 4")
+        _require(self.alpha > 0 and math.isfinite(self.alpha), "alpha", self.alpha, "a number > 0, e.g. the rank")
+        _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a probability in [0, 1)")
+        # peft's other initialisations (pissa, olora, ...) rewrite the base weights
+        _require(isinstance(self.init, bool) or self.init == "gaussian", "init", self.init,
+                 "true, false or gaussian (peft's init_lora_weights values that leave the base weights "
+                 "alone, so that a LoRA file holds the whole change)")
+        for name, modules in self.target_modules.items():
+            _require(name in COMPONENTS, f"target_modules.{name}", list(modules),
+                     f"keys from {', '.join(COMPONENTS)} (`{name}` is no component)")
+            _require(len(modules) > 0 and all(str(m).strip() for m in modules), f"target_modules.{name}",
+                     list(modules), "a non-empty list of module names, e.g. [to_q, to_k, to_v, to_out.0]")
 
 
 @dataclass
@@ -286,6 +317,7 @@ class BurnlabConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the base model
     data: DataConfig = field(default_factory=DataConfig)  # the fine-tuning data
     train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, batch, precision, seed
+    lora: LoraConfig = field(default_factory=LoraConfig)  # the adapters when train.adapter=lora (part of no identity otherwise)
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # held-out + stabilized loss
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # prompts and seeds per checkpoint
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # W&B, TensorBoard, progress bar
@@ -306,7 +338,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("toy_asset", _toy_asset, replace=True)
 
 
-_GROUPS = ("paths", "model", "data", "train", "validation", "sampling", "logger", "analysis")
+_GROUPS = ("paths", "model", "data", "train", "lora", "validation", "sampling", "logger", "analysis")
 
 
 def load_config(cfg: DictConfig) -> BurnlabConfig:

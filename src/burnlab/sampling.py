@@ -1,7 +1,7 @@
 """Fixed-seed samples of every checkpoint in the testing plan, and during training.
 
 One pipeline serves the whole plan: between checkpoints only the component that changed is
-swapped in, every checkpoint's prompts go through in batched calls, and each image's noise
+swapped in (on LoRA runs only the adapters: one LoRA file in, the last one out), every checkpoint's prompts go through in batched calls, and each image's noise
 comes from its own seeded generator, so a seed starts from the same noise at every checkpoint
 whatever the batch (and whichever process made it). Samples are cached by (checkpoint identity,
 sampling settings, dtype): the base and baseline samples that the UNet and text-encoder branches
@@ -9,6 +9,7 @@ share are made once.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -20,6 +21,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from filelock import FileLock
 from PIL import Image
 
+from burnlab.adapters import swap_adapters
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_sources
 from burnlab.components import Source, base_pipeline
 from burnlab.config import SamplingConfig
@@ -98,6 +100,7 @@ class Sampler:
         self.identity = sampling_identity(config, self.dtype)
         self._pipeline: Optional[StableDiffusionPipeline] = None
         self._loaded: Dict[str, Source] = {}
+        self._adapters: Optional[str] = None  # the LoRA file whose adapters the pipeline carries
 
     @property
     def pipeline(self) -> StableDiffusionPipeline:
@@ -108,10 +111,12 @@ class Sampler:
 
     def _swap_in(self, sources: Dict[str, Source]) -> None:
         for name in CHECKPOINT_COMPONENTS:
-            if self._loaded.get(name) != sources[name]:
-                model = sources[name].load(name, self.dtype).to(self.device).eval()
+            weights = dataclasses.replace(sources[name], lora=None)  # a LoRA adapter is swapped below, not its component
+            if self._loaded.get(name) != weights:
+                model = weights.load(name, self.dtype).to(self.device).eval()
                 setattr(self.pipeline, name, model)
-                self._loaded[name] = sources[name]
+                self._loaded[name] = weights
+        self._adapters = swap_adapters(self.pipeline, self._adapters, sources)
 
     def _generate_shared(self, jobs: List[dict]) -> List[np.ndarray]:
         """All of `jobs`' images on every rank, each rank making its share."""

@@ -14,6 +14,7 @@ from typing import Dict, List
 import torch
 from diffusers.optimization import get_scheduler
 
+from burnlab import adapters
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS
 from burnlab.config import ADAMW_IMPLS
 from burnlab.encoding import LatentCache, encode_latents
@@ -48,6 +49,10 @@ def set_up_stage(job) -> StageSetup:
         if name in trained and cfg.train.gradient_checkpointing:
             _enable_gradient_checkpointing(model)
         model.to(device)
+    if cfg.train.adapter == "lora":  # only the trained components' adapters learn (burnlab.adapters)
+        from burnlab.train import epoch_seed  # burnlab.train imports this module
+
+        adapters.attach(models, trained, cfg.lora, epoch_seed(cfg.train.seed, job.stage.name, "lora"))
     if cfg.train.channels_last:
         models["unet"].to(memory_format=torch.channels_last)
     if cfg.train.compile:
@@ -72,7 +77,7 @@ def _param_groups(stage, models, trained) -> List[dict]:
     groups = []
     for name in trained:
         lr = stage.text_encoder_lr if name == "text_encoder" and stage.text_encoder_lr else stage.lr
-        groups.append({"params": list(models[name].parameters()), "lr": lr, "name": name})
+        groups.append({"params": [p for p in models[name].parameters() if p.requires_grad], "lr": lr, "name": name})
     return groups
 
 

@@ -2,7 +2,7 @@
 
 A stage's identity hashes everything that decides its weights and logs: its own settings, its
 parent's identity, the base model and the dtype of its frozen parts, the data and the
-train/validation settings. Two studies (or
+train/validation settings (and, for LoRA stages, the adapter settings). Two studies (or
 two sweep jobs) naming the same stage share its directory in the cache and train it once.
 """
 from __future__ import annotations
@@ -59,9 +59,11 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
         # paths and the settings choosing or decoding the files decide: moving a folder, or
         # skipping bad files in a folder without any, trains nothing again
         "data_config": _settings(config.data, "path", "skip_bad", "max_image_pixels", "caption_encoding"),
-        "train": _settings(config.train, *RESUME_ONLY_KEYS),
+        "train": _settings(config.train, *RESUME_ONLY_KEYS, "adapter"),
         "validation": _settings(config.validation, "path"),
     }
+    if config.train.adapter != "full":  # so full-weight stages keep the identities they had before adapters
+        shared["adapter"] = {"kind": config.train.adapter, "lora": dataclasses.asdict(config.lora)}
     parents = {stage.parent for stage in config.stages.values()}
     for name in stage_order(config.stages):
         stage = config.stages[name]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from burnlab.adapters import save_lora_checkpoint
 from burnlab.checkpoint import checkpoint_dir, save_checkpoint
 from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
@@ -267,6 +268,11 @@ class StageTrainer:
         if not self.accelerator.is_main_process:
             return
         stage, models = self.job.stage, self._unwrapped()
+        manifest = dict(stage=stage.name, stage_identity=stage.identity, epoch=epoch, lineage=stage.lineage,
+                        base=self.job.base.describe())
+        if self.cfg.train.adapter == "lora":  # one LoRA file with every adapter (burnlab.adapters)
+            save_lora_checkpoint(checkpoint_dir(self.job.stage_dir, epoch), models, self.trained, **manifest)
+            return
         inherited = {name: source for name, source in self.job.parent_sources.items() if name not in self.trained}
         # a child starts from the final checkpoint: that one stays exact, whatever train.save_dtype
         exact = epoch == stage.config.epochs and stage.has_children

@@ -1,4 +1,4 @@
-"""A stage's resumable state: the trained weights, optimizer, LR schedule, fp16 GradScaler and
+"""A stage's resumable state: the trained weights (a LoRA stage's: its adapters'), optimizer, LR schedule, fp16 GradScaler and
 the position in training (epoch, batch, step), saved every `train.state_every_epochs` epochs and
 when a signal stops the stage, into `<stage>/state/step_<step>/`.
 
@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from burnlab.adapters import load_trained_weights, trained_weights
 from burnlab.errors import UserError
 from burnlab.store import atomic_write_json, publish_dir, read_json, read_jsonl, temp_dir_for, write_jsonl
 
@@ -48,11 +49,12 @@ def save_state(stage_dir: Path, setup, accelerator, identity: str, position: Pos
     target = Path(stage_dir) / STATE / f"step_{position.step:010d}"
     tmp = temp_dir_for(target)
     for name in setup.trained:
-        weights = accelerator.unwrap_model(setup.models[name]).state_dict()
+        weights = trained_weights(accelerator.unwrap_model(setup.models[name]))
         save_file({k: v.contiguous() for k, v in weights.items()}, tmp / f"{name}.safetensors")
     scaler = accelerator.scaler
     torch.save({"optimizer": setup.optimizer.state_dict(), "lr_scheduler": setup.lr_scheduler.state_dict(),
-                "grad_scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+                "grad_scaler": scaler.state_dict() if scaler is not None else None,
+                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")  # LoRA dropout draws from it
     atomic_write_json(tmp / STATE_FILE, {**asdict(position), "stage_identity": identity})
     publish_dir(tmp, target)
     for older in saved_states(stage_dir):
@@ -78,12 +80,14 @@ def load_state(stage_dir: Path, setup, accelerator, identity: str) -> Optional[P
                         f"the folder was copied or edited by hand. Nothing was changed or deleted; move "
                         f"{stage_dir} aside to train the stage afresh.")
     for name in setup.trained:
-        accelerator.unwrap_model(setup.models[name]).load_state_dict(load_file(folder / f"{name}.safetensors"))
+        load_trained_weights(accelerator.unwrap_model(setup.models[name]), load_file(folder / f"{name}.safetensors"))
     saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     setup.optimizer.load_state_dict(saved["optimizer"])
     setup.lr_scheduler.load_state_dict(saved["lr_scheduler"])
     if accelerator.scaler is not None and saved.get("grad_scaler"):
         accelerator.scaler.load_state_dict(saved["grad_scaler"])
+    if saved.get("torch_rng") is not None:
+        torch.set_rng_state(saved["torch_rng"])
     position = Position(int(state["epoch"]), int(state["batch"]), int(state["step"]))
     if accelerator.is_main_process:
         write_jsonl(metrics, [row for row in read_jsonl(metrics) if row.get("step", 0) <= position.step])

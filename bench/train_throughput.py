@@ -92,7 +92,6 @@ def reference_loop(runner, train: str, epochs: int, flops: bool = False) -> dict
 
     config, base, device = runner.config, runner.base, runner.accelerator.device
     frozen = runner.frozen_dtype
-    torch.set_flush_denormal(False)  # the example leaves subnormal floats as they are
     trained = TRAINED[train]
     vae = base.source("vae").load("vae", frozen).to(device).requires_grad_(False)
     text_encoder = base.source("text_encoder").load(

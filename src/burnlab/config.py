@@ -122,7 +122,6 @@ class TrainConfig:
     adamw_impl: str = "fused"  # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: bench/README.md)
     channels_last: bool = False  # UNet activations in channels-last memory layout (no gain on the CPU; see bench/README.md)
     tf32: bool = True  # TensorFloat-32 matmuls and convolutions on GPUs that have them (Ampere+); no effect elsewhere
-    flush_denormal: bool = True  # CPU: subnormal floats flushed to zero (they slow CPU training steps several-fold); no effect on GPUs
     compile: bool = False  # torch.compile the UNet (minutes of compiling first; see bench/README.md)
     save_dtype: str = "float32"  # float32 | float16 | bfloat16: checkpoints no later stage starts from (a parent's final one stays float32)
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config

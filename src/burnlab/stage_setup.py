@@ -59,8 +59,6 @@ def set_up_stage(job) -> StageSetup:
         models["unet"].compile()  # in place: the module, its state dict and checkpoints stay as they are
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-    if device.type == "cpu":
-        torch.set_flush_denormal(cfg.train.flush_denormal)
     optimizer = torch.optim.AdamW(_param_groups(job.stage.config, models, trained), betas=tuple(cfg.train.betas),
                                   eps=cfg.train.eps, weight_decay=cfg.train.weight_decay,
                                   **ADAMW_IMPLS[cfg.train.adamw_impl])

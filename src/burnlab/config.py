@@ -119,10 +119,10 @@ class TrainConfig:
     seed: int = 555  # fixes data order, flips, caption dropout, noise and timesteps
     state_every_epochs: int = 10  # resumable training state saved every N epochs (and at save epochs)
     skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN/inf instead of stopping the stage
-    adamw_impl: str = "fused"  # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: bench/README.md)
-    channels_last: bool = False  # UNet activations in channels-last memory layout (no gain on the CPU; see bench/README.md)
+    adamw_impl: str = "fused"  # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: README, Training throughput)
+    channels_last: bool = False  # UNet activations in channels-last memory layout (no gain measured on the CPU: README, Training throughput)
     tf32: bool = True  # TensorFloat-32 matmuls and convolutions on GPUs that have them (Ampere+); no effect elsewhere
-    compile: bool = False  # torch.compile the UNet (minutes of compiling first; see bench/README.md)
+    compile: bool = False  # torch.compile the UNet (slower on the CPU toy: README, Training throughput)
     save_dtype: str = "float32"  # float32 | float16 | bfloat16: checkpoints no later stage starts from (a parent's final one stays float32)
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
     adapter: str = "full"  # full: train the components' weights; lora: train LoRA adapters on frozen weights (settings: lora.*)

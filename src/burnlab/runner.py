@@ -9,7 +9,8 @@ limit (burnlab.captions, warned about once); only the main process writes. After
 accelerator lets go of that stage's models and optimizer, so a chain of stages needs the memory
 of one; each stage's peak memory is recorded in its metrics.jsonl. The main process mirrors
 every row, sample and the analysis onto the dashboards (burnlab.trackers: one W&B run and
-TensorBoard folder per branch).
+TensorBoard folder per branch). A SIGINT/SIGTERM (burnlab.stopping) stops the study after the
+step, stage or sampled checkpoint in progress; a stage stopped by a NaN loss is marked FAILED.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ seeded by (train.seed, stage, epoch, batch), so a stage resumed from its last st
 exactly the weights of an uninterrupted run. The runner (burnlab.runner) decides which stages
 to train; this module trains one: burnlab.stage_setup builds what it trains with,
 burnlab.train_state saves and resumes it, and the loop below is the epochs, the optimizer step
-and the validation rows.
+(stopping at a NaN/inf loss, or at a signal after saving the state) and the validation rows.
 """
 from __future__ import annotations
 

@@ -185,14 +185,14 @@ class StageTrainer:
             return {**row, "train_loss": None, "skipped_nonfinite": 1}
         scale = scaler.get_scale() if scaler is not None else None
         self.optimizer.step()
-        # fp16: the scaler found inf/NaN gradients and backed off. Read from the scale, because a
-        # fused AdamW takes every step itself and skips inside (accelerate cannot tell)
-        skipped = scaler is not None and scaler.get_scale() < scale
-        if not skipped:
+        if scaler is not None:
+            row["grad_scale"] = scaler.get_scale()
+            # fp16: the scaler found inf/NaN gradients and backed off. Read from the scale, because
+            # a fused AdamW takes every step itself and skips inside (accelerate cannot tell)
+            row["step_skipped"] = row["grad_scale"] < scale
+        if not row.get("step_skipped"):
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            row.update(grad_scale=scaler.get_scale(), step_skipped=skipped)
         return row
 
     def _non_finite(self, what: str, value: float, epoch: int, step: int) -> None:

@@ -1,4 +1,5 @@
 """Bad config values fail at start with a message naming the key, the value and what is allowed."""
+import logging
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,8 @@ def _error(overrides) -> str:
     ("stages.unet_hi.lr=-1", "stages.unet_hi.lr", "> 0"),
     ("stages.unet_hi.lr=0", "stages.unet_hi.lr", "> 0"),
     ("stages.unet_lo.epochs=0", "stages.unet_lo.epochs", ">= 1"),
-    ("stages.unet_lo.save_epochs=[100,600]", "stages.unet_lo.save_epochs", "between 1 and the stage's epochs (500)"),
+    ("stages.unet_lo.save_epochs=[0,100]", "stages.unet_lo.save_epochs", "a list of epochs >= 1"),
+    ("train.keep_states=sometimes", "train.keep_states", "auto, always, never"),
     ("stages.unet_lo.train=[]", "stages.unet_lo.train", "non-empty"),
     ("stages.unet_lo.train=[vae]", "stages.unet_lo.train", "`vae` is unknown"),
     ("stages.unet_lo.parent=nowhere", "stages.unet_lo.parent", "`base` or one of the stages"),
@@ -139,3 +141,43 @@ def test_each_model_picks_its_clip_and_no_stage_identity_depends_on_it(tiny_clip
         load_config(compose_config(["experiment=followfox_sd15", "data.path=/data", *overrides])),
         "base0", "data0", "float32").items()} for overrides in ([], ["analysis.clip_model=null"])]
     assert identities[0] == identities[1]
+
+
+def _planned(*overrides, epochs_swept=()):
+    from burnlab.study import plan_stages
+
+    config = load_config(compose_config(["experiment=burn_unet", *overrides]))
+    return plan_stages(config, "base0", "data0", "float32", epochs_swept)
+
+
+def test_save_epochs_beyond_the_stage_are_dropped_with_a_note(caplog):
+    with caplog.at_level(logging.INFO, logger="burnlab"):
+        dropped = _planned("stages.unet_hi.epochs=100")["unet_hi"]
+    assert dropped.config.checkpoint_epochs() == [100]
+    assert "stages.unet_hi.save_epochs: 300, 500 lie beyond the stage's 100 epochs and are dropped" in caplog.text
+    # the stage is what it trains: the same identity as with the list written out
+    assert dropped.identity == _planned("stages.unet_hi.epochs=100", "stages.unet_hi.save_epochs=[100]")["unet_hi"].identity
+
+
+def test_lengths_of_a_stage_share_a_trajectory_unless_the_schedule_depends_on_the_length():
+    short, long = (_planned(f"stages.unet_hi.epochs={n}")["unet_hi"] for n in (100, 300))
+    assert short.identity != long.identity and short.trajectory == long.trajectory
+    assert _planned("stages.unet_hi.epochs=100", "stages.unet_hi.lr=1e-3")["unet_hi"].trajectory != short.trajectory
+    cosine = [_planned(f"stages.unet_hi.epochs={n}", "train.lr_scheduler=cosine")["unet_hi"] for n in (100, 300)]
+    assert cosine[0].trajectory != cosine[1].trajectory
+    warmup = [_planned(f"stages.unet_hi.epochs={n}", "train.lr_scheduler=constant_with_warmup",
+                       "train.lr_warmup_steps=5")["unet_hi"] for n in (100, 300)]
+    assert warmup[0].trajectory == warmup[1].trajectory
+
+
+def test_keep_states_auto_keeps_those_of_the_stages_a_sweep_job_lengthens():
+    from burnlab.sweeps import epochs_set_by
+
+    swept = epochs_set_by(["experiment=burn_unet", "stages.unet_hi.epochs=300", "stages.unet_lo.lr=1e-4"])
+    assert swept == {"unet_hi"}
+    kept = {name: stage.keep_states for name, stage in _planned(epochs_swept=swept).items()}
+    assert kept == {"baseline": False, "unet_lo": False, "unet_hi": True}
+    assert all(s.keep_states for s in _planned("train.keep_states=always").values())
+    assert not any(s.keep_states for s in _planned("train.keep_states=never", epochs_swept=swept).values())
+    # keeping states changes no weights: not part of the identity
+    assert _planned("train.keep_states=always")["unet_hi"].identity == _planned()["unet_hi"].identity

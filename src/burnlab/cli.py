@@ -16,11 +16,14 @@ import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Collection
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from burnlab import sweeps
 from burnlab.config import check_no_secrets, load_config, register_configs
 from burnlab.errors import USER_ERRORS, Interrupted, paragraph
 from burnlab.preflight import check_before_hydra
@@ -29,8 +32,9 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (c
 log = logging.getLogger("burnlab")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Validate `cfg`, run the study into `run_dir`, build its outputs; returns study.json."""
+def run(cfg: DictConfig, run_dir: Path, epochs_swept: Collection[str] = ()) -> dict:
+    """Validate `cfg`, run the study into `run_dir`, build its outputs; returns study.json.
+    `epochs_swept`: the stages whose epochs a sweep job's overrides set (train.keep_states=auto)."""
     from burnlab.trackers import flatten_config
 
     flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
@@ -39,7 +43,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from burnlab.runner import StudyRunner  # after the checks: a config error needs no torch or diffusers
 
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat)
+    runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat, epochs_swept)
     study = runner.run()
     log.info("run dir: %s", run_dir)
     return study
@@ -71,7 +75,15 @@ def resume_command() -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     with _reported():  # here too: an error leaving a job makes Hydra print "Error executing job" first
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hydra_config = HydraConfig.get()
+        run_dir = Path(hydra_config.runtime.output_dir)
+        if hydra_config.mode != RunMode.MULTIRUN:
+            run(cfg, run_dir)
+            return
+        overrides = list(hydra_config.overrides.task)
+        if int(os.environ.get("RANK", "0")) == 0:
+            sweeps.write_job_record(run_dir, overrides, hydra_config.job.num)
+        run(cfg, run_dir, sweeps.epochs_set_by(overrides))
 
 
 def main() -> None:

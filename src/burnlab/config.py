@@ -7,6 +7,7 @@ several groups (the stage graph). Every bad value fails here, before any trainin
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -26,6 +27,8 @@ DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}  # AdamW kwargs
 ADAPTERS = ("full", "lora")
+KEEP_STATES = ("auto", "always", "never")
+log = logging.getLogger("burnlab")
 
 
 def _is_set(value) -> bool:
@@ -126,6 +129,7 @@ class TrainConfig:
     save_dtype: str = "float32"  # float32 | float16 | bfloat16: checkpoints no later stage starts from (a parent's final one stays float32)
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
     adapter: str = "full"  # full: train the components' weights; lora: train LoRA adapters on frozen weights (settings: lora.*)
+    keep_states: str = "auto"  # auto | always | never: keep the training state at each checkpoint epoch, so that a longer run of the stage continues from it (auto: the stages whose epochs a sweep job sets)
 
     def __post_init__(self):
         _require(self.optimizer == "adamw", "optimizer", self.optimizer, "adamw")
@@ -149,6 +153,7 @@ class TrainConfig:
         _require(self.adamw_impl in ADAMW_IMPLS, "adamw_impl", self.adamw_impl, "one of " + ", ".join(ADAMW_IMPLS))
         _require(self.save_dtype in SAVE_DTYPES, "save_dtype", self.save_dtype, "one of " + ", ".join(SAVE_DTYPES))
         _require(self.adapter in ADAPTERS, "adapter", self.adapter, "one of " + ", ".join(ADAPTERS))
+        _require(self.keep_states in KEEP_STATES, "keep_states", self.keep_states, "one of " + ", ".join(KEEP_STATES))
 
 
 @dataclass
@@ -281,7 +286,7 @@ class StageConfig:
     lr: float = MISSING  # learning rate (of every trained component unless text_encoder_lr is set)
     text_encoder_lr: Optional[float] = None  # a separate learning rate for the text encoder
     epochs: int = MISSING  # epochs this stage trains
-    save_epochs: List[int] = field(default_factory=list)  # epochs to checkpoint; the last is always saved
+    save_epochs: List[int] = field(default_factory=list)  # epochs to checkpoint; the last is always saved, those beyond `epochs` are dropped (with a note)
 
     def __post_init__(self):
         _require(len(self.train) > 0, "train", list(self.train),
@@ -295,10 +300,13 @@ class StageConfig:
         _require(self.text_encoder_lr is None or self.text_encoder_lr > 0, "text_encoder_lr",
                  self.text_encoder_lr, "a learning rate > 0, or null to use `lr`")
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        if _is_set(self.epochs):
-            for epoch in self.save_epochs:
-                _require(1 <= epoch <= self.epochs, "save_epochs", list(self.save_epochs),
-                         f"epochs between 1 and the stage's epochs ({self.epochs})")
+        for epoch in self.save_epochs:
+            _require(isinstance(epoch, int) and epoch >= 1, "save_epochs", list(self.save_epochs),
+                     "a list of epochs >= 1, e.g. [100, 300, 500]")
+        # an epoch sweep (epochs=100,300,500) keeps one save_epochs list for every length: what lies
+        # beyond this stage's length is dropped, and the identity sees the list as it is trained
+        self.dropped_save_epochs = sorted(e for e in set(self.save_epochs) if e > self.epochs)
+        self.save_epochs = sorted(set(self.save_epochs) - set(self.dropped_save_epochs))
 
     def checkpoint_epochs(self) -> List[int]:
         return sorted(set(self.save_epochs) | {self.epochs})
@@ -332,9 +340,13 @@ def _toy_asset(name: str) -> str:
 
 
 def register_configs() -> None:
-    """The schema for conf/config.yaml and the `${toy_asset:NAME}` resolver for the toy world."""
+    """The schema for conf/config.yaml, the `${toy_asset:NAME}` resolver for the toy world and
+    `${burnlab_job_folder:...}` for sweep job folders (burnlab.sweeps)."""
+    from burnlab.sweeps import job_folder_name
+
     ConfigStore.instance().store(name="burnlab_schema", node=BurnlabConfig)
     OmegaConf.register_new_resolver("toy_asset", _toy_asset, replace=True)
+    OmegaConf.register_new_resolver("burnlab_job_folder", job_folder_name, replace=True)
 
 
 _GROUPS = ("paths", "model", "data", "train", "lora", "validation", "sampling", "logger", "analysis")
@@ -349,6 +361,10 @@ def load_config(cfg: DictConfig) -> BurnlabConfig:
     stages = {name: _to_object(cfg.stages[name], f"stages.{name}") for name in cfg.stages}
     config = BurnlabConfig(name=cfg.name, stages=stages, analyze=cfg.analyze, **groups)
     check_stage_graph(config.stages)
+    for name, stage in config.stages.items():
+        if stage.dropped_save_epochs:
+            log.info("stages.%s.save_epochs: %s lie beyond the stage's %d epochs and are dropped (its last epoch "
+                     "is always saved)", name, ", ".join(map(str, stage.dropped_save_epochs)), stage.epochs)
     return config
 
 

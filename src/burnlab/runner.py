@@ -1,9 +1,10 @@
 """The runner: trains a study's stages in dependency order, then samples and analyses them.
 
 Each stage lives in the shared cache under its identity (burnlab.study): a stage already
-complete is skipped, a stage interrupted mid-way resumes from its last saved state, and
-concurrent sweep jobs that need the same stage wait on its file lock instead of training it
-twice. The run dir (Hydra's output dir, the same on every rank) gets the resolved config and
+complete is skipped, a stage interrupted mid-way resumes from its last saved state, a new stage
+continues from the saved state of a shorter run of it (burnlab.continuation: an epoch sweep),
+and concurrent sweep jobs that need the same stage (or another length of it) wait on its
+trajectory's file lock instead of training it twice. The run dir (Hydra's output dir, the same on every rank) gets the resolved config and
 study.json (docs/run_store.md), which also records the captions longer than the tokenizer's
 limit (burnlab.captions, warned about once); only the main process writes. After each stage the
 accelerator lets go of that stage's models and optimizer, so a chain of stages needs the memory
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Collection, Dict
 
 import torch
 from accelerate import Accelerator
@@ -27,6 +28,7 @@ from burnlab import captions, trackers
 from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
+from burnlab.continuation import STAGE_RECORD, continued_from, find_donor, take_over
 from burnlab.data import load_study_data
 from burnlab.distributed import any_rank
 from burnlab.errors import ConfigError, NonFiniteLoss, UserError
@@ -37,15 +39,17 @@ from burnlab.stage_setup import steps_per_epoch
 from burnlab.precision import dtype_name
 from burnlab.stopping import StopSignals
 from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_temp
-from burnlab.study import branch_of, leaves, plan_stages, stage_order, testing_plan
+from burnlab.study import LENGTH_DEPENDENT_SCHEDULES, branch_of, leaves, plan_stages, stage_order, testing_plan
 from burnlab.train import COMPLETE, FAILED, StageJob, train_stage
-from burnlab.train_state import STATE
+from burnlab.train_state import STATE, saved_states
 
 log = logging.getLogger("burnlab")
 
 
 class StudyRunner:
-    def __init__(self, config: BurnlabConfig, run_dir: Path, resolved_yaml: str, flat_config: dict):
+    def __init__(self, config: BurnlabConfig, run_dir: Path, resolved_yaml: str, flat_config: dict,
+                 epochs_swept: Collection[str] = ()):
+        """`epochs_swept`: the stages whose epochs this sweep job's overrides set (train.keep_states=auto)."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.cache = resolve_path(config.paths.runs) / "cache"
@@ -80,7 +84,8 @@ class StudyRunner:
                         "float32 (model.dtype=auto picks float32 on a CPU, float16 on CUDA)")
         self.data = load_study_data(config.data, config.validation)
         self.long_captions = self._check_captions()
-        self.planned = plan_stages(config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype))
+        self.planned = plan_stages(config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype),
+                                   epochs_swept)
         self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +125,8 @@ class StudyRunner:
         return {"parent": stage.parent, "train": list(stage.train), "lr": stage.lr,
                 "text_encoder_lr": stage.text_encoder_lr, "epochs": stage.epochs,
                 "save_epochs": stage.checkpoint_epochs(), "identity": planned.identity,
+                "trajectory": planned.trajectory, "keep_states": planned.keep_states,
+                "continued_from": continued_from(self.stage_dirs[name]),
                 "dir": os.path.relpath(self.stage_dirs[name], self.run_dir),
                 "epoch_offset": planned.epoch_offset, "status": self.status(name)}
 
@@ -148,7 +155,8 @@ class StudyRunner:
 
     def run_stage(self, name: str, on_epoch_end=None) -> None:
         planned, stage_dir = self.planned[name], self.stage_dirs[name]
-        lock = FileLock(str(stage_dir) + ".lock")
+        # one lock per trajectory: the stage, and the other lengths of it that continue one another
+        lock = FileLock(str(stage_dir.parent / f"trajectory_{planned.trajectory}.lock"))
         if self.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
@@ -165,8 +173,10 @@ class StudyRunner:
             log.info("stage %s: training %s for %d epochs -> %s", name, "+".join(planned.config.train),
                      planned.config.epochs, stage_dir)
             if self.is_main:
-                atomic_write_json(stage_dir / "stage.json", self.stage_entry(name) | {
+                atomic_write_json(stage_dir / STAGE_RECORD, self.stage_entry(name) | {
                     "name": name, "lineage": planned.lineage, "base": self.base.describe()})
+                self._continue_shorter_run(name)
+            self.accelerator.wait_for_everyone()  # every rank resumes from what the main process took over
             job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
                            self.accelerator, self.frozen_dtype,
                            log=self.dashboards.log_row if self.dashboards else (lambda row: None),
@@ -185,6 +195,22 @@ class StudyRunner:
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 lock.release()
+
+    def _continue_shorter_run(self, name: str) -> None:
+        """A stage with no state of its own takes over the latest state of its trajectory in the cache."""
+        planned, stage_dir = self.planned[name], self.stage_dirs[name]
+        if saved_states(stage_dir):
+            return
+        every = self.config.validation.every_n_epochs
+        donor = find_donor(stage_dir.parent, planned, every)
+        if donor is not None:
+            take_over(donor, stage_dir, planned, every)
+            if self.dashboards:  # the rows up to there were logged by the other run's dashboards
+                self.dashboards.replay_rows(read_jsonl(stage_dir / "metrics.jsonl"))
+        elif self.config.train.lr_scheduler in LENGTH_DEPENDENT_SCHEDULES and planned.keep_states:
+            log.info("stage %s: train.lr_scheduler=%s depends on the stage's length, so each length of it "
+                     "trains from epoch 0 (only constant schedules let a longer run continue a shorter one)",
+                     name, self.config.train.lr_scheduler)
 
     def _mark_failed(self, name: str, reason: str) -> None:
         """The stage's FAILED marker and study.json saying so; its state and checkpoints stay."""

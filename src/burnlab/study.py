@@ -4,12 +4,15 @@ A stage's identity hashes everything that decides its weights and logs: its own 
 parent's identity, the base model and the dtype of its frozen parts, the data and the
 train/validation settings (and, for LoRA stages, the adapter settings). Two studies (or
 two sweep jobs) naming the same stage share its directory in the cache and train it once.
+Its trajectory hashes the same without its length (`epochs`, `save_epochs`): stages of one
+trajectory pass through the same weights epoch by epoch, so a longer one continues from a
+shorter one's saved state (burnlab.continuation) — unless the LR schedule depends on the length.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Collection, Dict, List, Optional
 
 from burnlab.checkpoint import checkpoint_dir, checkpoint_id
 from burnlab.config import BASE, BurnlabConfig, StageConfig
@@ -18,7 +21,9 @@ from burnlab.store import hash_json
 # how often the state is saved, and whether a NaN batch is skipped or stops the stage, change
 # nothing in a stage that trains through without one: a stage resumes under either setting, and
 # one stopped by a NaN continues from its last state with train.skip_nonfinite=true
-RESUME_ONLY_KEYS = ("state_every_epochs", "skip_nonfinite")
+RESUME_ONLY_KEYS = ("state_every_epochs", "skip_nonfinite", "keep_states")
+# LR schedules whose value at a step depends on the stage's length: each length trains apart
+LENGTH_DEPENDENT_SCHEDULES = ("linear", "cosine")
 
 
 @dataclass
@@ -28,7 +33,9 @@ class PlannedStage:
     identity: str
     lineage: List[str]  # base, ..., this stage
     epoch_offset: int  # epochs trained by the ancestors
+    trajectory: str = ""  # the identity without the stage's length: a longer stage of it continues a shorter one
     has_children: bool = False  # a later stage starts from its final checkpoint, which is then saved exactly
+    keep_states: bool = False  # its training states at checkpoint epochs stay (train.keep_states), for longer runs to continue
 
 
 def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
@@ -47,9 +54,10 @@ def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
 
 
 def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
-                frozen_dtype: str) -> Dict[str, PlannedStage]:
+                frozen_dtype: str, epochs_swept: Collection[str] = ()) -> Dict[str, PlannedStage]:
     """`frozen_dtype`: `model.dtype` resolved on the training device (frozen parts in half
-    precision give other weights than in float32)."""
+    precision give other weights than in float32). `epochs_swept`: the stages whose epochs a
+    sweep job's overrides set, which keep their states under train.keep_states=auto."""
     planned: Dict[str, PlannedStage] = {}
     shared = {
         "base": base_identity,
@@ -69,6 +77,9 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
         stage = config.stages[name]
         parent = planned.get(stage.parent)
         parts = {"name": name, "stage": dataclasses.asdict(stage), "parent": parent.identity if parent else BASE, **shared}
+        unsized = {**parts, "stage": _settings(stage, "epochs", "save_epochs")}
+        if config.train.lr_scheduler in LENGTH_DEPENDENT_SCHEDULES:
+            unsized["epochs"] = stage.epochs
         if config.train.save_dtype != "float32":
             # its final checkpoint is exact only where a child starts from it: a leaf in one study
             # cannot serve as a parent in another
@@ -77,7 +88,9 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
             name=name, config=stage, identity=hash_json(parts),
             lineage=(parent.lineage if parent else [BASE]) + [name],
             epoch_offset=(parent.epoch_offset + parent.config.epochs) if parent else 0,
-            has_children=name in parents)
+            trajectory=hash_json(["trajectory", unsized]), has_children=name in parents,
+            keep_states=config.train.keep_states == "always" or (
+                config.train.keep_states == "auto" and name in epochs_swept))
     return planned
 
 

@@ -36,7 +36,7 @@ from burnlab.stage_setup import set_up_stage
 from burnlab.store import append_jsonl, atomic_write_text, hash_json
 from burnlab.stopping import StopSignals
 from burnlab.study import PlannedStage
-from burnlab.train_state import STATE, Position, load_state, save_state, saved_states
+from burnlab.train_state import STATE, Position, load_state, prune_states, save_state, saved_states
 from burnlab.validation import diffusion_loss
 
 COMPLETE = "COMPLETE"  # written last: the stage finished
@@ -74,6 +74,8 @@ class StageTrainer:
         self.tokenizer, self.scheduler = self.setup.tokenizer, self.setup.noise_scheduler
         self.optimizer, self.lr_scheduler = self.setup.optimizer, self.setup.lr_scheduler
         self.skipped_nonfinite = 0
+        self.checkpoint_epochs = job.stage.config.checkpoint_epochs()
+        self.kept_states = self.checkpoint_epochs if job.stage.keep_states else []
         self.text_states = None  # a frozen text encoder's states, encoded once (UNet-only stages)
         if "text_encoder" not in self.trained:
             with self.autocast():
@@ -91,6 +93,9 @@ class StageTrainer:
         position = resumed or Position()
         if resumed is None:
             self._validate(0, 0)
+        elif resumed.batch == 0 and resumed.epoch in self.checkpoint_epochs and \
+                not checkpoint_dir(job.stage_dir, resumed.epoch).exists():
+            self._save_checkpoint(resumed.epoch)  # a state taken over from a shorter stage (burnlab.continuation)
         progress = tqdm(total=epochs, initial=position.epoch, desc=f"stage {stage.name}", unit="epoch",
                         disable=not (self.cfg.logger.progress and self.accelerator.is_main_process))
         step = position.step
@@ -100,12 +105,12 @@ class StageTrainer:
             every = self.cfg.validation.every_n_epochs
             if (every and done % every == 0) or done == epochs:
                 self._validate(done, step)
-            if done in stage.config.checkpoint_epochs():
+            if done in self.checkpoint_epochs:
                 self._save_checkpoint(done)
             if job.on_epoch_end is not None:
                 job.on_epoch_end(done, self._unwrapped())
-            if done < epochs and (done % self.cfg.train.state_every_epochs == 0
-                                  or done in stage.config.checkpoint_epochs()):
+            if (done < epochs and (done % self.cfg.train.state_every_epochs == 0 or done in self.checkpoint_epochs)) \
+                    or done in self.kept_states:
                 self._save_state(Position(done, 0, step))
             progress.update(1)
         progress.close()
@@ -116,10 +121,14 @@ class StageTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             atomic_write_text(job.stage_dir / COMPLETE, "complete\n")
-            shutil.rmtree(job.stage_dir / STATE, ignore_errors=True)
+            if self.kept_states:
+                prune_states(job.stage_dir, self.kept_states)
+            else:
+                shutil.rmtree(job.stage_dir / STATE, ignore_errors=True)
 
     def _save_state(self, position: Position) -> None:
-        save_state(self.job.stage_dir, self.setup, self.accelerator, self.job.stage.identity, position)
+        save_state(self.job.stage_dir, self.setup, self.accelerator, self.job.stage.identity, position,
+                   self.kept_states)
 
     def _train_epoch(self, epoch: int, first_batch: int, step: int, progress) -> int:
         """Trains the epoch's batches from `first_batch` on (a resumed state may stand mid-epoch)."""

@@ -5,14 +5,16 @@ when a signal stops the stage, into `<stage>/state/step_<step>/`.
 All randomness is derived from (train.seed, stage, epoch, batch), so these are all a resumed stage
 needs to end with exactly the weights of an uninterrupted run. Each save is a new folder
 published by an atomic rename (burnlab.store); the older ones are removed only after it, so a
-kill at any instruction leaves at least one complete state, and resume takes the newest.
+kill at any instruction leaves at least one complete state, and resume takes the newest. The
+states at `kept` epochs (a stage's checkpoint epochs under train.keep_states) outlive the
+stage, for a longer stage of its trajectory to continue from (burnlab.continuation).
 """
 from __future__ import annotations
 
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -42,8 +44,24 @@ def saved_states(stage_dir: Path) -> list:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def save_state(stage_dir: Path, setup, accelerator, identity: str, position: Position) -> None:
-    """Main process only: written into a temp folder, published, and then the older ones removed."""
+def read_state(folder: Path) -> Tuple[Position, Optional[str]]:
+    """A state folder's position and the stage identity it belongs to."""
+    state = read_json(Path(folder) / STATE_FILE)
+    return Position(int(state["epoch"]), int(state["batch"]), int(state["step"])), state.get("stage_identity")
+
+
+def prune_states(stage_dir: Path, kept: Collection[int] = (), newest: Optional[Path] = None) -> None:
+    """Remove the stage's states other than `newest` and those at the end of a `kept` epoch."""
+    for folder in saved_states(stage_dir):
+        position, _ = read_state(folder)
+        if folder != newest and not (position.batch == 0 and position.epoch in kept):
+            shutil.rmtree(folder)
+
+
+def save_state(stage_dir: Path, setup, accelerator, identity: str, position: Position,
+               kept: Collection[int] = ()) -> None:
+    """Main process only: written into a temp folder, published, and then the older ones
+    removed, but for those at `kept` epochs."""
     if not accelerator.is_main_process:
         return
     target = Path(stage_dir) / STATE / f"step_{position.step:010d}"
@@ -57,9 +75,7 @@ def save_state(stage_dir: Path, setup, accelerator, identity: str, position: Pos
                 "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")  # LoRA dropout draws from it
     atomic_write_json(tmp / STATE_FILE, {**asdict(position), "stage_identity": identity})
     publish_dir(tmp, target)
-    for older in saved_states(stage_dir):
-        if older != target:
-            shutil.rmtree(older)
+    prune_states(stage_dir, kept, newest=target)
 
 
 def load_state(stage_dir: Path, setup, accelerator, identity: str) -> Optional[Position]:
@@ -73,10 +89,10 @@ def load_state(stage_dir: Path, setup, accelerator, identity: str) -> Optional[P
             metrics.unlink()  # rows of a run that died before its first saved state
         return None
     folder = states[0]
-    state = read_json(folder / STATE_FILE)
-    if state.get("stage_identity") != identity:
+    position, owner = read_state(folder)
+    if owner != identity:
         raise UserError(f"the saved training state {folder} belongs to stage identity "
-                        f"{state.get('stage_identity')!r}, but it lies in the folder of stage {identity!r}: "
+                        f"{owner!r}, but it lies in the folder of stage {identity!r}: "
                         f"the folder was copied or edited by hand. Nothing was changed or deleted; move "
                         f"{stage_dir} aside to train the stage afresh.")
     for name in setup.trained:
@@ -88,7 +104,6 @@ def load_state(stage_dir: Path, setup, accelerator, identity: str) -> Optional[P
         accelerator.scaler.load_state_dict(saved["grad_scaler"])
     if saved.get("torch_rng") is not None:
         torch.set_rng_state(saved["torch_rng"])
-    position = Position(int(state["epoch"]), int(state["batch"]), int(state["step"]))
     if accelerator.is_main_process:
         write_jsonl(metrics, [row for row in read_jsonl(metrics) if row.get("step", 0) <= position.step])
     return position

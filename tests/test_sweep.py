@@ -30,9 +30,10 @@ def _without_hi(tiny_model, tiny_data, runs):
     return [o for o in tiny_overrides(tiny_model, tiny_data, runs, "burn_unet") if not o.startswith("stages.unet_hi.")]
 
 
-def test_parallel_sweep_trains_shared_stages_once(tiny_model, tiny_data, tmp_path):
-    _sweep(_without_hi(tiny_model, tiny_data, tmp_path), "stages.unet_hi.epochs=2", "stages.unet_hi.save_epochs=[2]",
-           "stages.unet_hi.lr=1e-4,1e-3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+def test_parallel_sweep_trains_shared_stages_once_and_a_rerun_resumes_it(tiny_model, tiny_data, tmp_path):
+    sweep = [*_without_hi(tiny_model, tiny_data, tmp_path), "stages.unet_hi.epochs=2", "stages.unet_hi.save_epochs=[2]",
+             "stages.unet_hi.lr=1e-4,1e-3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    _sweep(sweep)
     jobs = sorted(_jobs(tmp_path / "burn_unet_multirun"), key=lambda job: job[1]["stages"]["unet_hi"]["lr"])
     studies = [study for _, study in jobs]
     assert [s["stages"]["unet_hi"]["lr"] for s in studies] == [1e-4, 1e-3]
@@ -50,6 +51,12 @@ def test_parallel_sweep_trains_shared_stages_once(tiny_model, tiny_data, tmp_pat
     baseline = tmp_path / "cache" / "stages" / studies[0]["stages"]["baseline"]["identity"]
     steps = [row["step"] for row in read_jsonl(baseline / "metrics.jsonl") if row["type"] == "train"]
     assert steps == [1, 2, 3, 4]  # trained once: not twice, not interleaved
+    logs = "".join((folder / "cli.log").read_text() for folder, _ in jobs)
+    assert logs.count("stage baseline: training") == logs.count("stage unet_lo: training") == 1
+    finished = {path: path.stat().st_mtime_ns for path in stage_dirs}
+    _sweep(sweep)  # the same sweep again: the same job folders, nothing trained again
+    assert [folder for folder, _ in _jobs(tmp_path / "burn_unet_multirun")] == sorted(folder for folder, _ in jobs)
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "cache" / "stages").glob("*/COMPLETE")} == finished
 
 
 def test_job_folder_names_are_the_overrides_or_shortened_with_a_hash():
@@ -85,6 +92,9 @@ def test_an_epoch_sweep_trains_the_longest_value_only_and_equals_separate_runs(
     jobs = {study["stages"]["unet_hi"]["epochs"]: (folder, study) for folder, study in _jobs(sweep_runs / "burn_unet_multirun")}
     assert sorted(jobs) == [2, 4, 6]
     continued = {epochs: study["stages"]["unet_hi"]["continued_from"] for epochs, (_, study) in jobs.items()}
+    for epochs, (folder, study) in jobs.items():  # the stage folder's own record says the same
+        stage = json.loads((folder / study["stages"]["unet_hi"]["dir"] / "stage.json").read_text())
+        assert stage["continued_from"] == continued[epochs]
     trained = sum(epochs - (record["epoch"] if record else 0) for epochs, record in continued.items())
     assert trained == 6, continued  # the longest value, not 2 + 4 + 6
     assert len(list((sweep_runs / "cache" / "stages").glob("*/COMPLETE"))) == 2 + 3  # baseline, unet_lo once

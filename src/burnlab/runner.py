@@ -173,9 +173,9 @@ class StudyRunner:
             log.info("stage %s: training %s for %d epochs -> %s", name, "+".join(planned.config.train),
                      planned.config.epochs, stage_dir)
             if self.is_main:
+                self._continue_shorter_run(name)
                 atomic_write_json(stage_dir / STAGE_RECORD, self.stage_entry(name) | {
                     "name": name, "lineage": planned.lineage, "base": self.base.describe()})
-                self._continue_shorter_run(name)
             self.accelerator.wait_for_everyone()  # every rank resumes from what the main process took over
             job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
                            self.accelerator, self.frozen_dtype,

@@ -4,6 +4,7 @@ per process, shared stages trained once), and a job of two tasks training as one
 otherwise handed to sbatch as configured (a stand-in sbatch records it: no SLURM here); a SLURM
 task's place in its job turned into accelerate's environment."""
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import pytest
 from submitit.core.utils import FailedJobError
 
-from burnlab.cluster import export_submitit_ranks
+from burnlab.cluster import join_submitit_job
 from burnlab.store import read_jsonl
 from study_helpers import burnlab_in_process, tiny_overrides
 from test_bad_overrides import assert_one_paragraph
@@ -57,6 +58,8 @@ def test_a_job_of_two_tasks_trains_as_one_two_process_run(tiny_model, tiny_data,
     baseline = json.loads(study_json.read_text())["stages"]["baseline"]
     rows = read_jsonl(tmp_path / "cache" / "stages" / baseline["identity"] / "metrics.jsonl")
     assert [row["step"] for row in rows if row["type"] == "train"] == [1, 2]  # 2 epochs
+    job_log, = study_json.parent.glob("*.log")  # Hydra's job log: rank 0's alone
+    assert job_log.read_text().count("stage baseline: training") == 1
 
 
 # (the override after the study's, the key, the bad value as shown)
@@ -118,8 +121,9 @@ SLURM_TASK = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASK
 DISTRIBUTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def slurm_task(monkeypatch, rank: int, **changes) -> dict:
-    """The environment of task `rank` of SLURM_TASK's job, after export_submitit_ranks."""
+def slurm_task(monkeypatch, tmp_path, rank: int, **changes) -> dict:
+    """The environment of task `rank` of SLURM_TASK's job after join_submitit_job, and whether the
+    task still writes the job's log file (Hydra's, here a stand-in on the root logger)."""
     for name in DISTRIBUTED:
         monkeypatch.delenv(name, raising=False)
     for name, value in {**SLURM_TASK, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), **changes}.items():
@@ -127,21 +131,26 @@ def slurm_task(monkeypatch, rank: int, **changes) -> dict:
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    export_submitit_ranks()
-    return {name: os.environ.get(name) for name in (*DISTRIBUTED, "CUDA_VISIBLE_DEVICES")}
+    job_log = logging.FileHandler(tmp_path / "cli.log", delay=True)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [job_log])
+    join_submitit_job()
+    return {**{name: os.environ.get(name) for name in (*DISTRIBUTED, "CUDA_VISIBLE_DEVICES")},
+            "writes the job log": job_log in logging.getLogger().handlers}
 
 
-def test_each_task_of_a_slurm_job_becomes_one_accelerate_process(monkeypatch):
-    first, third = slurm_task(monkeypatch, 0), slurm_task(monkeypatch, 2)
+def test_each_task_of_a_slurm_job_becomes_one_accelerate_process(monkeypatch, tmp_path):
+    first, third = slurm_task(monkeypatch, tmp_path, 0), slurm_task(monkeypatch, tmp_path, 2)
     assert third["RANK"] == third["LOCAL_RANK"] == "2" and first["RANK"] == first["LOCAL_RANK"] == "0"
     assert third["WORLD_SIZE"] == third["LOCAL_WORLD_SIZE"] == "4"
     assert third["MASTER_ADDR"] == first["MASTER_ADDR"] == "gpu-node07"  # the job's node
     assert third["MASTER_PORT"] == first["MASTER_PORT"]  # drawn from the job id: every task agrees
     assert 20000 <= int(third["MASTER_PORT"]) <= 60000
     assert third["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # accelerate picks GPU LOCAL_RANK among them
+    assert first["writes the job log"] and not third["writes the job log"]
 
 
 @pytest.mark.parametrize("changes", [{"SUBMITIT_EXECUTOR": None}, {"SLURM_NTASKS": "1"}, {"RANK": "5"}],
                          ids=["not under submitit", "a job of one task", "RANK set already"])
-def test_the_environment_is_left_alone_outside_a_job_of_several_tasks(monkeypatch, changes):
-    assert slurm_task(monkeypatch, 0, **changes)["WORLD_SIZE"] is None
+def test_the_environment_is_left_alone_outside_a_job_of_several_tasks(monkeypatch, tmp_path, changes):
+    task = slurm_task(monkeypatch, tmp_path, 1, **changes)
+    assert task["WORLD_SIZE"] is None and task["writes the job log"]

@@ -22,7 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from burnlab.cluster import export_submitit_ranks
+from burnlab.cluster import join_submitit_job
 from burnlab.config import check_no_secrets, load_config, register_configs
 from burnlab.errors import USER_ERRORS, Interrupted, paragraph
 from burnlab.preflight import check_before_hydra
@@ -73,7 +73,7 @@ def resume_command() -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     with _reported():  # here too: an error leaving a job makes Hydra print "Error executing job" first
-        export_submitit_ranks()  # a SLURM job's tasks: one accelerate process each (no-op elsewhere)
+        join_submitit_job()  # a SLURM job's tasks: one accelerate process each (no-op elsewhere)
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

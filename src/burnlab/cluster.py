@@ -8,12 +8,13 @@ starts `tasks_per_node` tasks on the job's node, and each task runs the job's st
 make those tasks one accelerate run instead of several studies trained side by side:
 - `check_slurm_launcher`, called by the preflight before Hydra starts: the launcher's settings
   (a partition, a task per GPU, one node, a time limit) are checked before anything is submitted;
-- `export_submitit_ranks`, called by each task before the study builds its Accelerator: the task's
+- `join_submitit_job`, called by each task before the study builds its Accelerator: the task's
   place in the job becomes RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, which
-  accelerate reads as `accelerate launch` would set them.
+  accelerate reads as `accelerate launch` would set them, and rank 0 alone writes the job's log.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import NoReturn
 
@@ -58,11 +59,12 @@ def _refuse(key: str, value, allowed: str) -> NoReturn:
     raise ConfigError(f"hydra.launcher.{key}", value, allowed)
 
 
-def export_submitit_ranks() -> None:
+def join_submitit_job() -> None:
     """In a submitit job of several tasks, set the environment accelerate forms its process group
     from, as `accelerate launch` or torchrun would: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
     MASTER_ADDR (the job's first node) and MASTER_PORT (drawn from the job id, the same in every
-    task). Nothing is set outside submitit, in a job of one task, or where RANK is set already."""
+    task); and leave the job's log file to rank 0. Nothing is done outside submitit, in a job of
+    one task, or where RANK is set already."""
     if not os.environ.get("SUBMITIT_EXECUTOR") or "RANK" in os.environ:
         return
     from submitit import JobEnvironment
@@ -72,4 +74,11 @@ def export_submitit_ranks() -> None:
         return
     # CUDA_VISIBLE_DEVICES stays as SLURM set it: accelerate takes GPU LOCAL_RANK modulo the GPUs
     # a task sees, which is right whether a task sees the node's GPUs or only its own
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    ranks = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if ranks.rank > 0:
+        # Hydra set up every task as the job's only process, each appending to the job's log file;
+        # the other ranks' output still reaches their own submitit logs (stdout)
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()

@@ -4,8 +4,8 @@
         experiment=burn_unet stages.unet_hi.lr=2e-4,6e-4
 
 hydra-submitit-launcher (`pip install 'burnlab[cluster]'`) submits each job with sbatch; submitit
-starts `tasks_per_node` tasks on the job's node, and each task runs the job's study. Two things
-make those tasks one accelerate run instead of several studies trained side by side:
+starts `tasks_per_node` tasks on the job's node, and each task runs the job's study. burnlab adds
+what makes that one accelerate run rather than several studies trained side by side:
 - `check_slurm_launcher`, called by the preflight before Hydra starts: the launcher's settings
   (a partition, a task per GPU, one node, a time limit) are checked before anything is submitted;
 - `join_submitit_job`, called by each task before the study builds its Accelerator: the task's
@@ -41,8 +41,8 @@ def check_slurm_launcher(launcher: DictConfig) -> None:
                 "accelerate process)")
     tasks = launcher.get("tasks_per_node")
     if tasks != gpus:
-        _refuse("tasks_per_node", tasks, f"the same as hydra.launcher.gpus_per_node ({gpus}): each task is the accelerate "
-                f"process of one GPU (leave tasks_per_node out and it follows gpus_per_node)")
+        _refuse("tasks_per_node", tasks, f"the same as hydra.launcher.gpus_per_node ({gpus}): each task is the "
+                f"accelerate process of one GPU (leave tasks_per_node out and it follows gpus_per_node)")
     nodes = launcher.get("nodes")
     if nodes != 1:
         _refuse("nodes", nodes, "1: a job runs on one node (burnlab does not join nodes into one run)")

@@ -3,6 +3,7 @@
     burnlab experiment=burn_unet                      # the UNet burn on the toy world
     burnlab experiment=burn_te stages.te_hi.lr=3e-4   # override any key
     burnlab -m experiment=burn_unet stages.unet_hi.lr=2e-4,6e-4 hydra/launcher=joblib   # a sweep
+    burnlab -m hydra/launcher=slurm_gpu hydra.launcher.partition=gpu ...              # on SLURM (cluster.py)
     accelerate launch --num_processes 2 -m burnlab.cli experiment=burn_unet           # 2 processes
 
 User errors (bad config values, missing data; Hydra's errors over the command line and the
@@ -24,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from burnlab import sweeps
+from burnlab.cluster import join_submitit_job
 from burnlab.config import check_no_secrets, load_config, register_configs
 from burnlab.errors import USER_ERRORS, Interrupted, paragraph
 from burnlab.preflight import check_before_hydra
@@ -75,6 +77,7 @@ def resume_command() -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     with _reported():  # here too: an error leaving a job makes Hydra print "Error executing job" first
+        join_submitit_job()  # a SLURM job's tasks: one accelerate process each (no-op elsewhere)
         hydra_config = HydraConfig.get()
         run_dir = Path(hydra_config.runtime.output_dir)
         if hydra_config.mode != RunMode.MULTIRUN:

@@ -6,7 +6,9 @@ into the run dir's .hydra/ before any burnlab code runs. So a run store that can
 copy in .hydra/) are refused first: the command line is read with Hydra's own parser, and the
 config composed with Hydra's compose API from the same overrides. A sweep's jobs compose their
 swept values later; here its other overrides are composed, and every override is checked for
-secrets as written. Commands that run no job (--help, --cfg, --info) are left to Hydra.
+secrets as written; a sweep's launcher settings are checked before the launcher submits a job (a
+SLURM job that cannot run would be found out on the cluster, in its queue or its logs). Commands
+that run no job (--help, --cfg, --info) are left to Hydra.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from hydra._internal.utils import get_args_parser  # the parser hydra.main itsel
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from burnlab.cluster import check_slurm_launcher
 from burnlab.config import check_no_secrets, resolve_path
 from burnlab.errors import ConfigError
 from burnlab.trackers import flatten_config
@@ -30,20 +33,24 @@ def check_before_hydra(argv: list, conf_dir: Path) -> None:
         return
     overrides = OverridesParser.create().parse_overrides(args.overrides)
     check_no_secrets((override.key_or_group, override.input_line) for override in overrides)
-    cfg = _compose(args, conf_dir, [o.input_line for o in overrides if not o.is_sweep_override()])
+    fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
+    cfg = _compose(args, conf_dir, fixed)
     resolved = OmegaConf.to_container(cfg, resolve=True)  # a bad interpolation (name=${nope}) names its key
     check_no_secrets(flatten_config(resolved).items())
     check_runs_writable(cfg.paths.runs)
+    if args.multirun:
+        check_slurm_launcher(_compose(args, conf_dir, fixed, return_hydra_config=True).hydra.launcher)
 
 
-def _compose(args, conf_dir: Path, overrides: list) -> DictConfig:
+def _compose(args, conf_dir: Path, overrides: list, return_hydra_config: bool = False) -> DictConfig:
     """The config as Hydra will compose it, with the command line's config dirs and name."""
     if args.config_path:  # as hydra.main reads it: absolute, or relative to the burnlab package
         conf_dir = conf_dir.parent / args.config_path
     if args.config_dir:
         overrides = overrides + [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return compose(config_name=args.config_name or "config", overrides=overrides)
+        return compose(config_name=args.config_name or "config", overrides=overrides,
+                       return_hydra_config=return_hydra_config)
 
 
 def check_runs_writable(runs: str) -> None:

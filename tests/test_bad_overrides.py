@@ -114,6 +114,13 @@ def test_a_bad_swept_value_is_one_paragraph(tmp_path, monkeypatch, capsys):
     assert_one_paragraph(status, stderr, "train.batch_size", "abc")
 
 
+def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(tmp_path, monkeypatch, capsys):
+    status, stderr = burnlab_in_process(["-m", *QUICK_STUDY, f"paths.runs={tmp_path}", "stages.unet_hi.lr=1e-4,-1"],
+                                        monkeypatch, capsys)
+    assert_one_paragraph(status, stderr, "stages.unet_hi.lr", "-1")
+    assert list(tmp_path.iterdir()) == []  # the good job did not run first either
+
+
 def test_cfg_shows_a_good_config_and_words_a_bad_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["burnlab", "--cfg", "job", *QUICK_STUDY, "train.batch_size=3"])
     cli.main()

@@ -6,8 +6,9 @@ into the run dir's .hydra/ before any burnlab code runs. So a run store that can
 copy in .hydra/) are refused first: the command line is read with Hydra's own parser, and the
 config composed with Hydra's compose API from the same overrides. A sweep's jobs compose their
 swept values later; here its other overrides are composed, and every override is checked for
-secrets as written; a sweep's launcher settings are checked before the launcher submits a job (a
-SLURM job that cannot run would be found out on the cluster, in its queue or its logs). Commands
+secrets as written; a sweep's launcher settings, and every job's config, are checked before the
+launcher submits a job (a SLURM job that cannot run would be found out on the cluster, in its
+queue or its logs). Commands
 that run no job (--help, --cfg, --info) are left to Hydra.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # how Hydra expands a sweep into jobs
 from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +42,18 @@ def check_before_hydra(argv: list, conf_dir: Path) -> None:
     check_runs_writable(cfg.paths.runs)
     if args.multirun:
         check_slurm_launcher(_compose(args, conf_dir, fixed, return_hydra_config=True).hydra.launcher)
+        check_sweep_jobs(args, conf_dir, overrides)
+
+
+def check_sweep_jobs(args, conf_dir: Path, overrides: list) -> None:
+    """Every job of the sweep validated as its own run will be, before the launcher starts one: a
+    bad swept value is one paragraph here, not a failed job (a traceback from submitit, on a
+    cluster, in its queue)."""
+    from burnlab.config import load_config
+
+    for batch in BasicSweeper.split_arguments(overrides, None):
+        for job in batch:
+            load_config(_compose(args, conf_dir, job))
 
 
 def _compose(args, conf_dir: Path, overrides: list, return_hydra_config: bool = False) -> DictConfig:

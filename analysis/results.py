@@ -1,8 +1,11 @@
-"""What one analysis is asked to do (Options) and what it made (Products).
+"""What one analysis is asked to do (Options) and what it made (Products; a sweep report's:
+SweepProducts).
 
     import analysis
     products = analysis.build(["runs/burn_unet", "runs/burn_te"], analysis.Options(out=Path("runs/report")))
     products.report, products.verdicts, products.table
+    sweep = analysis.build_sweep(["runs/burn_unet_multirun"])
+    sweep.report, sweep.sweep.jobs, sweep.grids
 
 Only dataclasses and defaults: importing this module loads nothing heavy.
 """
@@ -20,7 +23,7 @@ if TYPE_CHECKING:  # annotations only
     from analysis.losses import Series
     from analysis.measure import MetricTable
     from analysis.model import BranchRef
-
+    from analysis.sweep_jobs import Sweep
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Options:
     near_copy_distance: float = NEAR_COPY_DISTANCE  # memorisation threshold
     max_cell: int = 256  # largest grid cell side, px
     wandb_project: str | None = None  # log metrics and verdicts to a new W&B run of this project
+    checkpoints: tuple[str, ...] = ()  # sweep report: which checkpoints its grids and plots show
+    # ("final", a study epoch, a testing-plan label); () = where the jobs start to differ + final
 
 
 @dataclass
@@ -56,6 +61,33 @@ class Products:
     per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
     side_by_side: dict[str, Path]
     side_by_side_pair: tuple[BranchRef, BranchRef] | None
+    metric_plots: dict[str, Path]
+    table: MetricTable
+    verdicts: list[Verdict]
+    problems: list[str] = field(default_factory=list)
+    logged_to: str | None = None
+    report: Path | None = None
+
+
+@dataclass
+class ValueGrid:
+    """One grid of a sweep report: a row per job (its label, and the label of the checkpoint
+    shown, None where the job has no such checkpoint), a column per seed."""
+    branch: str
+    prompt_set: str
+    choice: str
+    path: Path
+    rows: list[tuple[str, str | None]]
+
+
+@dataclass
+class SweepProducts:
+    out: Path
+    sweep: Sweep
+    refs: list[BranchRef]  # a branch of a job each, jobs in swept-value order
+    losses_png: Path
+    loss_series: list[Series]
+    grids: list[ValueGrid]
     metric_plots: dict[str, Path]
     table: MetricTable
     verdicts: list[Verdict]

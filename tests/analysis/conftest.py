@@ -34,7 +34,8 @@ BURNS = {  # run name -> (leaf branch, trained component, lo stage, hi stage)
 }
 BASELINE_EPOCHS, BURN_EPOCHS, SAVE_EPOCHS = 5, 10, [2, 6, 10]
 HI_LR = 6e-4  # the hi stage's learning rate
-SWEEP_LRS = (6e-4, 1e-4, 3e-4)  # the sweep's jobs job0, job1, job2: folder order is not value order
+SWEEP_LRS = ("1e-3", "1e-4", "3e-4")  # the sweep's jobs job0, job1, job2, as typed: neither folder
+# nor text order is value order
 
 
 def burn_level(index: int, hi_strength: float = 1.0) -> float:
@@ -189,10 +190,10 @@ def build_sweep_store(root: Path) -> Path:
     write_style_data(root)
     multirun = root / "burn_unet_multirun"
     for number, lr in enumerate(SWEEP_LRS):
-        job = write_run(root, "burn_unet", multirun / f"job{number}", hi_lr=lr)
+        job = write_run(root, "burn_unet", multirun / f"job{number}", hi_lr=float(lr))
         (job / ".hydra").mkdir()
         (job / ".hydra" / "overrides.yaml").write_text(
-            f"- experiment=burn_unet\n- stages.unet_hi.lr={lr:g}\n- stages.baseline.epochs={BASELINE_EPOCHS}\n")
+            f"- experiment=burn_unet\n- stages.unet_hi.lr={lr}\n- stages.baseline.epochs={BASELINE_EPOCHS}\n")
     return multirun
 
 

@@ -24,7 +24,7 @@ from analysis.sweep_plots import value_axis
 from conftest import HI_LR, SEEDS, SIZE, sample_pixels, write_run
 from headless import image_links, images_in_chromium, needs_chromium
 
-LABELS = ["lr=0.0001", "lr=0.0003", "lr=0.0006"]  # SWEEP_LRS sorted by value
+LABELS = ["lr=1e-4", "lr=3e-4", "lr=1e-3"]  # SWEEP_LRS sorted by value
 FOLDERS = ["job1", "job2", "job0"]  # where those jobs are: folder order is not value order
 
 
@@ -48,7 +48,7 @@ def verdict_rows(report: Path) -> list[list[str]]:
 def test_the_verdict_table_has_a_row_per_job_in_swept_value_order(report):
     rows = verdict_rows(report)
     assert [row[0] for row in rows] == LABELS
-    assert [row[1] for row in rows] == ["0.0001", "0.0003", "0.0006"]  # the stages.unet_hi.lr column
+    assert [row[1] for row in rows] == ["1e-4", "3e-4", "1e-3"]  # the stages.unet_hi.lr column
     assert [Path(row[-1]).name for row in rows] == FOLDERS
     verdicts = json.loads((report / "detector.json").read_text())["verdicts"]
     assert [(v["run"], v["branch"]) for v in verdicts] == [(label, "unet_hi") for label in LABELS]
@@ -62,7 +62,7 @@ def test_sweep_json_says_what_was_swept_and_what_is_common(report):
     assert sweep["keys"] == ["stages.unet_hi.lr"] and sweep["source"] == "overrides"
     assert sweep["common"] == {"experiment": "burn_unet", "stages.baseline.epochs": "5"}
     assert [job["label"] for job in sweep["jobs"]] == LABELS
-    assert [job["values"]["stages.unet_hi.lr"] for job in sweep["jobs"]] == ["0.0001", "0.0003", "0.0006"]
+    assert [job["values"]["stages.unet_hi.lr"] for job in sweep["jobs"]] == ["1e-4", "3e-4", "1e-3"]
     assert {job["study"] for job in sweep["jobs"]} == {"burn_unet"}
 
 
@@ -88,7 +88,7 @@ def test_the_grids_have_a_row_per_swept_value_at_the_checkpoints_shown(report):
         grid = np.asarray(png.convert("RGB"))
     label_width = grid.shape[1] - len(SEEDS) * SIZE
     assert grid.shape[0] == 20 + 3 * SIZE
-    for row, lr in enumerate((1e-4, 3e-4, 6e-4)):  # each row shows its own job's sample
+    for row, lr in enumerate((1e-4, 3e-4, 1e-3)):  # each row shows its own job's sample
         top = 20 + row * SIZE
         cell = grid[top:top + SIZE, label_width:label_width + SIZE]
         assert np.array_equal(cell, sample_pixels("person", SEEDS[0], 7, "unet", lr / HI_LR))
@@ -107,7 +107,7 @@ def test_the_value_axis_is_the_learning_rate_on_a_log_scale(shared_sweep):
     from analysis.sources import open_run
     axis = value_axis(describe([open_run(spec) for spec in job_specs([str(shared_sweep)])]))
     assert axis.title == "stages.unet_hi.lr" and axis.log
-    assert list(axis.x.values()) == [1e-4, 3e-4, 6e-4]
+    assert list(axis.x.values()) == [1e-4, 3e-4, 1e-3]
 
 
 def test_report_links_resolve_and_every_image_loads_in_headless_chromium(report, tmp_path):
@@ -171,7 +171,7 @@ def test_a_list_of_runs_without_overrides_is_compared_by_config(sweep, capsys):
                  "--checkpoints", "21,unet_hi e2"]) == 0
     made = json.loads((out / "sweep.json").read_text())
     assert made["source"] == "config.yaml" and made["keys"] == ["stages.unet_hi.lr"]
-    assert [job["label"] for job in made["jobs"]] == LABELS
+    assert [job["label"] for job in made["jobs"]] == ["lr=0.0001", "lr=0.0003", "lr=0.001"]  # as config.yaml has them
     assert [grid["checkpoints"] for grid in made["grids"]] == ["21", "21", "unet_hi e2", "unet_hi e2"]
     assert {row["checkpoint"] for grid in made["grids"] for row in grid["rows"]} == {"6 unet_hi e6", "5 unet_hi e2"}
     assert (out / "grids" / "unet_hi" / "person" / "21.png").is_file()

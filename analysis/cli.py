@@ -18,7 +18,7 @@ from pathlib import Path
 
 import analysis
 from analysis.defaults import DEFAULT_SMOOTHING, FEATURE_SPACES, NEAR_COPY_DISTANCE
-from analysis.results import Options, Products, SweepProducts
+from analysis.results import BaseProducts, Options
 from analysis.sweep_jobs import is_multirun
 
 USAGE_ERROR = 2
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def build(runs: list[str], compare: str | None, options: Options) -> Products | SweepProducts:
+def build(runs: list[str], compare: str | None, options: Options) -> BaseProducts:
     """One run, or RUN --compare RUN2: the run report; several runs or a multirun folder: the
     sweep report."""
     if not compare and (len(runs) > 1 or is_multirun(runs[0])):

@@ -51,22 +51,29 @@ class PromptSetProducts:
     gif: Path
 
 
-@dataclass
-class Products:
+@dataclass(kw_only=True)
+class BaseProducts:
+    """What every report is made of: the loss overlay, metric table and plots, verdicts, what
+    is missing, and where it all went."""
     out: Path
     refs: list[BranchRef]
     losses_png: Path
     loss_series: list[Series]
-    loss_statistics: list[StageLossStats]
-    per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
-    side_by_side: dict[str, Path]
-    side_by_side_pair: tuple[BranchRef, BranchRef] | None
     metric_plots: dict[str, Path]
     table: MetricTable
     verdicts: list[Verdict]
     problems: list[str] = field(default_factory=list)
     logged_to: str | None = None
     report: Path | None = None
+
+
+@dataclass(kw_only=True)
+class Products(BaseProducts):
+    """A run's report, or two runs side by side."""
+    loss_statistics: list[StageLossStats]
+    per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
+    side_by_side: dict[str, Path]
+    side_by_side_pair: tuple[BranchRef, BranchRef] | None
 
 
 @dataclass
@@ -80,17 +87,8 @@ class ValueGrid:
     rows: list[tuple[str, str | None]]
 
 
-@dataclass
-class SweepProducts:
-    out: Path
+@dataclass(kw_only=True)
+class SweepProducts(BaseProducts):
+    """A sweep report; `refs` holds a branch of a job each, the jobs in swept-value order."""
     sweep: Sweep
-    refs: list[BranchRef]  # a branch of a job each, jobs in swept-value order
-    losses_png: Path
-    loss_series: list[Series]
     grids: list[ValueGrid]
-    metric_plots: dict[str, Path]
-    table: MetricTable
-    verdicts: list[Verdict]
-    problems: list[str] = field(default_factory=list)
-    logged_to: str | None = None
-    report: Path | None = None

@@ -49,7 +49,7 @@ analyze: setup ## analyse one run: make analyze RUN=runs/burn_unet
 report: setup ## side-by-side report of the UNet and TE burns
 	$(ANALYZE) $(RUNS)/burn_unet --compare $(RUNS)/burn_te --out $(RUNS)/report $(ARGS)
 
-sweep-report: setup ## a 3-value lr sweep of the UNet burn (short stages), then one report across its jobs
+sweep-report: setup ## a 3-value lr sweep of the UNet burn (short stages), then one report across its jobs (~5 min)
 	$(BURNLAB) -m experiment=burn_unet name=burn_unet_lr 'stages.unet_hi.lr=$(SWEEP_LRS)' $(SWEEP_SHORT) \
 		analyze=false paths.runs=$(RUNS) $(ARGS)
 	$(ANALYZE) $(RUNS)/burn_unet_lr_multirun

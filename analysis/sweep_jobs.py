@@ -16,6 +16,7 @@ keys. Folder names are never read for this: they are for people, and their schem
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,9 @@ def is_multirun(spec: str) -> bool:
 
 
 def job_specs(specs: list[str]) -> list[str]:
-    """The runs to compare: each spec itself, or for a multirun folder its job folders."""
-    return [job for spec in specs for job in (multirun_jobs(Path(spec)) if is_multirun(spec) else [spec])]
+    """The runs to compare, each once: each spec itself, or for a multirun folder its job folders."""
+    jobs = [job for spec in specs for job in (multirun_jobs(Path(spec)) if is_multirun(spec) else [spec])]
+    return list(dict.fromkeys(job if job.startswith(WANDB_PREFIX) else os.path.normpath(job) for job in jobs))
 
 
 def multirun_jobs(folder: Path) -> list[str]:

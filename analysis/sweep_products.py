@@ -25,7 +25,7 @@ from analysis.grids import labelled_grid
 from analysis.images import SampleImages
 from analysis.losses import Series, plot_losses
 from analysis.measure import measure
-from analysis.model import AnalysisError, BranchRef
+from analysis.model import AnalysisError, BranchRef, Checkpoint
 from analysis.products import check_options, safe, write_results
 from analysis.results import Options, SweepProducts, ValueGrid
 from analysis.sources import open_run
@@ -120,7 +120,7 @@ def pick_checkpoints(sweep: Sweep, branches: list[str], choices: list[Choice] | 
 
 
 def value_grid(images: SampleImages, sweep: Sweep, branch: str, prompt_set: str, choice: str,
-               checkpoints: dict, out: Path, max_cell: int) -> ValueGrid:
+               checkpoints: dict[str, Checkpoint | None], out: Path, max_cell: int) -> ValueGrid:
     """Rows = jobs in swept-value order, columns = seeds, at each job's checkpoint for `choice`
     (named in the row too when the jobs' checkpoints have different labels)."""
     labels_differ = len({checkpoint.label for checkpoint in checkpoints.values() if checkpoint}) > 1

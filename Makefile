@@ -5,9 +5,13 @@ BURNLAB := $(VENV)/bin/burnlab
 ANALYZE := $(VENV)/bin/burnlab-analyze
 RUNS ?= runs
 ARGS ?=
+# make sweep-report: the hi stage's learning rates, and stages shortened to take minutes
+SWEEP_LRS ?= 1e-4,3e-4,1e-3
+SWEEP_SHORT ?= 'stages.unet_lo.epochs=100' 'stages.unet_lo.save_epochs=[20,60,100]' \
+	'stages.unet_hi.epochs=150' 'stages.unet_hi.save_epochs=[30,90,150]'
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report verdicts bench bench-train clean
+.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report sweep-report verdicts bench bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +48,11 @@ analyze: setup ## analyse one run: make analyze RUN=runs/burn_unet
 
 report: setup ## side-by-side report of the UNet and TE burns
 	$(ANALYZE) $(RUNS)/burn_unet --compare $(RUNS)/burn_te --out $(RUNS)/report $(ARGS)
+
+sweep-report: setup ## a 3-value lr sweep of the UNet burn (short stages), then one report across its jobs (~5 min)
+	$(BURNLAB) -m experiment=burn_unet name=burn_unet_lr 'stages.unet_hi.lr=$(SWEEP_LRS)' $(SWEEP_SHORT) \
+		analyze=false paths.runs=$(RUNS) $(ARGS)
+	$(ANALYZE) $(RUNS)/burn_unet_lr_multirun
 
 verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies, held-out confusion table (~63 min)
 	$(PY) bench/verdicts.py --runs $(RUNS) --readme experiments/README.md --install $(ARGS)

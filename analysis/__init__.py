@@ -4,24 +4,29 @@ training code, and makes what the study's readers look at.
     import analysis
     products = analysis.build(["runs/burn_unet", "runs/burn_te"], analysis.Options(out=Path("runs/report")))
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report   # the same, from a shell
+    sweep = analysis.build_sweep(["runs/burn_unet_multirun"])     # one report across a sweep's jobs
+    burnlab-analyze runs/burn_unet_multirun                       # the same, from a shell
 
-`build` is the one entry point: the command line (analysis.cli) and burnlab's runner both call
-it. It raises AnalysisError (one paragraph naming the path or key, the value and what is
-expected) for bad input.
+`build` is the entry point for one run or two side by side: the command line (analysis.cli) and
+burnlab's runner both call it; `build_sweep` for the jobs of a sweep (or any runs of one study).
+Both raise AnalysisError (one paragraph naming the path or key, the value and what is expected)
+for bad input.
 
 Modules, in the order data flows: sources (run folder / W&B -> model), images (decoding),
 grids and gifs, losses (overlay) and loss_stats (its numbers), dataset + features + metrics +
 estimates (bootstrap intervals) + measure (metric table), detector (burn verdicts, rule from
 calibration.json) and calibration (choosing that rule on labelled runs; make verdicts),
 metric_plots, tracking (W&B), products (every product), report (HTML), cli. results holds the
-options and products dataclasses.
+options and products dataclasses. A sweep: sweep_jobs (which runs, what was swept),
+sweep_checkpoints (which checkpoint of each job), sweep_plots (metrics against the swept value),
+sweep_products (every product), sweep_report (HTML).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from analysis.model import AnalysisError
-from analysis.results import Options, Products
+from analysis.results import Options, Products, SweepProducts
 
 
 def build(runs: list[str | Path], options: Options | None = None) -> Products:
@@ -32,4 +37,13 @@ def build(runs: list[str | Path], options: Options | None = None) -> Products:
     return analyze(list(runs), options or Options())
 
 
-__all__ = ["AnalysisError", "Options", "Products", "build"]
+def build_sweep(runs: list[str | Path], options: Options | None = None) -> SweepProducts:
+    """One report across the jobs of a sweep: `runs` are run folders (or W&B paths) of one study,
+    or multirun folders whose job folders hold them; the jobs are sorted by what differs
+    across their overrides (or configs). Into `options.out` (default MULTIRUN/analysis)."""
+    from analysis.sweep_products import analyze_sweep  # the heavy imports only now
+
+    return analyze_sweep(list(runs), options or Options())
+
+
+__all__ = ["AnalysisError", "Options", "Products", "SweepProducts", "build", "build_sweep"]

@@ -3,9 +3,12 @@
     burnlab-analyze runs/burn_unet                                  # -> runs/burn_unet/analysis/
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
     burnlab-analyze wandb:entity/project/run_id --out report        # needs a W&B key
+    burnlab-analyze runs/burn_unet_multirun                         # a sweep: one report across its jobs
+    burnlab-analyze RUN1 RUN2 RUN3 --out runs/lr_report --checkpoints 650,final   # any runs of one study
 
-Bad input (not a run folder, a W&B path without a key, a corrupt file) ends with one
-paragraph naming the path or key, the value and what is expected, and exit status 2.
+Bad input (not a run folder, a W&B path without a key, a corrupt file, runs of different
+studies in a sweep) ends with one paragraph naming the path or key, the value and what is
+expected, and exit status 2.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from pathlib import Path
 
 import analysis
 from analysis.defaults import DEFAULT_SMOOTHING, FEATURE_SPACES, NEAR_COPY_DISTANCE
-from analysis.results import Options
+from analysis.results import BaseProducts, Options
+from analysis.sweep_jobs import is_multirun
 
 USAGE_ERROR = 2
 
@@ -24,10 +28,17 @@ def parser() -> argparse.ArgumentParser:
     arguments = argparse.ArgumentParser(
         prog="burnlab-analyze", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    arguments.add_argument("run", help="a run folder, or wandb:entity/project/run_id")
+    arguments.add_argument("runs", nargs="+", metavar="RUN",
+                           help="a run folder, or wandb:entity/project/run_id; several runs, or a "
+                           "sweep's multirun folder (e.g. runs/burn_unet_multirun), make one sweep report")
     arguments.add_argument("--compare", metavar="RUN2", help="a second run (e.g. the TE burn)")
     arguments.add_argument("--out", type=Path, help="output folder (default: RUN/analysis; for a "
-                           "W&B run: ./analysis-<run_id>)")
+                           "W&B run: ./analysis-<run_id>; for a sweep: MULTIRUN/analysis, for a list "
+                           "of runs ./analysis-sweep)")
+    arguments.add_argument("--checkpoints", metavar="LIST",
+                           help="sweep report: the checkpoints its grids and metric plots show, "
+                           "comma-separated: 'final', a study epoch (e.g. 650) or a testing-plan label "
+                           "(e.g. 'unet_hi e100') (default: where the jobs start to differ, and final)")
     arguments.add_argument("--log-scale", action="store_true", help="log-scale loss axes")
     arguments.add_argument("--relative-losses", action="store_true",
                            help="plot validation and stabilized loss minus their stage's first pass, "
@@ -60,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                       use_probe=not args.no_probe, log_scale=args.log_scale,
                       relative_losses=args.relative_losses, smoothing=args.smoothing,
                       calibration=args.calibration, near_copy_distance=args.near_copy, max_cell=args.max_cell,
-                      wandb_project=args.wandb_project)
+                      wandb_project=args.wandb_project,
+                      checkpoints=tuple(args.checkpoints.split(",")) if args.checkpoints else ())
     try:
-        products = analysis.build([spec for spec in (args.run, args.compare) if spec], options)
+        products = build(args.runs, args.compare, options)
     except analysis.AnalysisError as error:
         print(f"burnlab-analyze: {error}", file=sys.stderr)
         return USAGE_ERROR
@@ -77,6 +89,22 @@ def main(argv: list[str] | None = None) -> int:
               f"see the report's 'Missing or not measured' section.")
     print(f"report: {products.report}")
     return 0
+
+
+def build(runs: list[str], compare: str | None, options: Options) -> BaseProducts:
+    """One run, or RUN --compare RUN2: the run report; several runs or a multirun folder: the
+    sweep report."""
+    if not compare and (len(runs) > 1 or is_multirun(runs[0])):
+        return analysis.build_sweep(runs, options)
+    if len(runs) > 1:
+        raise analysis.AnalysisError(f"--compare {compare} was given with {len(runs)} runs ({' '.join(runs)}); "
+                            f"expected one run beside it (RUN --compare RUN2), or several runs "
+                            f"without --compare for a sweep report.")
+    if options.checkpoints:
+        raise analysis.AnalysisError(f"--checkpoints {','.join(options.checkpoints)} applies to a sweep report "
+                            f"(several runs, or a multirun folder); a run's report shows every "
+                            f"checkpoint of its testing plan.")
+    return analysis.build([spec for spec in (runs[0], compare) if spec], options)
 
 
 if __name__ == "__main__":

@@ -83,23 +83,28 @@ def measured_metrics(products: Products) -> list[str]:
 
 
 def write_report(products: Products) -> Path:
-    path = products.out / "report.html"
-    sections = [header(products), long_captions(products), missing(products), verdicts(products),
-                losses(products), side_by_side(products), samples(products), metric_section(products)]
+    return write_page(products.out / "report.html", "burnlab report", [
+        header(products), long_captions(products), missing(products.problems + products.table.notes),
+        verdicts(products), losses(products), side_by_side(products), samples(products),
+        metric_section(products)])
+
+
+def write_page(path: Path, title: str, sections: list[str]) -> Path:
+    """A static HTML page of the non-empty sections, in the report's style."""
     path.write_text("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-                    f"<title>burnlab report</title><style>{STYLE}</style></head><body>\n"
+                    f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>\n"
                     + "\n".join(section for section in sections if section)
                     + "\n</body></html>\n", encoding="utf-8")
     return path
 
 
-def link(products: Products, path: Path) -> str:
-    """A relative, URL-quoted link from report.html to a product."""
-    return quote(path.relative_to(products.out).as_posix())
+def link(out: Path, path: Path) -> str:
+    """A relative, URL-quoted link from a report in `out` to a product."""
+    return quote(path.relative_to(out).as_posix())
 
 
-def image(products: Products, path: Path, caption: str) -> str:
-    return (f"<figure><img src='{link(products, path)}' alt='{escape(caption)}'>"
+def image(out: Path, path: Path, caption: str) -> str:
+    return (f"<figure><img src='{link(out, path)}' alt='{escape(caption)}'>"
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
@@ -134,8 +139,8 @@ def caption_examples(record: LongCaptions) -> str:
             f"</summary><ul>{items}</ul></details>")
 
 
-def missing(products: Products) -> str:
-    lines = products.problems + products.table.notes
+def missing(lines: list[str]) -> str:
+    """What could not be read or measured, in a highlighted box; nothing when all is there."""
     if not lines:
         return ""
     items = "".join(f"<li>{escape(line)}</li>" for line in lines)
@@ -171,7 +176,7 @@ def losses(products: Products) -> str:
         f"<td class='text'>{escape(stats.trains)}</td>"
         + "".join(f"<td>{number(getattr(stats, field))}</td>" for _, field, _ in LOSS_COLUMNS) + "</tr>"
         for stats in products.loss_statistics)
-    return ("<h2>Losses</h2>" + image(products, products.losses_png, caption)
+    return ("<h2>Losses</h2>" + image(products.out, products.losses_png, caption)
             + f"<h3>Loss statistics</h3><p>Per stage (<a href='loss_stats.json'>loss_stats.json</a>): "
             f"slopes are least-squares, per {SLOPE_EPOCHS} epochs; changes are last pass minus "
             f"first; roughness is the std of the training loss's step-to-step differences.</p>"
@@ -182,7 +187,7 @@ def side_by_side(products: Products) -> str:
     if not products.side_by_side_pair:
         return ""
     left, right = products.side_by_side_pair
-    figures = "".join(image(products, path, prompt_set)
+    figures = "".join(image(products.out, path, prompt_set)
                       for prompt_set, path in products.side_by_side.items())
     return (f"<h2>{escape(left.title)} vs {escape(right.title)}</h2>"
             f"<div class='figures'>{figures}</div>")
@@ -197,18 +202,18 @@ def samples(products: Products) -> str:
             made = products.per_branch.get((ref.title, prompt_set))
             if made is None:
                 continue
-            grids = "".join(image(products, path, label) for label, path in made.checkpoint_grids)
+            grids = "".join(image(products.out, path, label) for label, path in made.checkpoint_grids)
             parts.append(
                 f"<h3>{escape(ref.title)} (trains {escape('+'.join(ref.branch.component))})</h3>"
-                f"<div class='figures'>{image(products, made.grid, 'rows = checkpoints, columns = seeds')}"
-                f"{image(products, made.gif, 'progression')}</div>"
+                f"<div class='figures'>{image(products.out, made.grid, 'rows = checkpoints, columns = seeds')}"
+                f"{image(products.out, made.gif, 'progression')}</div>"
                 f"<details><summary>3x3 grid per checkpoint</summary>"
                 f"<div class='figures'>{grids}</div></details>")
     return "\n".join(parts)
 
 
 def metric_section(products: Products) -> str:
-    plots = "".join(image(products, path, f"{metric}: {METRICS[metric]}")
+    plots = "".join(image(products.out, path, f"{metric}: {METRICS[metric]}")
                     for metric, path in products.metric_plots.items())
     shown = measured_metrics(products)
     head = "".join(f"<th title='{escape(METRICS[m])}'>{escape(m)}</th>" for m in shown)

@@ -1,8 +1,11 @@
-"""What one analysis is asked to do (Options) and what it made (Products).
+"""What one analysis is asked to do (Options) and what it made (Products; a sweep report's:
+SweepProducts).
 
     import analysis
     products = analysis.build(["runs/burn_unet", "runs/burn_te"], analysis.Options(out=Path("runs/report")))
     products.report, products.verdicts, products.table
+    sweep = analysis.build_sweep(["runs/burn_unet_multirun"])
+    sweep.report, sweep.sweep.jobs, sweep.grids
 
 Only dataclasses and defaults: importing this module loads nothing heavy.
 """
@@ -20,7 +23,7 @@ if TYPE_CHECKING:  # annotations only
     from analysis.losses import Series
     from analysis.measure import MetricTable
     from analysis.model import BranchRef
-
+    from analysis.sweep_jobs import Sweep
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Options:
     near_copy_distance: float = NEAR_COPY_DISTANCE  # memorisation threshold
     max_cell: int = 256  # largest grid cell side, px
     wandb_project: str | None = None  # log metrics and verdicts to a new W&B run of this project
+    checkpoints: tuple[str, ...] = ()  # sweep report: which checkpoints its grids and plots show
+    # ("final", a study epoch, a testing-plan label); () = where the jobs start to differ + final
 
 
 @dataclass
@@ -46,19 +51,44 @@ class PromptSetProducts:
     gif: Path
 
 
-@dataclass
-class Products:
+@dataclass(kw_only=True)
+class BaseProducts:
+    """What every report is made of: the loss overlay, metric table and plots, verdicts, what
+    is missing, and where it all went."""
     out: Path
     refs: list[BranchRef]
     losses_png: Path
     loss_series: list[Series]
-    loss_statistics: list[StageLossStats]
-    per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
-    side_by_side: dict[str, Path]
-    side_by_side_pair: tuple[BranchRef, BranchRef] | None
     metric_plots: dict[str, Path]
     table: MetricTable
     verdicts: list[Verdict]
     problems: list[str] = field(default_factory=list)
     logged_to: str | None = None
     report: Path | None = None
+
+
+@dataclass(kw_only=True)
+class Products(BaseProducts):
+    """A run's report, or two runs side by side."""
+    loss_statistics: list[StageLossStats]
+    per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
+    side_by_side: dict[str, Path]
+    side_by_side_pair: tuple[BranchRef, BranchRef] | None
+
+
+@dataclass
+class ValueGrid:
+    """One grid of a sweep report: a row per job (its label, and the label of the checkpoint
+    shown, None where the job has no such checkpoint), a column per seed."""
+    branch: str
+    prompt_set: str
+    choice: str
+    path: Path
+    rows: list[tuple[str, str | None]]
+
+
+@dataclass(kw_only=True)
+class SweepProducts(BaseProducts):
+    """A sweep report; `refs` holds a branch of a job each, the jobs in swept-value order."""
+    sweep: Sweep
+    grids: list[ValueGrid]

@@ -9,9 +9,7 @@ import json
 from dataclasses import asdict
 import re
 import shutil
-import subprocess
 from html import unescape
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -21,34 +19,7 @@ from analysis.cli import main
 from analysis.detector import Calibration, detect
 from analysis.measure import MetricTable
 from analysis.tracking import log_results
-
-IMAGE_CHECK = """
-<script>
-window.addEventListener("load", () => {
-  const images = Array.from(document.images);
-  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"));
-  const result = document.createElement("pre");
-  result.id = "image-check";
-  result.textContent = JSON.stringify({total: images.length, broken: broken});
-  document.body.appendChild(result);
-});
-</script>
-"""
-
-
-class Links(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.links += [value for name, value in attrs if name in ("src", "href")]
-
-
-def links_of(html: Path) -> list[str]:
-    parser = Links()
-    parser.feed(html.read_text(encoding="utf-8"))
-    return parser.links
+from headless import images_in_chromium, image_links, links_of, needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -116,23 +87,11 @@ def test_loss_statistics_are_in_the_report_summary_and_json(report):
     assert "minus their stage&#x27;s first pass" in html  # --relative-losses reached the plot
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="Debian's chromium is not installed (scripts/ensure_chromium.sh installs it)")
+@needs_chromium
 def test_report_loads_every_image_in_headless_chromium(report, tmp_path):
-    page = report / "image_check.html"  # beside report.html, so its relative links resolve
-    page.write_text((report / "report.html").read_text(encoding="utf-8")
-                    .replace("</body>", IMAGE_CHECK + "</body>"), encoding="utf-8")
-    result = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--no-first-run",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout)
-    assert found, f"no image check in the DOM; chromium said: {result.stderr[-2000:]}"
-    check = json.loads(found.group(1))
+    check = images_in_chromium(report / "report.html", tmp_path / "profile")
     assert check["broken"] == []
-    assert check["total"] == len([link for link in links_of(page) if link.endswith((".png", ".gif"))])
+    assert check["total"] == len(image_links(report / "report.html"))
 
 
 def test_default_out_is_the_run_analysis_folder(store, capsys):

@@ -46,6 +46,7 @@ class Checkpoint:
     epoch: int
     study_epoch: float
     checkpoint_id: str
+    weights_id: str  # equal for equal weights (an epoch sweep's jobs up to the shorter length); runs before it: checkpoint_id
 
 
 @dataclass(frozen=True)

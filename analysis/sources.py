@@ -151,7 +151,8 @@ def parse_checkpoint(entry: Any, where: str) -> Checkpoint:
         stage=entry.get("stage"),
         epoch=int(entry.get("epoch", 0)),
         study_epoch=float(require(entry, "study_epoch", at, "the epoch on the branch's axis")),
-        checkpoint_id=str(require(entry, "checkpoint_id", at, "the checkpoint's identity")))
+        checkpoint_id=str(require(entry, "checkpoint_id", at, "the checkpoint's identity")),
+        weights_id=str(entry.get("weights_id") or entry["checkpoint_id"]))
 
 
 def parse_losses(rows: Iterable[dict], where: str) -> dict[str, list[LossRow]]:

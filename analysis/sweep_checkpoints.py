@@ -7,8 +7,10 @@
 A choice is `final` (each job's last checkpoint), a study epoch (a number: the checkpoint at that
 epoch on the branch's axis, e.g. 650 = unet_hi e100 after a 50-epoch baseline and 500 epochs
 of unet_lo) or a testing-plan label, with or without its index ("5 unet_hi e100", "unet_hi
-e100"). By default a report shows the first checkpoint at which the jobs differ (where the swept
-setting starts to act: a lr sweep of unet_hi shares base, baseline and unet_lo) and the final one.
+e100"). By default a report shows the first checkpoint at which the jobs' weights differ (where the
+swept setting starts to act: a lr sweep of unet_hi shares base, baseline and unet_lo; an epoch
+sweep's jobs share every checkpoint up to the shorter length, so only the final ones differ) and
+the final one.
 """
 from __future__ import annotations
 
@@ -71,10 +73,10 @@ def check_choices(choices: list[Choice], plans: list[tuple[Checkpoint, ...]]) ->
 
 
 def default_choices(plans: list[tuple[Checkpoint, ...]]) -> list[Choice]:
-    """The first checkpoint where the jobs' checkpoints differ (if not the last), and the final."""
+    """The first checkpoint where the jobs' weights differ (if not the last), and the final."""
     longest = max(len(plan) for plan in plans)
     differs = next((index for index in range(longest)
-                    if len({plan[index].checkpoint_id if index < len(plan) else None for plan in plans}) > 1),
+                    if len({plan[index].weights_id for plan in plans if index < len(plan)}) > 1),
                    None)
     if differs is None or all(differs == len(plan) - 1 for plan in plans):
         return [Choice(FINAL, FINAL)]

@@ -98,6 +98,9 @@ def test_an_epoch_sweep_trains_the_longest_value_only_and_equals_separate_runs(
     trained = sum(epochs - (record["epoch"] if record else 0) for epochs, record in continued.items())
     assert trained == 6, continued  # the longest value, not 2 + 4 + 6
     assert len(list((sweep_runs / "cache" / "stages").glob("*/COMPLETE"))) == 2 + 3  # baseline, unet_lo once
+    at_epoch_2 = [next(row for row in study["testing_plan"]["unet_hi"] if row["label"].endswith("unet_hi e2"))
+                  for _, study in jobs.values()]  # the same weights in every job, saved by other stages
+    assert len({row["weights_id"] for row in at_epoch_2}) == 1 and len({row["checkpoint_id"] for row in at_epoch_2}) == 3
     for epochs, (folder, study) in jobs.items():
         assert study["stages"]["unet_hi"]["save_epochs"] == [e for e in (2, 4, 6) if e <= epochs]
         alone, alone_dir = run_study(tiny_model, tiny_data, tmp_path / f"alone{epochs}", "stages.unet_hi.save_epochs=[2,4,6]",

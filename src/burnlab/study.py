@@ -108,7 +108,7 @@ def testing_plan(planned: Dict[str, PlannedStage], leaf: str, base_identity: str
     """The checkpoints a branch is judged on: the base, the first stage's final epoch, then every
     save epoch of each later stage (the study's 0 base, 1 baseline, 2-4 lo, 5-7 hi)."""
     rows: List[dict] = [{"index": 0, "label": "0 base", "stage": None, "epoch": 0, "study_epoch": 0,
-                         "checkpoint_id": base_identity, "dir": None}]
+                         "checkpoint_id": base_identity, "weights_id": base_identity, "dir": None}]
     for position, name in enumerate(planned[leaf].lineage[1:]):
         stage = planned[name]
         epochs = [stage.config.epochs] if position == 0 else stage.config.checkpoint_epochs()
@@ -118,8 +118,15 @@ def testing_plan(planned: Dict[str, PlannedStage], leaf: str, base_identity: str
             rows.append({"index": index, "label": label, "stage": name, "epoch": epoch,
                          "study_epoch": stage.epoch_offset + epoch,
                          "checkpoint_id": checkpoint_id(stage.identity, epoch),
+                         "weights_id": weights_id(stage, epoch),
                          "dir": str(checkpoint_dir(stage_dirs[name], epoch))})
     return rows
+
+
+def weights_id(stage: PlannedStage, epoch: int) -> str:
+    """Equal for checkpoints with equal weights: the same epoch of one trajectory (an epoch sweep's
+    jobs share it up to the shorter length), saved the same way (a parent's final stays float32)."""
+    return hash_json(["weights", stage.trajectory, epoch, epoch == stage.config.epochs and stage.has_children])
 
 
 def branch_of(planned: Dict[str, PlannedStage], leaf: str) -> dict:

@@ -203,3 +203,23 @@ def test_a_job_folder_without_study_json_is_named(sweep, capsys):
     error = capsys.readouterr().err
     assert f"Sweep job folder(s) {sweep / 'job1'} of {sweep} have no study.json" in error
     assert error.count("\n") == 1
+
+
+def _plan(job: int, *weights: str) -> tuple:
+    """A testing plan whose checkpoints have these weights; ids of stages no other job shares."""
+    from analysis.model import Checkpoint
+
+    return tuple(Checkpoint(index, f"{index} c", "s", index, float(index),
+                            w if w in ("b", "base", "lo") else f"job{job}-{w}", w) for index, w in enumerate(weights))
+
+
+def test_by_default_the_grids_show_where_the_weights_start_to_differ_and_the_final_ones():
+    from analysis.sweep_checkpoints import default_choices
+
+    # an lr sweep: base, baseline and unet_lo shared, unet_hi's checkpoints differ from the first
+    lr_sweep = [_plan(lr, "b", "base", "lo", f"hi{lr}", f"hi{lr}-2") for lr in (1, 2, 3)]
+    assert [choice.text for choice in default_choices(lr_sweep)] == ["3 c", "final"]
+    # an epoch sweep: every job passes through the same weights up to its own length (other
+    # stage identities, so other checkpoint ids): only the final checkpoints differ
+    epoch_sweep = [_plan(length, "b", "base", "lo", "e100", "e300", "e500")[:length] for length in (4, 5, 6)]
+    assert [choice.text for choice in default_choices(epoch_sweep)] == ["final"]

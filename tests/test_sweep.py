@@ -2,8 +2,10 @@
 trained once (the second job waits on the stage's file lock), and an epoch sweep that trains
 the swept stage for its longest value only, each job ending with a separate run's weights."""
 import json
+import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -16,7 +18,11 @@ from study_helpers import run_study, tiny_overrides
 
 def _sweep(overrides, *extra):
     command = [sys.executable, "-m", "burnlab.cli", "-m", *overrides, *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # one thread in every job (joblib's workers get one anyway, the basic launcher's as many as
+    # this process has): sums over other thread counts round differently, so the weights compared
+    # with a separate run below would differ in their last bits
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -69,6 +75,16 @@ def test_job_folder_names_are_the_overrides_or_shortened_with_a_hash():
     assert "/" not in pathlike and pathlike != job_folder_name("data.path=_data_style")
 
 
+@contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _unet_hi_records(run_dir, study):
     """unet_hi's checkpoints' UNet weights by epoch, and its train and validation rows."""
     stage = run_dir / study["stages"]["unet_hi"]["dir"]
@@ -103,9 +119,10 @@ def test_an_epoch_sweep_trains_the_longest_value_only_and_equals_separate_runs(
     assert len({row["weights_id"] for row in at_epoch_2}) == 1 and len({row["checkpoint_id"] for row in at_epoch_2}) == 3
     for epochs, (folder, study) in jobs.items():
         assert study["stages"]["unet_hi"]["save_epochs"] == [e for e in (2, 4, 6) if e <= epochs]
-        alone, alone_dir = run_study(tiny_model, tiny_data, tmp_path / f"alone{epochs}", "stages.unet_hi.save_epochs=[2,4,6]",
-                                     f"validation.every_n_epochs={every}", f"stages.unet_hi.epochs={epochs}",
-                                     experiment="burn_unet")
+        with one_thread():
+            alone, alone_dir = run_study(tiny_model, tiny_data, tmp_path / f"alone{epochs}",
+                                         "stages.unet_hi.save_epochs=[2,4,6]", f"validation.every_n_epochs={every}",
+                                         f"stages.unet_hi.epochs={epochs}", experiment="burn_unet")
         assert alone["stages"]["unet_hi"]["continued_from"] is None
         (swept_weights, swept_rows), (alone_weights, alone_rows) = (
             _unet_hi_records(folder, study), _unet_hi_records(alone_dir, alone))

@@ -5,10 +5,8 @@ BURNLAB := $(VENV)/bin/burnlab
 ANALYZE := $(VENV)/bin/burnlab-analyze
 RUNS ?= runs
 ARGS ?=
-# make sweep-report: the hi stage's learning rates, and stages shortened to take minutes
+# make sweep-report: the hi stage's learning rates (experiment burn_unet_lr shortens the stages to take minutes)
 SWEEP_LRS ?= 1e-4,3e-4,1e-3
-SWEEP_SHORT ?= 'stages.unet_lo.epochs=100' 'stages.unet_lo.save_epochs=[20,60,100]' \
-	'stages.unet_hi.epochs=150' 'stages.unet_hi.save_epochs=[30,90,150]'
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report sweep-report verdicts bench bench-train clean
@@ -50,8 +48,7 @@ report: setup ## side-by-side report of the UNet and TE burns
 	$(ANALYZE) $(RUNS)/burn_unet --compare $(RUNS)/burn_te --out $(RUNS)/report $(ARGS)
 
 sweep-report: setup ## a 3-value lr sweep of the UNet burn (short stages), then one report across its jobs (~5 min)
-	$(BURNLAB) -m experiment=burn_unet name=burn_unet_lr 'stages.unet_hi.lr=$(SWEEP_LRS)' $(SWEEP_SHORT) \
-		analyze=false paths.runs=$(RUNS) $(ARGS)
+	$(BURNLAB) -m experiment=burn_unet_lr 'stages.unet_hi.lr=$(SWEEP_LRS)' paths.runs=$(RUNS) $(ARGS)
 	$(ANALYZE) $(RUNS)/burn_unet_lr_multirun
 
 verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies, held-out confusion table (~63 min)

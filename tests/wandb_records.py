@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -82,7 +83,19 @@ def run_name(path: Path) -> str:
     raise AssertionError(f"{path}: no run record")
 
 
-def offline_runs(run_dir: Path) -> Dict[str, Path]:
-    """The run dir's offline W&B runs, by display name -> their .wandb file."""
+def _has_exit_record(file: Path) -> bool:
+    if file.stat().st_size < HEADER:  # not even W&B's file header yet
+        return False
+    return any(record.WhichOneof("record_type") == "exit" for record in records(file))
+
+
+def offline_runs(run_dir: Path, wait: float = 30.0) -> Dict[str, Path]:
+    """The run dir's offline W&B runs, by display name -> their .wandb file, each read once it
+    holds its exit record: W&B's service process writes the file, and once (in a full test run)
+    a run's finish() returned before its records were on disk."""
     files = [next(folder.glob("run-*.wandb")) for folder in (Path(run_dir) / "wandb").glob("offline-run-*")]
+    for file in files:
+        deadline = time.monotonic() + wait
+        while not _has_exit_record(file) and time.monotonic() < deadline:
+            time.sleep(0.2)
     return {run_name(file): file for file in files}

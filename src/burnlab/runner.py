@@ -2,10 +2,10 @@
 
 Each stage lives in the shared cache under its identity (burnlab.study): a stage already
 complete is skipped, a stage interrupted mid-way resumes from its last saved state, a new stage
-continues from the saved state of a shorter run of it (burnlab.continuation: an epoch sweep),
-and concurrent sweep jobs that need the same stage (or another length of it) wait on its
-trajectory's file lock instead of training it twice. The run dir (Hydra's output dir, the same on every rank) gets the resolved config and
-study.json (docs/run_store.md), which also records the captions longer than the tokenizer's
+continues from a state another length of it saved (burnlab.continuation: an epoch sweep), and
+concurrent sweep jobs that need the same stage (or another length of it) wait on its
+trajectory's file lock instead of training it twice. The run dir (Hydra's output dir, the same
+on every rank) gets the resolved config and study.json (docs/run_store.md), which also records the captions longer than the tokenizer's
 limit (burnlab.captions, warned about once); only the main process writes. After each stage the
 accelerator lets go of that stage's models and optimizer, so a chain of stages needs the memory
 of one; each stage's peak memory is recorded in its metrics.jsonl. The main process mirrors
@@ -197,7 +197,7 @@ class StudyRunner:
                 lock.release()
 
     def _continue_shorter_run(self, name: str) -> None:
-        """A stage with no state of its own takes over the latest state of its trajectory in the cache."""
+        """A stage with no state of its own takes over the latest usable state of its trajectory in the cache."""
         planned, stage_dir = self.planned[name], self.stage_dirs[name]
         if saved_states(stage_dir):
             return

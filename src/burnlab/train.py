@@ -95,7 +95,7 @@ class StageTrainer:
             self._validate(0, 0)
         elif resumed.batch == 0 and resumed.epoch in self.checkpoint_epochs and \
                 not checkpoint_dir(job.stage_dir, resumed.epoch).exists():
-            self._save_checkpoint(resumed.epoch)  # a state taken over from a shorter stage (burnlab.continuation)
+            self._save_checkpoint(resumed.epoch)  # a state taken over from another length of the stage (burnlab.continuation)
         progress = tqdm(total=epochs, initial=position.epoch, desc=f"stage {stage.name}", unit="epoch",
                         disable=not (self.cfg.logger.progress and self.accelerator.is_main_process))
         step = position.step

@@ -1,17 +1,17 @@
 """The runner: trains a study's stages in dependency order, then samples and analyses them.
 
-Each stage lives in the shared cache under its identity (burnlab.study): a stage already
-complete is skipped, a stage interrupted mid-way resumes from its last saved state, a new stage
-continues from a state another length of it saved (burnlab.continuation: an epoch sweep), and
-concurrent sweep jobs that need the same stage (or another length of it) wait on its
-trajectory's file lock instead of training it twice. The run dir (Hydra's output dir, the same
-on every rank) gets the resolved config and study.json (docs/run_store.md), which also records the captions longer than the tokenizer's
-limit (burnlab.captions, warned about once); only the main process writes. After each stage the
-accelerator lets go of that stage's models and optimizer, so a chain of stages needs the memory
-of one; each stage's peak memory is recorded in its metrics.jsonl. The main process mirrors
+Each stage lives in the shared cache under its identity (burnlab.study): a stage already complete
+is skipped, a stage interrupted mid-way resumes from its last saved state, a new stage continues
+from a state another length of it saved (burnlab.continuation: an epoch sweep), and concurrent
+sweep jobs that need the same stage (or another length of it) wait on its trajectory's file lock
+instead of training it twice. The run dir (Hydra's output dir, the same on every rank) gets the
+resolved config and study.json (docs/run_store.md), which also records the captions longer than the
+tokenizer's limit (burnlab.captions, warned about once); only the main process writes. After each
+stage the accelerator lets go of that stage's models and optimizer, so a chain of stages needs the
+memory of one; each stage's peak memory is recorded in its metrics.jsonl. The main process mirrors
 every row, sample and the analysis onto the dashboards (burnlab.trackers: one W&B run and
-TensorBoard folder per branch). A SIGINT/SIGTERM (burnlab.stopping) stops the study after the
-step, stage or sampled checkpoint in progress; a stage stopped by a NaN loss is marked FAILED.
+TensorBoard folder per branch). A SIGINT/SIGTERM (burnlab.stopping) stops the study after the step,
+stage or sampled checkpoint in progress; a stage stopped by a NaN loss is marked FAILED.
 """
 from __future__ import annotations
 

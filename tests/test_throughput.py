@@ -1,6 +1,8 @@
 """The training fast paths: the same losses as the diffusers example's loop on the same batches,
-a TE-only stage's UNet without gradients or optimizer state, SDPA attention, and checkpoints
-saved in train.save_dtype except the finals that later stages start from."""
+pointwise convolutions as matrix multiplies, a TE-only stage's UNet without gradients or
+optimizer state, SDPA attention, and checkpoints saved in train.save_dtype except the finals
+that later stages start from."""
+import copy
 import importlib.util
 import json
 import sys
@@ -9,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.testing import assert_close
 
+from burnlab.fast_paths import PointwiseConv2d, pointwise_as_linear
 from burnlab.train import StageTrainer
 from study_helpers import TINY_RESOLUTION, assert_same, final_checkpoint, run_study, weights
 
@@ -24,7 +28,9 @@ LOSS_TOLERANCE = 1e-5  # relative
 
 
 @pytest.mark.parametrize("train, extra", [("unet", []), ("text_encoder", []), ("both", []),
-                                          ("unet", ["train.channels_last=true", "train.adamw_impl=foreach"])])
+                                          ("unet", ["train.channels_last=true", "train.adamw_impl=foreach"]),
+                                          ("unet", ["train.pointwise_as_linear=false"]),
+                                          ("both", ["train.max_grad_norm=0.001"])])  # every step clipped
 def test_fast_paths_give_the_reference_loops_losses_on_the_same_batches(tiny_model, tiny_data, tmp_path,
                                                                         train, extra):
     overrides = [f"model.path={tiny_model}", f"data.path={tiny_data}", f"data.resolution={TINY_RESOLUTION}",
@@ -35,6 +41,23 @@ def test_fast_paths_give_the_reference_loops_losses_on_the_same_batches(tiny_mod
     assert len(ours) == len(reference) == 3 * 2
     assert ours == pytest.approx(reference, rel=LOSS_TOLERANCE)
     assert len(set(ours)) == len(ours)  # the weights moved: every step's loss differs
+
+
+def test_pointwise_convolutions_as_matrix_multiplies_give_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    convs = torch.nn.Sequential(torch.nn.Conv2d(6, 6, 3, padding=1), torch.nn.Conv2d(6, 5, 1),
+                                torch.nn.Conv2d(5, 4, 1, bias=False), torch.nn.Conv2d(4, 4, 1, stride=2),
+                                torch.nn.Conv2d(4, 4, 1, groups=2), torch.nn.Conv2d(4, 3, 3, padding=1))
+    swapped = copy.deepcopy(convs)
+    assert pointwise_as_linear(swapped) == 2  # not the 3x3s, the strided or the grouped one
+    assert [type(m) is PointwiseConv2d for m in swapped] == [False, True, True, False, False, False]
+    assert swapped.state_dict().keys() == convs.state_dict().keys()
+    x = torch.randn(3, 6, 5, 7)
+    for model in (convs, swapped):
+        model(x).square().sum().backward()
+    assert_close(swapped(x), convs(x), rtol=1e-6, atol=1e-6)
+    for (name, ours), theirs in zip(swapped.named_parameters(), convs.parameters()):
+        assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_a_te_only_stage_runs_a_unet_without_gradients_or_optimizer_state(tiny_model, tiny_data, tmp_path,

@@ -123,6 +123,7 @@ class TrainConfig:
     state_every_epochs: int = 10  # resumable training state saved every N epochs (and at save epochs)
     skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN/inf instead of stopping the stage
     adamw_impl: str = "fused"  # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: README, Training throughput)
+    pointwise_as_linear: bool = False  # the UNet's 1x1 convolutions run as matrix multiplies (burnlab.fast_paths; faster on the CPU: README, Training throughput)
     channels_last: bool = False  # UNet activations in channels-last memory layout (no gain measured on the CPU: README, Training throughput)
     tf32: bool = True  # TensorFloat-32 matmuls and convolutions on GPUs that have them (Ampere+); no effect elsewhere
     compile: bool = False  # torch.compile the UNet (slower on the CPU toy: README, Training throughput)

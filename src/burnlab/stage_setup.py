@@ -18,6 +18,7 @@ from burnlab import adapters
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS
 from burnlab.config import ADAMW_IMPLS
 from burnlab.encoding import LatentCache, encode_latents
+from burnlab.fast_paths import apply_fast_paths
 
 
 @dataclass
@@ -53,12 +54,7 @@ def set_up_stage(job) -> StageSetup:
         from burnlab.train import epoch_seed  # burnlab.train imports this module
 
         adapters.attach(models, trained, cfg.lora, epoch_seed(cfg.train.seed, job.stage.name, "lora"))
-    if cfg.train.channels_last:
-        models["unet"].to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        models["unet"].compile()  # in place: the module, its state dict and checkpoints stay as they are
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    apply_fast_paths(models["unet"], cfg.train, device)
     optimizer = torch.optim.AdamW(_param_groups(job.stage.config, models, trained), betas=tuple(cfg.train.betas),
                                   eps=cfg.train.eps, weight_decay=cfg.train.weight_decay,
                                   **ADAMW_IMPLS[cfg.train.adamw_impl])

@@ -73,6 +73,7 @@ class StageTrainer:
         self.models, self.trained = self.setup.models, self.setup.trained
         self.tokenizer, self.scheduler = self.setup.tokenizer, self.setup.noise_scheduler
         self.optimizer, self.lr_scheduler = self.setup.optimizer, self.setup.lr_scheduler
+        self.clipped = [p for name in self.trained for p in self.models[name].parameters() if p.requires_grad]
         self.skipped_nonfinite = 0
         self.checkpoint_epochs = job.stage.config.checkpoint_epochs()
         self.kept_states = self.checkpoint_epochs if job.stage.keep_states else []
@@ -173,12 +174,12 @@ class StageTrainer:
         """Clip, then step the optimizer and the LR schedule unless the loss or the gradient norm
         is NaN/inf. Reading the step's loss and norm is its one host sync (the row logs them);
         returns the row's values."""
-        scaler = self.accelerator.scaler
+        scaler, max_norm = self.accelerator.scaler, self.cfg.train.max_grad_norm
         measured = self.accelerator.reduce(sums, "sum")
-        if self.cfg.train.max_grad_norm > 0:
-            norm = self.accelerator.clip_grad_norm_(
-                [p for name in self.trained for p in self.models[name].parameters()], self.cfg.train.max_grad_norm)
-            measured = torch.cat([measured, norm.detach().reshape(1).to(measured)])
+        if max_norm > 0:
+            self.accelerator.unscale_gradients()  # fp16: the norm and the clipping are of the true gradients
+            norm_tensor = torch.nn.utils.get_total_norm([p.grad for p in self.clipped if p.grad is not None])
+            measured = torch.cat([measured, norm_tensor.reshape(1).to(measured)])
         total, images, *norm = measured.tolist()
         loss, norm = total / images, (norm[0] if norm else 0.0)
         # with fp16 an infinite gradient norm is the GradScaler's business: it skips the step itself
@@ -186,12 +187,17 @@ class StageTrainer:
                if not math.isfinite(value) and (what == "loss" or scaler is None)]
         # NaN and inf are no JSON: such values are logged as null
         row = {"train_loss": loss if math.isfinite(loss) else None}
-        if self.cfg.train.max_grad_norm > 0:
+        if max_norm > 0:
             row["grad_norm"] = norm if math.isfinite(norm) else None
         if bad:
             self._non_finite(*bad[0], epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             return {**row, "train_loss": None, "skipped_nonfinite": 1}
+        if max_norm > 0 and not norm + 1e-6 < max_norm:
+            # clip_grad_norm_ multiplies every gradient by min(1, max_norm / (norm + 1e-6)) so as
+            # not to sync; the norm is read anyway, and where that factor is 1 (most of the toy's
+            # steps) the pass over the gradients would change nothing
+            torch.nn.utils.clip_grads_with_norm_(self.clipped, max_norm, norm_tensor)
         scale = scaler.get_scale() if scaler is not None else None
         self.optimizer.step()
         if scaler is not None:

@@ -1,20 +1,26 @@
 """Training throughput: burnlab's stages against the loop the diffusers example runs, in one run.
 
     .venv/bin/python bench/train_throughput.py                      # make bench-train (the toy, CPU)
-    .venv/bin/python bench/train_throughput.py --epochs 2 model=sd15_random model.path=/data/sd15_random \\
+    .venv/bin/python bench/train_throughput.py --epochs 3 model=sd15_random model.path=/data/sd15_random \\
         train=sd15 train.mixed_precision=bf16 train.batch_size=4 data.resolution=512      # a GPU
 
 Every row trains one stage from the base model on the same data, batches, noise, timesteps,
 batch size and precision (any Hydra override after the flags picks them), each in a process
 of its own so that its peak memory is its own:
-- reference: the step of diffusers' examples/text_to_image/train_text_to_image.py — pixels
-  normalised and flipped and captions tokenized every step, the VAE encoding and the text
+- reference: the step of diffusers' examples/text_to_image/train_text_to_image.py — images
+  decoded, resized, cropped, normalised and flipped and captions tokenized every step (the
+  example's dataset transform runs on every access), the VAE encoding and the text
   encoder running every step, UNet forward/backward, gradient clipping, torch's default AdamW;
 - naive TE / naive both: the same step training the text encoder (alone, or with the UNet)
   through a UNet that still takes weight gradients;
 - burnlab UNet-only / TE-only / both: burnlab's StageTrainer (validation, sampling and states
   off), timed with everything it does: loading, encoding latents and captions, the final save.
-The reference loops are timed over their steps only. Prints images/s, the ratios, peak memory
+The reference loops are timed over their steps only. Every row also runs for one epoch, and
+its images/s are those of the other epochs: (images - one epoch's) / (seconds - the one-epoch
+run's), which takes out burnlab's start-up (loading, encoding, the save) and both loops'
+first-step warm-up, as one would time the example itself; the start-up is printed beside it.
+Each row runs `--rounds` times, in alternating order, and the table shows its fastest round
+(the ratio of each round is printed too). Prints images/s, the ratios, peak memory
 (RSS on a CPU, torch.cuda.max_memory_allocated on a GPU), MFU on a GPU (FLOPs of one
 forward+backward counted by torch), and the study's checkpoint storage against one full
 pipeline per checkpoint.
@@ -86,6 +92,9 @@ def burnlab_stage(runner) -> dict:
 def reference_loop(runner, train: str, epochs: int, flops: bool = False) -> dict:
     """The diffusers example's step on burnlab's batch schedule (same images, flips, captions,
     latent draws, noise and timesteps as the stage named STAGE)."""
+    from PIL import ImageColor
+
+    from burnlab.data import load_image
     from burnlab.encoding import diffusion_target, pixels, tokenize
     from burnlab.memory import PeakMemory
     from burnlab.train import epoch_seed
@@ -108,10 +117,14 @@ def reference_loop(runner, train: str, epochs: int, flops: bool = False) -> dict
     autocast = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         train_cfg.mixed_precision, torch.float32), enabled=train_cfg.mixed_precision != "no")
     data = runner.data.train
+    resolution, max_pixels = config.data.resolution, config.data.max_image_pixels
+    background = ImageColor.getrgb(config.data.background)
     losses, images_seen = [], 0
 
     def step(batch, flips, dropped, generator):
-        pixel_values = pixels(data.images[batch])
+        # the example's dataset transform decodes, resizes and crops each image on every access
+        pixel_values = pixels(torch.stack([load_image(data.files[i], resolution, background, max_pixels)
+                                           for i in batch.tolist()]))
         pixel_values = torch.where(flips[batch, None, None, None], pixel_values.flip(-1), pixel_values).to(device)
         input_ids = tokenize(tokenizer, ["" if dropped[i] else data.captions[i] for i in batch.tolist()]).to(device)
         with autocast:
@@ -210,43 +223,72 @@ def in_subprocess(args: list) -> dict:
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+def speed(row: dict) -> float:
+    """Images per second with the start-up differenced out."""
+    return row["steady_images"] / row["steady_seconds"]
+
+
+def start_up_differenced_out(row: dict, one_epoch: dict, epochs: int) -> dict:
+    """`row` with the images and seconds of its epochs after the first (`one_epoch`: the same
+    row run for one epoch) and its start-up: the one-epoch run less one such epoch."""
+    steady_images, steady_seconds = row["images"] - one_epoch["images"], row["seconds"] - one_epoch["seconds"]
+    return {**row, "steady_images": steady_images, "steady_seconds": steady_seconds,
+            "start_up_seconds": one_epoch["seconds"] - steady_seconds / (epochs - 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=30, help="epochs each row trains (default 30)")
+    parser.add_argument("--epochs", type=int, default=60, help="epochs each row trains (default 60)")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "TRAIN"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="times each row runs, in alternating order; the table shows its fastest (default 2)")
     parser.add_argument("--no-storage", action="store_true", help="skip the checkpoint storage comparison")
     args, overrides = parser.parse_known_args()
     if args.one:
         print(json.dumps(one(*args.one, args.epochs, overrides)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; overrides: {' '.join(overrides) or 'none'}")
-    rows = {}
+    if args.epochs < 2:
+        parser.error(f"--epochs {args.epochs}: at least 2 (one epoch is run apart and differenced out)")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: at least 1")
+    rounds = {}  # (variant, train) -> that row in each round
     for train in ("unet", "text_encoder", "both"):
-        for variant in ("reference", "burnlab"):
-            rows[variant, train] = in_subprocess([variant, train, "--epochs", str(args.epochs), *overrides])
+        for number in range(args.rounds):
+            # the order flips every round, so that a machine slowing down or speeding up over
+            # the run favours neither side
+            for variant in ("reference", "burnlab")[::1 if number % 2 == 0 else -1]:
+                rounds.setdefault((variant, train), []).append(start_up_differenced_out(
+                    in_subprocess([variant, train, "--epochs", str(args.epochs), *overrides]),
+                    in_subprocess([variant, train, "--epochs", "1", *overrides]), args.epochs))
+    rows = {key: max(measured, key=speed) for key, measured in rounds.items()}
     first = rows["reference", "unet"]
     print(f"device: {first.get('gpu', first['device'])}; {first['images']} images per row "
-          f"({args.epochs} epochs)")
+          f"({args.epochs} epochs), images/s over the last {args.epochs - 1}, the faster of {args.rounds} "
+          f"round{'s' if args.rounds > 1 else ''}")
     names = {"unet": "UNet-only", "text_encoder": "TE-only", "both": "both"}
     peak = None
     if "gpu" in first:
         flops = in_subprocess(["flops", "unet", "--epochs", "1", *overrides])["flops_per_image"]
         peak = next((v for k, v in GPU_PEAKS.items() if first["gpu"].startswith(k)), None)
-    print(f"{'row':34s} {'images/s':>9s} {'ratio':>6s} {'peak memory':>14s}" + ("  MFU" if peak else ""))
+    print(f"{'row':34s} {'images/s':>9s} {'ratio':>6s} {'start-up':>9s} {'peak memory':>14s}" + ("  MFU" if peak else ""))
     for train in ("unet", "text_encoder", "both"):
         reference, ours = rows["reference", train], rows["burnlab", train]
         for label, row in ((f"reference ({'diffusers example' if train == 'unet' else 'naive ' + names[train]})",
                             reference), (f"burnlab {names[train]}", ours)):
-            speed = row["images"] / row["seconds"]
-            ratio = speed / (reference["images"] / reference["seconds"])
-            line = f"{label:34s} {speed:9.2f} {ratio:5.2f}x {row['peak_bytes'] / 2 ** 30:9.2f} GiB {row['measure']}"
+            ratio = speed(row) / speed(reference)
+            line = (f"{label:34s} {speed(row):9.2f} {ratio:5.2f}x {row['start_up_seconds']:7.2f} s "
+                    f"{row['peak_bytes'] / 2 ** 30:9.2f} GiB {row['measure']}")
             if peak and train == "unet":
-                line += f"  {speed * flops / peak:.1%}"
+                line += f"  {speed(row) * flops / peak:.1%}"
             print(line)
         gap = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours["losses"], reference["losses"]))
         first_gap = abs(ours["losses"][0] - reference["losses"][0])
         print(f"  losses: first step |diff| {first_gap:.2e}, largest relative diff over "
               f"{len(ours['losses'])} steps {gap:.2e}")
+        if args.rounds > 1:
+            print("  ratio in each round: " + ", ".join(
+                f"{speed(b) / speed(r):.2f}x" for r, b in zip(rounds["reference", train], rounds["burnlab", train])))
     if not args.no_storage:
         sizes = storage(overrides)
         full = sizes["checkpoints"] * sizes["pipeline"]

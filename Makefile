@@ -57,7 +57,7 @@ verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies,
 bench: setup ## sampling throughput: testing plan vs a naive loop
 	$(PY) bench/sampling_throughput.py $(ARGS)
 
-bench-train: setup ## training throughput: burnlab's stages vs the diffusers example's loop, and checkpoint storage
+bench-train: setup ## training throughput: burnlab's stages vs the diffusers example's loop, and checkpoint storage (~7 min)
 	$(PY) bench/train_throughput.py $(ARGS)
 
 clean: ## remove runs and caches (keeps .venv)

@@ -1,6 +1,6 @@
-"""Speed settings a stage applies to its UNet: none changes what is computed, only how
-(memory layout, kernels, compilation). Each is measured in `make bench-train` (README, Training
-throughput) and on by default only where it measured faster.
+"""Speed settings a stage applies to its UNet: none changes the model or its checkpoints, only
+how it runs (memory layout, kernels, compilation, TF32). Each was measured (README, Training
+throughput) and is on by default only where it measured faster.
 
 Pointwise convolutions: a 1x1 convolution over channels is a matrix multiply. On a CPU, oneDNN
 spends most of a small convolution's time around the arithmetic (layout reorders, primitive

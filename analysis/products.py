@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from analysis import detector, report
+from analysis import attribution, detector, report
 from analysis.features import Instruments, load_instruments
 from analysis.gifs import progression_frames, side_by_side_frames, write_gif
-from analysis.grids import checkpoint_grid, comparison_grid
+from analysis.grids import checkpoint_grid, comparison_grid, labelled_grid
 from analysis.images import SampleImages
 from analysis.loss_stats import loss_statistics, statistics_json
 from analysis.losses import plot_losses
@@ -45,7 +45,7 @@ def analyze(specs: list[str | Path], options: Options) -> Products:
     distinct_names(runs)
     rule = detector.Calibration.load(options.calibration)
     instruments = load_instruments(options.features, options.clip_model, use_probe=options.use_probe)
-    return build_products(runs, out, instruments, options, rule)
+    return build_products(runs, out, instruments, options, rule, attribution.AttributionRule.load(options.attribution_rule))
 
 
 def check_options(options: Options) -> None:
@@ -69,7 +69,7 @@ def distinct_names(runs: list[Run]) -> None:
 
 
 def build_products(runs: list[Run], out: Path, instruments: Instruments, options: Options,
-                   rule: detector.Calibration) -> Products:
+                   rule: detector.Calibration, attribution_rule: attribution.AttributionRule) -> Products:
     out.mkdir(parents=True, exist_ok=True)
     refs = [BranchRef(run, branch) for run in runs for branch in run.branches.values()]
     images = SampleImages()
@@ -82,6 +82,8 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
         for prompt_set in dict.fromkeys(p for ref in pair for p in ref.run.prompt_sets())}
     table = measure(refs, images, instruments, options.near_copy_distance)
     verdicts = detector.detect(detector.branch_series(table), rule)
+    attributions = [pair for run in runs if run.local_dir is not None
+                    for pair in attribution.attribute_run(run.local_dir, instruments, attribution_rule, run.name)]
     products = Products(
         out=out, refs=refs,
         losses_png=out / "losses.png",
@@ -90,14 +92,16 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
         loss_statistics=loss_statistics(refs),
         per_branch=per_branch, side_by_side=side_by_side, side_by_side_pair=pair,
         metric_plots=plot_metrics(table, refs, out / "metrics"), table=table, verdicts=verdicts,
+        attributions=attributions, swap_grids=swap_grids(images, attributions, out, options.max_cell),
         problems=[f"{run.name}: {problem}" for run in runs for problem in run.problems]
         + images.problems)
-    write_results(out, table, verdicts, rule)
+    write_results(out, table, verdicts, rule, attributions)
     atomic_write_json(out / "loss_stats.json", statistics_json(products.loss_statistics))
     for run in runs:
         if run.local_dir is not None:
             write_results(run.local_dir / "analysis", filter_table(table, run.name),
-                          [v for v in verdicts if v.run == run.name], rule)
+                          [v for v in verdicts if v.run == run.name], rule,
+                          [a for a in attributions if a.run == run.name])
     products.logged_to = log_results(table, verdicts, project=options.wandb_project, directory=out)
     report.write_summary(products)
     products.report = report.write_report(products)
@@ -141,9 +145,27 @@ def filter_table(table: MetricTable, run: str) -> MetricTable:
 
 
 def write_results(folder: Path, table: MetricTable, verdicts: list[detector.Verdict],
-                  rule: detector.Calibration) -> None:
+                  rule: detector.Calibration, attributions: list[attribution.Attribution]) -> None:
     atomic_write_json(folder / "metrics.json", {"feature_space": table.feature_space,
                                          "notes": table.notes, "rows": table.rows})
     atomic_write_json(folder / "detector.json", detector.verdicts_json(verdicts, rule))
+    atomic_write_json(folder / "attribution.json", {"pairs": [pair.to_json() for pair in attributions]})
+
+
+def swap_grids(images: SampleImages, attributions: list[attribution.Attribution], out: Path,
+               max_cell: int) -> dict[tuple[int, str], Path]:
+    """(index in `attributions`, prompt set) -> the 2x2 swap grid (a row per corner, a column per
+    seed) of each pair the report shows."""
+    grids = {}
+    for pair in attribution.shown(attributions):
+        number = attributions.index(pair)
+        folder = out / safe(pair.run) / safe(pair.branch) / "attribution" / safe(f"{pair.tuned} vs {pair.reference}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for prompt_set in pair.by_prompt_set:
+            path = folder / f"{safe(prompt_set)}.png"
+            labelled_grid(images, f"{prompt_set} / seed", attribution.corner_rows(pair, prompt_set), max_cell,
+                          fit_labels=True).save(path)
+            grids[(number, prompt_set)] = path
+    return grids
 
 

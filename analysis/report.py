@@ -85,7 +85,7 @@ def measured_metrics(products: Products) -> list[str]:
 def write_report(products: Products) -> Path:
     return write_page(products.out / "report.html", "burnlab report", [
         header(products), long_captions(products), missing(products.problems + products.table.notes),
-        verdicts(products), losses(products), side_by_side(products), samples(products),
+        attribution_section(products), verdicts(products), losses(products), side_by_side(products), samples(products),
         metric_section(products)])
 
 
@@ -145,6 +145,53 @@ def missing(lines: list[str]) -> str:
         return ""
     items = "".join(f"<li>{escape(line)}</li>" for line in lines)
     return f"<div class='problems'><h2>Missing or not measured</h2><ul>{items}</ul></div>"
+
+
+def attribution_section(products) -> str:
+    """Which component burned: the swap verdicts, their grids, every pair's numbers, the drift."""
+    if not products.attributions:
+        return ""
+    from analysis.attribution import GROUPS, shown
+
+    found = products.attributions
+    parts = ["<h2>Which component burned (component swap)</h2><p>For a reference R and a tuned checkpoint M, "
+             "the same prompts and seeds are sampled with M's UNet beside R's text encoder and the other way "
+             "round. Distances are per image, from R's image of the same seed, in units of the distance "
+             "between two seeds of R (the feature space below); a component's share is its Shapley share of "
+             "M's distance; the verdict holds each share's 95% interval against the threshold "
+             f"{found[0].threshold:.2f} (<code>make verdicts</code>). Feature space: "
+             f"{escape(found[0].feature_space)}; all pairs in attribution.json.</p>"]
+    for pair in shown(found):
+        number = found.index(pair)
+        grids = "".join(image(products.out, path, f"{prompt_set}: rows R, tuned UNet + ref. TE, ref. UNet + tuned "
+                                                  f"TE, M; in brackets the row's distance from R")
+                        for (index, prompt_set), path in products.swap_grids.items() if index == number)
+        parts.append(f"<h3>{escape(pair.run)}/{escape(pair.branch)}: {escape(pair.tuned)} against "
+                     f"{escape(pair.reference)} &rarr; <b>{escape(pair.verdict)}</b></h3>"
+                     f"<p>{escape(pair.sentence)}</p>{grids}")
+    head = "".join(f"<th>{escape(title)}</th>" for title in (
+        "run/branch", "tuned", "reference", "verdict", "UNet share", "TE share", "interaction",
+        *[f"d(M), {group}" for group in GROUPS], "TE drift (study / unrelated / empty)", "UNet drift by t",
+        "weights UNet / TE"))
+    rows = []
+    for pair in found:
+        drift = pair.drift
+        te = drift.get("text_encoder", {})
+        unet = drift.get("unet", {})
+        weights = drift.get("weights", {})
+        cells = [f"{pair.run}/{pair.branch}", pair.tuned, pair.reference, pair.verdict,
+                 pair.shares["unet"].text(), pair.shares["text_encoder"].text(),
+                 f"{pair.shares['interaction'].value:+.2f}",
+                 *[pair.distances[group]["M"].text() if group in pair.distances else "-" for group in GROUPS],
+                 " / ".join(f"{value:.3f}" for value in te.values()),
+                 ", ".join(f"{key} {value:.3f}" for key, value in unet.items()),
+                 " / ".join(f"{weights[c]['total']:.4f}" for c in ("unet", "text_encoder") if c in weights)]
+        rows.append("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>")
+    parts.append(f"<h3>Every pair</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
+                 "<p>Drift (no sampling; ratios ||M - R|| / ||R||): the text encoder's output states on the "
+                 "study's prompts, unrelated prompts and the empty prompt; the UNet's noise prediction on fixed "
+                 "inputs per timestep range; the weights of each component (per block in attribution.json).</p>")
+    return "".join(parts)
 
 
 def verdicts(products: Products) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from analysis.defaults import DEFAULT_SMOOTHING, NEAR_COPY_DISTANCE
 
 if TYPE_CHECKING:  # annotations only
+    from analysis.attribution import Attribution
     from analysis.detector import Verdict
     from analysis.loss_stats import StageLossStats
     from analysis.losses import Series
@@ -36,6 +37,7 @@ class Options:
     relative_losses: bool = False  # validation and stabilized loss minus their stage's first pass
     smoothing: float = DEFAULT_SMOOTHING  # EMA weight of the smoothed train loss, in [0, 1)
     calibration: Path | None = None  # the detector's rule; None: analysis/calibration.json (make verdicts)
+    attribution_rule: Path | None = None  # the swap verdict's threshold; None: analysis/attribution_rule.json
     near_copy_distance: float = NEAR_COPY_DISTANCE  # memorisation threshold
     max_cell: int = 256  # largest grid cell side, px
     wandb_project: str | None = None  # log metrics and verdicts to a new W&B run of this project
@@ -62,6 +64,8 @@ class BaseProducts:
     metric_plots: dict[str, Path]
     table: MetricTable
     verdicts: list[Verdict]
+    attributions: list[Attribution] = field(default_factory=list)  # the swap corners' verdicts (local runs)
+    swap_grids: dict[tuple[int, str], Path] = field(default_factory=dict)  # (index in attributions, prompt set) -> grid
     problems: list[str] = field(default_factory=list)
     logged_to: str | None = None
     report: Path | None = None

@@ -139,7 +139,7 @@ def load_adapter(model: torch.nn.Module, component: str, file: str) -> None:
 
 def lora_file(sources: dict) -> Optional[str]:
     """The LoRA file of a checkpoint's component sources (burnlab.components.Source), if any."""
-    return next((source.lora for source in sources.values() if source.lora), None)
+    return next((source.lora for source in sources.values() if getattr(source, "lora", None)), None)
 
 
 def swap_adapters(pipeline, current: Optional[str], sources: dict) -> Optional[str]:

@@ -231,6 +231,7 @@ class SamplingConfig:
     dtype: str = "auto"  # pipeline precision: auto = float16 on CUDA, float32 on CPU
     every_n_epochs: int = 0  # samples during training every N epochs; 0 = off
     testing_plan: bool = True  # sample every checkpoint of the testing plan after training
+    attribution: bool = True  # then sample the swap corners that say which component burned (burnlab.attribution)
 
     def __post_init__(self):
         _require(self.images_per_prompt >= 1, "images_per_prompt", self.images_per_prompt, "an integer >= 1")

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from filelock import FileLock
 
 from burnlab import captions, trackers
+from burnlab.attribution import attribute_study
 from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
@@ -264,12 +265,21 @@ class StudyRunner:
             rows = sampler.sample_testing_plan(study, self.run_dir)
             if self.dashboards:
                 self.dashboards.log_samples(rows)
+            if self.config.sampling.attribution:
+                attribute_study(sampler, study, self.run_dir, self.base.tokenizer(), self.base.noise_scheduler(),
+                                stop_check=self._stop_after("while sampling the swap corners"))
         if self.dashboards:
             self.dashboards.log_study(study)
             if self.config.analyze:
                 self.dashboards.log_analysis(build_outputs(self.run_dir, use_probe=self.uses_toy_model(),
                                                            clip_model=self.config.analysis.clip_model))
         return study
+
+    def _stop_after(self, where: str):
+        def check() -> None:
+            if any_rank(self.accelerator, self.stop.received is not None):
+                raise self.stop.interrupted(f"{where}; the corners sampled so far are kept in the sample cache")
+        return check
 
     def uses_toy_model(self) -> bool:
         """The toy probe measures toy-world images only; real models are analysed without it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from burnlab.distributed import any_rank, gather_shards, shard
 from burnlab.precision import dtype_name, in_dtype, resolve_dtype
 from burnlab.stopping import StopSignals
 from burnlab.store import hash_json, publish_dir, read_jsonl, remove_temp, temp_dir_for, write_jsonl
+
+# a component to sample: where its weights are, or (burnlab-diagnose) a model already in memory
+Component = Union[Source, torch.nn.Module]
 
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
               "dpm": DPMSolverMultistepScheduler}
@@ -80,6 +83,10 @@ def write_images(folder: Path, jobs: List[dict], images: List[np.ndarray]) -> Li
     return rows
 
 
+def _lora_of(component: Component) -> Optional[str]:
+    return component.lora if isinstance(component, Source) else None
+
+
 class Sampler:
     """Samples for one study run; holds one pipeline and swaps components into it.
 
@@ -99,7 +106,7 @@ class Sampler:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.identity = sampling_identity(config, self.dtype)
         self._pipeline: Optional[StableDiffusionPipeline] = None
-        self._loaded: Dict[str, Source] = {}
+        self._loaded: Dict[str, Component] = {}
         self._adapters: Optional[str] = None  # the LoRA file whose adapters the pipeline carries
 
     @property
@@ -109,14 +116,25 @@ class Sampler:
             self._loaded = base_sources(self.base)
         return self._pipeline
 
-    def _swap_in(self, sources: Dict[str, Source]) -> None:
+    def _swap_in(self, sources: Dict[str, Component]) -> None:
+        """Put each component of `sources` into the pipeline, loading only what changed. A Source's
+        LoRA adapters ride on the pipeline (one file in, the last one out) when every component
+        takes them from the same file; components whose adapters come from different files (a
+        swap corner of two LoRA checkpoints, burnlab.attribution) each load their own."""
+        shared = len({_lora_of(source) for source in sources.values()}) == 1
+        if not shared and self._adapters is not None:
+            self.pipeline.unload_lora_weights()
+            self._adapters = None
         for name in CHECKPOINT_COMPONENTS:
-            weights = dataclasses.replace(sources[name], lora=None)  # a LoRA adapter is swapped below, not its component
-            if self._loaded.get(name) != weights:
-                model = weights.load(name, self.dtype).to(self.device).eval()
-                setattr(self.pipeline, name, model)
-                self._loaded[name] = weights
-        self._adapters = swap_adapters(self.pipeline, self._adapters, sources)
+            wanted = sources[name]
+            if isinstance(wanted, Source) and shared:
+                wanted = dataclasses.replace(wanted, lora=None)  # its adapter is swapped below, not its component
+            if self._loaded.get(name) != wanted:  # a Source by its fields, a module by identity
+                model = wanted.load(name, self.dtype) if isinstance(wanted, Source) else in_dtype(wanted, self.dtype)
+                setattr(self.pipeline, name, model.to(self.device).eval())
+                self._loaded[name] = wanted
+        if shared:
+            self._adapters = swap_adapters(self.pipeline, self._adapters, sources)
 
     def _generate_shared(self, jobs: List[dict]) -> List[np.ndarray]:
         """All of `jobs`' images on every rank, each rank making its share."""
@@ -126,7 +144,7 @@ class Sampler:
     def _folder(self, checkpoint_id: str) -> Path:
         return self.cache / f"{checkpoint_id}-{self.identity}"
 
-    def checkpoint_samples(self, checkpoint_id: str, sources: Dict[str, Source]) -> Path:
+    def checkpoint_samples(self, checkpoint_id: str, sources: Dict[str, Component]) -> Path:
         """Make the samples of one checkpoint into the cache (every rank calls this). Concurrent
         sweep jobs sampling the same checkpoint take turns on its lock, and the later ones find it
         made; each writes into its own temp folder, published by one rename."""
@@ -144,7 +162,7 @@ class Sampler:
                 lock.release()
         return folder
 
-    def _make(self, checkpoint_id: str, sources: Dict[str, Source], folder: Path) -> None:
+    def _make(self, checkpoint_id: str, sources: Dict[str, Component], folder: Path) -> None:
         jobs = sample_jobs(self.config)
         self._swap_in(sources)
         images = self._generate_shared(jobs)

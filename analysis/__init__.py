@@ -46,4 +46,12 @@ def build_sweep(runs: list[str | Path], options: Options | None = None) -> Sweep
     return analyze_sweep(list(runs), options or Options())
 
 
-__all__ = ["AnalysisError", "Options", "Products", "SweepProducts", "build", "build_sweep"]
+def write_diagnosis(out: str | Path, pair) -> Path:
+    """burnlab-diagnose's report of one attributed pair (analysis.attribution.Attribution) into
+    `out`: swap grids, numbers, verdict; returns report.html."""
+    from analysis.products import diagnosis
+
+    return diagnosis(Path(out), pair)
+
+
+__all__ = ["AnalysisError", "Options", "Products", "SweepProducts", "build", "build_sweep", "write_diagnosis"]

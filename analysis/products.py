@@ -169,3 +169,18 @@ def swap_grids(images: SampleImages, attributions: list[attribution.Attribution]
     return grids
 
 
+
+
+def diagnosis(out: Path, pair: attribution.Attribution) -> Path:
+    """burnlab-diagnose's report: a swap grid per prompt set, the numbers and the verdict."""
+    out = Path(out)
+    images = SampleImages()
+    grids = {}
+    for prompt_set in pair.by_prompt_set:
+        path = out / "analysis" / f"swap_{safe(prompt_set)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labelled_grid(images, f"{prompt_set} / seed", attribution.corner_rows(pair, prompt_set), 256,
+                      fit_labels=True).save(path)
+        grids[prompt_set] = path
+    atomic_write_json(out / "analysis" / "attribution.json", {"pairs": [pair.to_json()]})
+    return report.write_diagnosis(out, pair, grids, images.problems)

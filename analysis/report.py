@@ -10,6 +10,8 @@ statistics, UNet vs TE side by side, per prompt set the comparison grids / progr
 """
 from __future__ import annotations
 
+import json
+
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -192,6 +194,35 @@ def attribution_section(products) -> str:
                  "study's prompts, unrelated prompts and the empty prompt; the UNet's noise prediction on fixed "
                  "inputs per timestep range; the weights of each component (per block in attribution.json).</p>")
     return "".join(parts)
+
+
+def write_diagnosis(out: Path, pair, grids: dict, problems: list[str]) -> Path:
+    """burnlab-diagnose's page: the verdict, its sentence, the numbers, a swap grid per prompt set."""
+    from analysis.attribution import CORNERS, GROUPS
+
+    head = "".join(f"<th>{escape(t)}</th>" for t in ("prompts", *CORNERS))
+    rows = "".join(f"<tr><td>{escape(group)}</td>" + "".join(
+        f"<td>{escape(pair.distances[group][corner].text())}</td>" for corner in CORNERS) + "</tr>"
+        for group in GROUPS if group in pair.distances)
+    shares = "".join(f"<li>{escape(name)}: {escape(value.text())}</li>" for name, value in pair.shares.items())
+    drift = escape(json.dumps({k: v for k, v in pair.drift.items() if k != "weights"}, indent=1))
+    weights = "".join(f"<li>{escape(c)}: {w['total']:.4f}</li>" for c, w in pair.drift.get("weights", {}).items())
+    grid_html = "".join(image(out, path, f"{prompt_set}: rows R, tuned UNet + ref. TE, ref. UNet + tuned TE, M "
+                                         f"(distance from R in seed spreads)") for prompt_set, path in grids.items())
+    return write_page(out / "report.html", "burnlab-diagnose", [
+        f"<h1>burnlab-diagnose: <b>{escape(pair.verdict)}</b></h1><p>{escape(pair.sentence)}</p>"
+        f"<ul><li>R = {escape(pair.reference)}</li><li>M = {escape(pair.tuned)}</li></ul>",
+        missing(problems),
+        f"<h2>How far each corner moved from R</h2><p>Per image, from R's image of the same seed, in units of "
+        f"the distance between two seeds of R ({escape(pair.feature_space)}; {pair.seeds} seeds; 95% paired "
+        f"bootstrap intervals). Without the phrase: collateral damage; with it: the intended change.</p>"
+        f"<table><tr>{head}</tr>{rows}</table><h3>Shares (Shapley split of d(M))</h3><ul>{shares}</ul>"
+        f"<p>Threshold {pair.threshold:.2f}: {escape(json.dumps(pair.statuses))}.</p>",
+        f"<h2>Swap grids</h2>{grid_html}",
+        f"<h2>Drift (no sampling)</h2><p>Weights, relative distance: <ul>{weights}</ul></p><pre>{drift}</pre>"
+        "<p>Text encoder: relative change of its output states per prompt group; UNet: relative change of "
+        "its noise prediction on fixed inputs per timestep range. Per-block weight drift: "
+        "analysis/attribution.json.</p>"])
 
 
 def verdicts(products: Products) -> str:

@@ -1,53 +1,74 @@
-"""The verdict benchmark: does the burn detector name the component that was trained?
+"""The attribution benchmark: does the component swap name the component that burned, on runs it never saw?
 
-    .venv/bin/python bench/verdicts.py                       # make verdicts
-    .venv/bin/python bench/verdicts.py --grid experiments/verdicts.yaml --runs runs
+    .venv/bin/python bench/verdicts.py --runs runs --readme experiments/README.md --install   # make verdicts
+    .venv/bin/python bench/verdicts.py --no-train ...     # judge the grid as it is in the run store
 
-Trains a grid of toy studies (experiments/verdicts.yaml: training seeds x learning-rate scales of
-the burn stages, plus control studies whose burn stages cannot move anything) through the stage
-cache, two at a time, then hands every branch to analysis.verdicts: the detector is calibrated on
-the calibration runs only and its confusion table is reported on the held-out runs. Prints the
-table, writes runs/verdicts/ (calibration.json, verdicts.json, table.md) and, with
---readme, the table into experiments/README.md between its verdict markers.
+The grid (experiments/verdicts.yaml): per training seed one study of `attribution_bench` (one
+baseline, then short burns straight from it: each component alone at a high rate, twice that and
+a gentle one; joint burns of both components at independent rates; a control), and on the
+held-out seeds also the LoRA study `attribution_bench_lora`. Each study samples its testing plan
+and its swap corners (burnlab.attribution); here every (reference, tuned) pair is read with the
+analysis' attribution (analysis/attribution.py) and compared with the truth.
+
+**Truth**, fixed before any rule was tried and independent of it: a component trained alone burned
+by a checkpoint when the toy probe sees a change from the baseline on some prompt set: its style
+score or its adherence moved by at least TRUTH_MOVE with a paired bootstrap interval (over seeds)
+that excludes 0 (falling adherence only). A joint burn's component burned when the same component
+trained alone at the same rate burned by the same epoch (its single-component branch). Controls
+are `none`. A single-component branch is also judged against the base model, where the swap has
+to separate the burn from the baseline's gentle training of both components.
+
+**Rule**: one number, the threshold on a component's Shapley share in seed spreads. It is chosen
+on the calibration seeds only: the threshold of best accuracy on their pairs (the geometric middle
+of the widest range of best thresholds on a log grid), with leave-one-seed-out accuracy reported
+(chosen on the other calibration seeds, scored on the one left out). The held-out seeds, and the
+LoRA study, are judged once with that rule. Writes runs/verdicts/ (rule.json, cases.json,
+table.md), and with --install analysis/attribution_rule.json, the rule every analysis uses.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
-from hydra import compose, initialize_config_dir
 
-from analysis.detector import CALIBRATION_FILE
+from analysis.attribution import ATTRIBUTION_FILE, OUTCOMES, RULE_FILE, AttributionRule, attribute_run, judge
+from analysis.features import load_instruments
+from analysis.images import load_rgb
 from analysis.model import AnalysisError
-from burnlab.cli import CONF_DIR
-from burnlab.config import register_configs
 from burnlab.store import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK_START, MARK_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
-GRID_KEYS = {"experiment", "seeds", "lr_scales", "control_scale", "held_out", "jobs", "overrides"}
+GRID_KEYS = {"experiment", "lora_experiment", "seeds", "held_out_seeds", "lora_seeds", "overrides"}
+TRUTH_MOVE = 0.25  # the probe's style score or adherence moving this much (a quarter of its range) is a burn
+THRESHOLDS = np.geomspace(0.05, 5.0, 121)  # the rule's candidates, seed spreads
+BOOTSTRAP = 1000
+# the benchmark studies' branches: what each trains, and for a joint burn which single-component
+# branch of each component gives its truth (the same rate, trained alone)
+SINGLE = {"u_hi": "unet", "u_hi2": "unet", "u_g": "unet", "t_hi": "text_encoder", "t_hi2": "text_encoder",
+          "t_g": "text_encoder", "lu_hi": "unet", "lu_g": "unet", "lt_hi": "text_encoder", "lt_g": "text_encoder"}
+JOINT = {"j_hg": ("u_hi", "t_g"), "j_gh": ("u_g", "t_hi"), "j_hh": ("u_hi", "t_hi"), "j_gg": ("u_g", "t_g"),
+         "lj_hh": ("lu_hi", "lt_hi")}
+CONTROLS = {"control", "lcontrol"}
 
 
 class GridError(Exception):
-    """A bad grid file: printed as one paragraph, exit status 2."""
+    """A bad grid file or a failed study: printed as one paragraph, exit status 2."""
 
 
 @dataclass(frozen=True)
 class Study:
-    """One study of the grid: its name, what its burn stages were trained at, and its split."""
     name: str
     seed: int
-    lr_scale: float
-    control: bool
+    lora: bool
     held_out: bool
     overrides: tuple[str, ...]
 
@@ -60,302 +81,266 @@ def load_grid(path: Path) -> dict:
     if not isinstance(grid, dict) or set(grid) != GRID_KEYS:
         found = sorted(grid) if isinstance(grid, dict) else type(grid).__name__
         raise GridError(f"--grid {path}: expected exactly the keys {sorted(GRID_KEYS)}, found {found}.")
-    for key in ("seeds", "lr_scales"):
-        if not grid[key] or not all(isinstance(value, (int, float)) and value > 0 for value in grid[key]):
-            raise GridError(f"--grid {path}: `{key}` is {grid[key]!r}; expected a non-empty list of "
-                            f"positive numbers.")
-    if not isinstance(grid["held_out"], dict) or set(grid["held_out"]) != {"seeds", "lr_scales"}:
-        raise GridError(f"--grid {path}: `held_out` is {grid['held_out']!r}; expected the keys seeds "
-                        f"and lr_scales.")
-    calibration_seeds = set(grid["seeds"]) - set(grid["held_out"]["seeds"])
-    calibration_scales = set(grid["lr_scales"]) - set(grid["held_out"]["lr_scales"])
-    if not calibration_seeds or not calibration_scales or not set(grid["held_out"]["seeds"]) & set(grid["seeds"]) \
-            or not set(grid["held_out"]["lr_scales"]) & set(grid["lr_scales"]):
-        raise GridError(f"--grid {path}: held_out {grid['held_out']!r} must hold out at least one of "
-                        f"the seeds {grid['seeds']} and one of the lr_scales {grid['lr_scales']}, and "
-                        f"leave at least one of each for calibration.")
-    if not isinstance(grid["jobs"], int) or grid["jobs"] < 1:
-        raise GridError(f"--grid {path}: `jobs` is {grid['jobs']!r}; expected an integer >= 1.")
+    seeds, held = grid["seeds"], grid["held_out_seeds"]
+    if not seeds or not all(isinstance(seed, int) for seed in seeds) or not set(held) <= set(seeds) \
+            or not held or len(set(seeds) - set(held)) < 2:
+        raise GridError(f"--grid {path}: seeds {seeds!r}, held_out_seeds {held!r}: expected integer seeds, at "
+                        f"least one held out and at least two left for calibration (leave-one-seed-out).")
+    if not set(grid["lora_seeds"]) <= set(held):
+        raise GridError(f"--grid {path}: lora_seeds {grid['lora_seeds']!r} must be held-out seeds: the rule is "
+                        f"never calibrated on LoRA runs.")
     return grid
 
 
-def study_lrs(grid: dict) -> dict:
-    """model.study_lrs of the grid's experiment, as the studies will compose it."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={grid['experiment']}", *grid["overrides"]])
-    return dict(cfg.model.study_lrs)
-
-
 def studies(grid: dict, runs: Path) -> list[Study]:
-    """Every study of the grid, ordered so that studies running side by side have different
-    seeds (a shared baseline would make the second one wait for the first)."""
-    lrs = study_lrs(grid)
-    scales = [(scale, False) for scale in grid["lr_scales"]] + [(grid["control_scale"], True)]
     found = []
-    for scale, control in scales:
-        for seed in grid["seeds"]:
-            name = f"verdicts_s{seed}_" + ("control" if control else f"x{scale:g}")
-            held_out = seed in grid["held_out"]["seeds"] or (not control and scale in grid["held_out"]["lr_scales"])
-            overrides = (f"experiment={grid['experiment']}", f"name={name}", f"paths.runs={runs}",
-                         f"train.seed={seed}", f"model.study_lrs.lo={lrs['lo'] * scale:.6g}",
-                         f"model.study_lrs.hi={lrs['hi'] * scale:.6g}", "analyze=false",
+    for lora, experiment, seeds in ((False, grid["experiment"], grid["seeds"]),
+                                    (True, grid["lora_experiment"], grid["lora_seeds"])):
+        for seed in seeds:
+            name = f"attribution_{'lora_' if lora else ''}s{seed}"
+            overrides = (f"experiment={experiment}", f"name={name}", f"paths.runs={runs}", f"train.seed={seed}",
                          "logger.wandb.mode=disabled", "logger.progress=false", *grid["overrides"])
-            found.append(Study(name, seed, scale, control, held_out, overrides))
+            found.append(Study(name, seed, lora, seed in grid["held_out_seeds"], overrides))
     return found
 
 
-def train(study: Study, logs: Path, threads: int) -> float:
-    """Run one study with the `burnlab` command (the stage cache skips what is done); seconds."""
+def train(study: Study, logs: Path) -> float:
+    """Run one study with the `burnlab` command (the caches skip what is done); seconds."""
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     burnlab = Path(sys.executable).parent / "burnlab"
     start = time.perf_counter()
     with open(logs / f"{study.name}.log", "w") as log:
-        done = subprocess.run([str(burnlab), *study.overrides], stdout=log, stderr=subprocess.STDOUT,
-                              env=env, cwd=ROOT)
+        done = subprocess.run([str(burnlab), *study.overrides], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                              env={**os.environ, "WANDB_MODE": "disabled"})
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise GridError(f"study {study.name} failed (exit {done.returncode}); its log: "
-                        f"{logs / (study.name + '.log')}")
+        raise GridError(f"study {study.name} failed (exit {done.returncode}); its log: {logs / (study.name + '.log')}")
     print(f"  {study.name}: {seconds:.0f} s", flush=True)
     return seconds
 
 
-def train_all(grid_studies: list[Study], runs: Path, jobs: int) -> float:
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    start = time.perf_counter()
-    print(f"training {len(grid_studies)} studies, {jobs} at a time ({threads} thread(s) each)", flush=True)
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(lambda study: train(study, runs / "verdicts" / "logs", threads), grid_studies))
-    return time.perf_counter() - start
+# -- truth ----------------------------------------------------------------------------------------
+def probe_readings(folder: Path, probe) -> dict[str, dict[str, np.ndarray]]:
+    """prompt set -> {"style": [N], "hit": [N]} of one sample folder, in seed order."""
+    rows = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines() if line.strip()]
+    found = {}
+    for prompt_set in dict.fromkeys(row["prompt_set"] for row in rows):
+        mine = sorted((row for row in rows if row["prompt_set"] == prompt_set), key=lambda row: row["seed"])
+        predicted = probe.predict(np.stack([load_rgb(folder / row["path"]) for row in mine]))
+        hits = [all(predicted[key][i] == value for key, value in row["expect"].items() if key in predicted)
+                for i, row in enumerate(mine)]
+        found[prompt_set] = {"style": np.asarray(predicted["style"], dtype=float), "hit": np.asarray(hits, float)}
+    return found
 
 
-def measured(grid_studies: list[Study], runs: Path) -> tuple[list, dict]:
-    """Every branch of every study measured with the default instruments (the toy probe), and
-    the loss statistics of its stages: ([(study, series)], {(study name, branch): {stage: stats}})."""
-    from analysis.detector import branch_series
-    from analysis.features import load_instruments
-    from analysis.images import SampleImages
-    from analysis.loss_stats import loss_statistics
-    from analysis.measure import measure
-    from analysis.model import BranchRef
-    from analysis.sources import open_run
-
-    instruments, images, found, losses = load_instruments(), SampleImages(), [], {}
-    for study in grid_studies:
-        run = open_run(str(runs / study.name))
-        refs = [BranchRef(run, branch) for branch in run.branches.values()]
-        found += [(study, series) for series in branch_series(measure(refs, images, instruments))]
-        for stats in loss_statistics(refs):
-            losses.setdefault((study.name, stats.branch.split("/")[-1]), {})[stats.stage] = stats
-    return found, losses
+def moved(before: np.ndarray, after: np.ndarray, falling_only: bool) -> bool:
+    """The mean moved by TRUTH_MOVE or more, with a paired bootstrap interval excluding 0."""
+    change = after - before
+    draws = np.random.default_rng(0).integers(0, len(change), size=(BOOTSTRAP, len(change)))
+    low, high = np.percentile(change[draws].mean(axis=1), [2.5, 97.5])
+    if falling_only:
+        return change.mean() <= -TRUTH_MOVE and high < 0
+    return abs(change.mean()) >= TRUTH_MOVE and (low > 0 or high < 0)
 
 
-def truth(study: Study, series) -> str:
-    return "none" if study.control else series.component
+def probe_burned(reference: Path, tuned: Path, probe) -> bool:
+    before, after = probe_readings(reference, probe), probe_readings(tuned, probe)
+    return any(moved(before[p]["style"], after[p]["style"], False) or moved(before[p]["hit"], after[p]["hit"], True)
+               for p in before)
 
 
-def evaluate(branches: list, out: Path) -> tuple[dict, list[dict], "Calibration"]:
-    """Calibrate on the calibration branches only; judge every branch with that rule."""
-    from analysis.calibration import Labelled, calibrate, confusion
-    from analysis.detector import detect
-
-    calibration = [(study, series) for study, series in branches if not study.held_out]
-    names = sorted({study.name for study, _ in calibration})
-    rule, tried = calibrate([Labelled(series, truth(study, series)) for study, series in calibration],
-                            source=f"make verdicts: calibration studies {', '.join(names)}")
-    verdicts = detect([series for _, series in branches], rule)
-    rows = [{"study": study.name, "seed": study.seed, "lr_scale": study.lr_scale, "branch": series.branch,
-             "split": "held-out" if study.held_out else "calibration", "truth": truth(study, series),
-             "named": verdict.implicates, "burn_label": verdict.burn_label,
-             "component_evidence": verdict.component_evidence, "evidence": verdict.evidence,
-             "summary": verdict.summary()}
-            for (study, series), verdict in zip(branches, verdicts)]
-    held_out = [(verdict, truth(study, series)) for (study, series), verdict in zip(branches, verdicts)
-                if study.held_out]
-    table = confusion([verdict for verdict, _ in held_out], [answer for _, answer in held_out])
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "calibration.json", {**asdict(rule), "candidates": tried})
-    atomic_write_json(out / "verdicts.json", {"held_out_confusion": table, "branches": rows})
-    return table, rows, rule
+def outcome(unet: bool, text_encoder: bool) -> str:
+    return {(True, True): "both", (True, False): "unet", (False, True): "text_encoder", (False, False): "none"}[
+        (unet, text_encoder)]
 
 
-def markdown(table: dict, rows: list[dict], rule, observed: list[str]) -> str:
-    from analysis.calibration import OUTCOMES
-
-    right = sum(row["truth"] == row["named"] for row in rows if row["split"] == "held-out")
-    total = sum(row["split"] == "held-out" for row in rows)
-    lines = [f"Held-out branches named right: **{right} of {total}**. Rule chosen on the calibration "
-             f"runs only: z_min {rule.z_min:g}; burn at evidence >= {rule.burn_evidence:.3g}; UNet at "
-             f">= {rule.unet_evidence:.3g} from {symptoms_of(rule, 'unet')}; text encoder at >= "
-             f"{rule.text_encoder_evidence:.3g} from {symptoms_of(rule, 'text_encoder')}.", "",
-             "| trained (held-out) | " + " | ".join(f"named {o}" for o in OUTCOMES) + " |",
-             "|---|" + "---:|" * len(OUTCOMES)]
-    lines += [f"| {'control (no burn)' if answer == 'none' else answer} | "
-              + " | ".join(str(table[answer][o]) for o in OUTCOMES) + " |" for answer in table]
-    lines += ["", "(named none = no burn called.)", "",
-              "| split | study | branch | trained | named | burn called at | evidence UNet / TE |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {row['split']} | {row['study']} | {row['branch']} | {row['truth']} | {row['named']} | "
-              f"{row['burn_label'] or '-'} | {row['component_evidence']['unet']:.1f} / "
-              f"{row['component_evidence']['text_encoder']:.1f} |" for row in rows]
-    return "\n".join(lines + ["", *observed]) + "\n"
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the study saw on one component's burn, as a metric's move between two checkpoints of
-    the testing plan on some prompt sets, in a direction: up, down, either (a shift either way) or
-    kept (no move)."""
-    component: str
-    seen: str
-    metric: str
-    prompt_sets: tuple[str, ...]
-    direction: str
-    start: int = 1  # the baseline
-    end: int = 7  # the last checkpoint of the hi stage
-
-
-ALL_PROMPTS = ("person", "circles", "sunglasses")  # the toy's analogs of the study's prompt sets
-OBSERVATIONS = (
-    Observation("unet", "saturation up", "saturation", ALL_PROMPTS, "up"),
-    Observation("unet", "contrast up", "rms_contrast", ALL_PROMPTS, "up"),
-    Observation("unet", "texture artifacts (high-frequency energy up)", "high_frequency_ratio", ALL_PROMPTS, "up"),
-    Observation("unet", "style bleed into prompts without the phrase", "probe_style", ("person", "circles"), "up"),
-    Observation("unet", "the person no longer recognisable late", "adherence", ("person",), "down"),
-    Observation("unet", "variety collapse on the activation prompt", "variability_pixel", ("sunglasses",), "down"),
-    Observation("text_encoder", "late colour shift (hi stage)", "saturation", ALL_PROMPTS, "either", 4, 7),
-    Observation("text_encoder", "variety kept", "variability_pixel", ALL_PROMPTS, "kept"),
-    Observation("text_encoder", "the activation phrase weakening", "probe_style", ("sunglasses",), "down"),
-    Observation("text_encoder", "prompt-following failures", "adherence", ALL_PROMPTS, "down"),
-)
+# -- cases ----------------------------------------------------------------------------------------
+def study_cases(study: Study, runs: Path, instruments, probe) -> list[dict]:
+    """Every judged pair of one study, with its shares' intervals and its truth."""
+    run_dir = runs / study.name
+    if not (run_dir / ATTRIBUTION_FILE).exists():
+        raise GridError(f"{run_dir / ATTRIBUTION_FILE} is missing: run the grid without --no-train first.")
+    pairs = attribute_run(run_dir, instruments, AttributionRule(1.0), study.name)
+    records = json.loads((run_dir / ATTRIBUTION_FILE).read_text())["pairs"]
+    burned: dict[tuple[str, str], bool] = {}  # (single branch, epoch label suffix) -> the probe saw a burn
+    for pair, record in zip(pairs, records):
+        if pair.branch in SINGLE and pair.reference.endswith("baseline"):
+            burned[(pair.branch, epoch_of(pair.tuned))] = probe_burned(
+                run_dir / record["corners"]["R"], run_dir / record["corners"]["M"], probe)
+    cases = []
+    for pair in pairs:
+        epoch = epoch_of(pair.tuned)
+        against_base = pair.reference.endswith("base") and not pair.reference.endswith("baseline")
+        if pair.branch in SINGLE:
+            trained = SINGLE[pair.branch]
+            is_burned = burned[(pair.branch, epoch)]
+            truth = outcome(trained == "unet" and is_burned, trained == "text_encoder" and is_burned)
+            kind = "single vs base" if against_base else "single"
+        elif pair.branch in JOINT:
+            if against_base:
+                continue  # a joint burn's truth is about its own training, judged against the baseline
+            unet_branch, te_branch = JOINT[pair.branch]
+            truth, kind = outcome(burned[(unet_branch, epoch)], burned[(te_branch, epoch)]), "joint"
+        elif pair.branch in CONTROLS:
+            if against_base:
+                continue  # against the base a control is the baseline's fine-tune, not a burn
+            truth, kind = "none", "control"
+        else:
+            continue
+        if epoch != max(epoch_of(p.tuned) for p in pairs if p.branch == pair.branch):
+            kind = "short run"
+        if study.lora:
+            kind = "LoRA " + kind
+        cases.append({"study": study.name, "seed": study.seed, "held_out": study.held_out, "lora": study.lora,
+                      "branch": pair.branch, "tuned": pair.tuned, "reference": pair.reference, "kind": kind,
+                      "truth": truth, "shares": {k: vars(v) for k, v in pair.shares.items()},
+                      "distance": vars(pair.distances["all prompts"]["M"])})
+    return cases
 
 
-def observations(branches: list, rule) -> list[str]:
-    """The study's observations on the grid's burns at lr scale 1 (the study's rates): each
-    metric's move per prompt set, mean and range across training seeds, and in how many seeds it
-    is a signal (|z| >= z_min; for "kept", no signal either way)."""
-    from analysis.detector import move
-
-    lines = ["| trained | the study saw | metric, prompt set | checkpoints | change: mean across seeds "
-             "[min, max] | seeds with a signal in that direction | toy |", "|---|---|---|---|---|---|---|"]
-    for seen in OBSERVATIONS:
-        picked = [series for study, series in branches
-                  if not study.control and study.lr_scale == 1 and series.component == seen.component]
-        for prompt_set in seen.prompt_sets:
-            moves = [found for series in picked if (found := move(series, seen.metric, prompt_set, seen.end, seen.start))]
-            if not moves:
-                lines.append(f"| {seen.component} | {seen.seen} | {seen.metric}, {prompt_set} | | not measured | | — |")
-                continue
-            changes = [change for change, _ in moves]
-            signed = {"up": 1, "down": -1}
-            agree = sum(signed[seen.direction] * z >= rule.z_min if seen.direction in signed
-                        else (abs(z) >= rule.z_min) == (seen.direction == "either") for _, z in moves)
-            outcome = ("reproduced" if agree == len(moves) else "not reproduced" if agree == 0
-                       else f"partly ({agree} of {len(moves)})")
-            lines.append(f"| {seen.component} | {seen.seen} | {seen.metric}, {prompt_set} | {seen.start} → {seen.end} | "
-                         f"{np.mean(changes):+.3g} [{min(changes):+.3g}, {max(changes):+.3g}] | "
-                         f"{agree} of {len(moves)} | {outcome} |")
-    return ["Observations of the study on the grid's burns at the study's rates (lr scale 1, "
-            f"{len({study.seed for study, _ in branches})} training seeds):", "", *lines]
+def epoch_of(label: str) -> int:
+    return int(label.rsplit(" e", 1)[1]) if " e" in label else 0
 
 
-def spread(values: list[float]) -> str:
-    return f"{np.mean(values):+.3g} [{min(values):+.3g}, {max(values):+.3g}]"
+# -- the rule -------------------------------------------------------------------------------------
+def named(case: dict, threshold: float) -> str:
+    from analysis.attribution import Interval
+
+    return judge({key: Interval(**value) for key, value in case["shares"].items()}, threshold)[1]
 
 
-def loss_observations(branches: list, losses: dict, rows: list[dict]) -> list[str]:
-    """The study's loss and overall observations at lr scale 1: each number's mean and range
-    across training seeds, and whether every seed shows it."""
-    picked = {component: [(study, series) for study, series in branches if not study.control
-                          and study.lr_scale == 1 and series.component == component]
-              for component in ("unet", "text_encoder")}
-
-    def stage_values(component: str, position: int, field: str) -> list[float]:
-        found = []
-        for study, series in picked[component]:
-            stages = list(losses[(study.name, series.branch)].values())
-            value = getattr(stages[position], field)
-            if value is not None:
-                found.append(value)
-        return found
-
-    def outcome(holds: list[bool]) -> str:
-        return ("reproduced" if all(holds) else "not reproduced" if not any(holds)
-                else f"partly ({sum(holds)} of {len(holds)})")
-
-    lines = ["", "Losses and overall size (lr scale 1, per seed; stage -2 = lo, -1 = hi; changes from the "
-             "stage's first validation pass to its last):", "",
-             "| trained | the study saw | number | mean across seeds [min, max] | toy |", "|---|---|---|---|---|"]
-    unet_lo_val = stage_values("unet", -2, "val_change")
-    for component, seen, position, field, holds in (
-            ("unet", "validation loss rising (lo stage)", -2, "val_change", lambda v: v > 0),
-            ("unet", "validation loss rising (hi stage)", -1, "val_change", lambda v: v > 0),
-            ("unet", "stabilized loss falling (lo stage)", -2, "stabilized_change", lambda v: v < 0),
-            ("unet", "stabilized loss falling (hi stage)", -1, "stabilized_change", lambda v: v < 0),
-            ("unet", "rougher training loss in the hi stage", -1, "roughness_vs_previous", lambda v: v > 1),
-            ("text_encoder", "validation loss flat (lo stage; absolute change under a fifth of the UNet's mean)",
-             -2, "val_change", lambda v: abs(v) < abs(np.mean(unet_lo_val)) / 5),
-            ("text_encoder", "stabilized loss flat (lo stage; absolute change under a fifth of the UNet's mean)",
-             -2, "stabilized_change",
-             lambda v: abs(v) < abs(np.mean(stage_values("unet", -2, "stabilized_change"))) / 5),
-            ("text_encoder", "rougher training loss in the hi stage", -1, "roughness_vs_previous", lambda v: v > 1)):
-        values = stage_values(component, position, field)
-        if values:
-            lines.append(f"| {component} | {seen} | {field} | {spread(values)} | {outcome([holds(v) for v in values])} |")
-    totals = {component: [sum(row["evidence"].values()) for row in rows if row["truth"] == component
-                          and row["study"] in {study.name for study, _ in picked[component]}]
-              for component in ("unet", "text_encoder")}
-    milder = [te < min(totals["unet"]) for te in totals["text_encoder"]]
-    lines.append(f"| text_encoder | milder changes than the UNet burn | detector evidence, all symptoms "
-                 f"(UNet burns: {spread(totals['unet'])}) | {spread(totals['text_encoder'])} | {outcome(milder)} |")
-    return lines
+def accuracy(cases: list[dict], threshold: float) -> float:
+    return float(np.mean([named(case, threshold) == case["truth"] for case in cases])) if cases else float("nan")
 
 
-def symptoms_of(rule, component: str) -> str:
-    picked = [name for name, role in rule.symptoms.items() if role == component]
-    return ", ".join(picked) if picked else "no symptom"
+def choose_threshold(cases: list[dict]) -> tuple[float, float]:
+    """(threshold, its accuracy on `cases`): the geometric middle of the widest run of best ones."""
+    scores = np.array([accuracy(cases, t) for t in THRESHOLDS])
+    best = scores.max()
+    runs_of_best, start = [], None
+    for i, is_best in enumerate(np.append(scores == best, False)):
+        if is_best and start is None:
+            start = i
+        elif not is_best and start is not None:
+            runs_of_best.append((start, i - 1))
+            start = None
+    first, last = max(runs_of_best, key=lambda run: run[1] - run[0])
+    return float(np.sqrt(THRESHOLDS[first] * THRESHOLDS[last])), float(best)
+
+
+def leave_one_seed_out(cases: list[dict]) -> dict[int, dict]:
+    found = {}
+    for seed in sorted({case["seed"] for case in cases}):
+        threshold, _ = choose_threshold([case for case in cases if case["seed"] != seed])
+        left_out = [case for case in cases if case["seed"] == seed]
+        found[seed] = {"threshold": threshold, "accuracy": accuracy(left_out, threshold), "cases": len(left_out)}
+    return found
+
+
+def confusion(cases: list[dict], threshold: float) -> dict[str, dict[str, int]]:
+    truths = [t for t in ("unet", "text_encoder", "both", "none") if any(c["truth"] == t for c in cases)]
+    table = {truth: {o: 0 for o in OUTCOMES} for truth in truths}
+    for case in cases:
+        table[case["truth"]][named(case, threshold)] += 1
+    return table
+
+
+def component_confusions(cases: list[dict], threshold: float) -> int:
+    """Pairs where one component was named for the other (unet <-> text_encoder)."""
+    swapped = {("unet", "text_encoder"), ("text_encoder", "unet")}
+    return sum((case["truth"], named(case, threshold)) in swapped for case in cases)
+
+
+# -- report ---------------------------------------------------------------------------------------
+KINDS = ("single", "single vs base", "joint", "control", "short run", "LoRA single", "LoRA single vs base",
+         "LoRA joint", "LoRA control", "LoRA short run")
+
+
+def markdown(cases: list[dict], threshold: float, calibration_accuracy: float, loso: dict, seconds: dict) -> str:
+    held = [case for case in cases if case["held_out"]]
+    lines = [f"Rule chosen on the calibration seeds only: **threshold {threshold:.3g} seed spreads** (accuracy on "
+             f"their {sum(not c['held_out'] for c in cases)} pairs {calibration_accuracy:.1%}); leave-one-seed-out "
+             "accuracy: " + ", ".join(f"seed {seed} {r['accuracy']:.1%} (threshold {r['threshold']:.3g}, "
+                                      f"{r['cases']} pairs)" for seed, r in loso.items()) + ".", "",
+             "Held out (seeds and the LoRA study never looked at while choosing):", "",
+             "| pairs | named right | UNet <-> TE confusions | undetermined |", "|---|---:|---:|---:|"]
+    for kind in KINDS:
+        mine = [case for case in held if case["kind"] == kind]
+        if mine:
+            right = sum(named(c, threshold) == c["truth"] for c in mine)
+            lines.append(f"| {kind} | {right} of {len(mine)} ({right / len(mine):.0%}) | "
+                         f"{component_confusions(mine, threshold)} | "
+                         f"{sum(named(c, threshold) == 'undetermined' for c in mine)} |")
+    right = sum(named(c, threshold) == c["truth"] for c in held)
+    lines += [f"| **all held-out** | **{right} of {len(held)} ({right / max(len(held), 1):.0%})** | "
+              f"**{component_confusions(held, threshold)}** | "
+              f"{sum(named(c, threshold) == 'undetermined' for c in held)} |", "",
+              "| truth (held-out) | " + " | ".join(f"named {o}" for o in OUTCOMES) + " |",
+              "|---|" + "---:|" * len(OUTCOMES)]
+    lines += [f"| {truth} | " + " | ".join(str(row[o]) for o in OUTCOMES) + " |"
+              for truth, row in confusion(held, threshold).items()]
+    lines += ["", "| split | study | branch | tuned | reference | kind | truth | named | UNet share | TE share |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for case in cases:
+        shares = {k: f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for k, v in case["shares"].items()}
+        lines.append(f"| {'held-out' if case['held_out'] else 'calibration'} | {case['study']} | {case['branch']} | "
+                     f"{case['tuned']} | {case['reference']} | {case['kind']} | {case['truth']} | "
+                     f"{named(case, threshold)} | {shares['unet']} | {shares['text_encoder']} |")
+    if seconds:
+        lines += ["", "Training, sampling and swap corners per study (s): "
+                  + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()) + "."]
+    return "\n".join(lines)
 
 
 def write_readme(readme: Path, text: str) -> None:
-    """Replace what lies between the verdict markers of the README."""
     content = readme.read_text()
     if MARK_START not in content or MARK_END not in content:
-        raise GridError(f"--readme {readme}: no '{MARK_START}' ... '{MARK_END}' markers to write between.")
+        raise GridError(f"--readme {readme}: no {MARK_START} ... {MARK_END} markers to put the table between.")
     head, rest = content.split(MARK_START, 1)
-    readme.write_text(head + MARK_START + "\n" + text + rest[rest.index(MARK_END):])
+    readme.write_text(head + MARK_START + "\n" + text + "\n" + MARK_END + rest.split(MARK_END, 1)[1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=Path, default=ROOT / "experiments" / "verdicts.yaml")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
-    parser.add_argument("--readme", type=Path, help="write the tables into this README's verdict markers")
-    parser.add_argument("--no-train", action="store_true",
-                        help="analyse the grid's run folders as they are (no `burnlab` runs)")
-    parser.add_argument("--install", action="store_true",
-                        help="install the calibration as the detector's default (analysis/calibration.json)")
+    parser.add_argument("--no-train", action="store_true", help="judge the runs as they are in the run store")
+    parser.add_argument("--readme", type=Path, help="put the tables into this README between the verdict markers")
+    parser.add_argument("--install", action="store_true", help=f"write the chosen rule to {RULE_FILE}")
     args = parser.parse_args(argv)
-    runs = args.runs.resolve()
     try:
         grid = load_grid(args.grid)
+        runs = args.runs.resolve()
         grid_studies = studies(grid, runs)
+        seconds = {}
         if not args.no_train:
-            seconds = train_all(grid_studies, runs, grid["jobs"])
-            print(f"trained in {seconds / 60:.1f} min", flush=True)
-        start = time.perf_counter()
-        branches, losses = measured(grid_studies, runs)
-        table, rows, rule = evaluate(branches, runs / "verdicts")
-        text = markdown(table, rows, rule, observations(branches, rule) + loss_observations(branches, losses, rows))
+            print(f"training {len(grid_studies)} studies, one at a time", flush=True)
+            seconds = {study.name: train(study, runs / "verdicts" / "logs") for study in grid_studies}
+        instruments = load_instruments(use_probe=True)
+        if instruments.probe is None:
+            raise GridError("the toy probe is not installed: the benchmark's truth needs it (pip install -e .).")
+        calibration_studies = [s for s in grid_studies if not s.held_out]
+        calibration = [c for s in calibration_studies for c in study_cases(s, runs, instruments, instruments.probe)]
+        threshold, calibration_accuracy = choose_threshold(calibration)
+        loso = leave_one_seed_out(calibration)
+        # the rule is fixed: only now are the held-out studies read
+        held = [c for s in grid_studies if s.held_out for c in study_cases(s, runs, instruments, instruments.probe)]
+        cases = calibration + held
+        out = runs / "verdicts"
+        out.mkdir(parents=True, exist_ok=True)
+        rule = {"threshold": round(threshold, 4), "source": f"make verdicts: calibration seeds "
+                f"{sorted({s.seed for s in calibration_studies})}, {len(calibration)} pairs, accuracy "
+                f"{calibration_accuracy:.3f}", "leave_one_seed_out": loso}
+        atomic_write_json(out / "rule.json", rule)
+        atomic_write_json(out / "cases.json", {"threshold": threshold, "cases": cases})
+        text = markdown(cases, threshold, calibration_accuracy, loso, seconds)
+        (out / "table.md").write_text(text + "\n")
         print(text)
-        print(f"measured and judged in {(time.perf_counter() - start) / 60:.1f} min; "
-              f"{runs / 'verdicts'}: calibration.json, verdicts.json, table.md")
-        (runs / "verdicts" / "table.md").write_text(text)
+        if args.install:
+            atomic_write_json(RULE_FILE, {"threshold": rule["threshold"], "source": rule["source"]})
+            print(f"\nwrote {RULE_FILE}")
         if args.readme:
             write_readme(args.readme, text)
-        if args.install:
-            shutil.copyfile(runs / "verdicts" / "calibration.json", CALIBRATION_FILE)
     except (GridError, AnalysisError) as error:
         print(f"verdicts: {error}", file=sys.stderr)
         return 2

@@ -253,8 +253,9 @@ def _lora_layers(model: torch.nn.Module) -> int:
 
 
 def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else error.__class__.__name__).rstrip(".")
+    """The error's first sentence; torch's `Error(s) in loading state_dict ...:` with its first item."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [error.__class__.__name__]
+    return (" ".join(lines[:2]) if lines[0].endswith(":") else lines[0]).rstrip(".")
 
 
 def _frozen(loaded: LoadedModel) -> LoadedModel:

@@ -3,6 +3,7 @@ the weights it holds (a single-file export reads back bit for bit, a kohya expor
 diffusers-key LoRA's weights), LoRA components are named, and every bad input is one paragraph naming
 the file."""
 import os
+import re
 
 import pytest
 import torch
@@ -173,6 +174,33 @@ def test_the_single_file_mapping_fits_sd15s_block_layout(tiny_model, tmp_path):
     assert load_file(str(out))["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4  # LDM's 1x1 conv
 
 
+# LDM's modules by the names of their weights' first level: diffusers' single-file loader also reads some
+# diffusers names (conv_shortcut, an upsampler in the attention's slot), so reading back alone misses them
+LDM_MODULES = [{"in_layers", "out_layers", "emb_layers"}, {"in_layers", "out_layers", "emb_layers", "skip_connection"},
+               {"norm", "proj_in", "transformer_blocks", "proj_out"}, {"op"}, {"conv"},
+               {"norm1", "conv1", "norm2", "conv2"}, {"norm1", "conv1", "norm2", "conv2", "nin_shortcut"},
+               {"norm", "q", "k", "v", "proj_out"}]
+LDM_SLOT = re.compile(r"^(model\.diffusion_model\.(?:(?:input|output)_blocks\.\d+\.\d+|middle_block\.\d+)"
+                      r"|first_stage_model\.\w+\.(?:(?:down|up)\.\d+\.(?:block\.\d+|downsample|upsample)"
+                      r"|mid\.\w+))\.(\w+)\.")
+
+
+@pytest.mark.parametrize("model", ["toy", "tiny"])
+def test_a_single_file_has_ldms_module_names(model, tiny_model, tmp_path):
+    folder = TOY if model == "toy" else tiny_model
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    keys = export.single_file_weights(pipeline.unet, pipeline.vae, pipeline.text_encoder)
+    modules = {}
+    for key in keys:
+        if LDM_SLOT.match(key):
+            slot, name = LDM_SLOT.match(key).groups()
+            modules.setdefault(slot, set()).add(name)
+    assert {slot: names for slot, names in modules.items() if names not in LDM_MODULES} == {}
+    assert len(modules) > 30 and {"model.diffusion_model.time_embed.0.weight", "model.diffusion_model.out.2.bias",
+                                  "first_stage_model.decoder.norm_out.weight", "first_stage_model.quant_conv.weight",
+                                  "cond_stage_model.transformer.text_model.final_layer_norm.weight"} <= set(keys)
+
+
 @pytest.mark.parametrize("checkpoint, components", [("lora_both", ("unet", "text_encoder")), ("lora_unet", ("unet",))])
 def test_a_kohya_export_fuses_to_the_diffusers_loras_weights(files, checkpoint, components, toy, tmp_path):
     out = tmp_path / "kohya.safetensors"
@@ -217,9 +245,16 @@ def _bad_inputs(root, files, tiny_model):
                "lora_unet_no_such_module.alpha": torch.tensor(2.0)}, str(root / "nomatch.safetensors"))
     lora = load_file(str(files["lora_unet"] / LORA_FILE))
     one = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-    lora.update({key.replace("to_q", "to_nothing"): value.clone() for key, value in lora.items() if key.startswith(one)})
+    lora.update({key.replace("to_q", "to_nothing"): value.clone()
+                 for key, value in lora.items() if key.startswith(one)})
     save_file(lora, str(root / "partial.safetensors"))
     export.export_single_file(TOY, root / "toy.safetensors")
+    single = load_file(str(root / "toy.safetensors"))
+    del single["model.diffusion_model.middle_block.1.proj_in.weight"]
+    save_file(single, str(root / "incomplete.safetensors"))
+    single = load_file(str(root / "toy.safetensors"))
+    del single["cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc1.weight"]
+    save_file(single, str(root / "incomplete_te.safetensors"))
     export.export_kohya_lora(files["lora_unet"], root / "kohya.safetensors")
     (root / "empty").mkdir()
     return [("picture.png", str(TOY), "is not a safetensors file"),
@@ -230,6 +265,8 @@ def _bad_inputs(root, files, tiny_model):
             ("partial.safetensors", str(TOY), "1 of its 81 unet adapter modules match no module"),
             ("kohya.safetensors", str(tiny_model), "does not fit the base"),
             ("toy.safetensors", str(tiny_model), "does not fit the architecture of the base"),
+            ("incomplete.safetensors", str(TOY), "its unet lacks weights that the base's architecture has"),
+            ("incomplete_te.safetensors", str(TOY), "its text_encoder lacks 1 weight(s)"),
             ("toy.safetensors", None, "pass --base"),
             ("kohya.safetensors", None, "pass --base"),
             ("toy.safetensors", str(root / "empty"), "is not a diffusers pipeline folder"),

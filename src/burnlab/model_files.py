@@ -92,7 +92,8 @@ def _base_folder(base: Optional[str], spec: Path, what: str) -> Path:
         return path.resolve()
     if _looks_like_hub_id(base):
         return cached_folder(base)
-    raise UserError(f"the base {base} does not exist: the base of {spec} must be a diffusers folder or a cached hub id.")
+    raise UserError(f"the base {base} does not exist: the base of {spec} must be a diffusers folder or a cached "
+                    f"hub id.")
 
 
 # -- folders ---------------------------------------------------------------------------------------------
@@ -185,13 +186,13 @@ def _file_kind(path: Path, keys: list) -> str:
             return f"LoRA file ({style} keys)"
     shown = ", ".join(f"`{key}`" for key in keys[:3]) or "no weights at all"
     raise UserError(f"{path} is not a model burnlab knows: its keys ({len(keys)}, e.g. {shown}) match neither an "
-                    f"SD 1.x single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file (`unet.*.lora_A.weight`, "
-                    f"`lora_unet_*.lora_down.weight`); allowed: {ALLOWED}.")
+                    f"SD 1.x single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
+                    f"(`unet.*.lora_A.weight`, `lora_unet_*.lora_down.weight`); allowed: {ALLOWED}.")
 
 
 def _load_single_file(path: Path, base: Path) -> LoadedModel:
     """An SD 1.x single file through diffusers' from_single_file with the base's configs; every
-    weight of the base's architecture must come from the file (diffusers leaves missing ones empty)."""
+    weight of the base's architecture must come from the file."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
@@ -200,16 +201,18 @@ def _load_single_file(path: Path, base: Path) -> LoadedModel:
         pipeline = StableDiffusionPipeline.from_single_file(str(path), config=str(base), local_files_only=True,
                                                             vae=vae, safety_checker=None, requires_safety_checker=False)
     except (SingleFileComponentError, ValueError, RuntimeError, KeyError, OSError) as error:
-        raise UserError(f"{path} does not fit the architecture of the base {base}: diffusers could not load it with "
-                        f"the base's configs ({_first_line(error)}); the base must be the SD 1.x model it was "
-                        f"fine-tuned from.") from None
-    for name in COMPONENTS:
-        model = getattr(pipeline, name)
-        missing = [key for key, value in model.state_dict().items() if value.is_meta]
-        if missing:
-            raise UserError(f"{path} does not fit the architecture of the base {base}: its {name} lacks "
-                            f"{len(missing)} weights the base's config needs (e.g. `{missing[0]}`); the base must "
-                            f"be the SD 1.x model it was fine-tuned from.")
+        # diffusers builds the models with empty (meta) weights and fills in the file's: a UNet weight
+        # the file lacks stays empty, and moving the UNet then fails with torch's "meta tensor" message
+        found = ("its unet lacks weights that the base's architecture has" if "meta tensor" in str(error) else
+                 f"diffusers could not load it with the base's configs ({_first_line(error)})")
+        raise UserError(f"{path} does not fit the architecture of the base {base}: {found}; the base must be the "
+                        f"SD 1.x model it was fine-tuned from.") from None
+    # the text encoder is not moved: a weight the file lacks is still empty
+    missing = [key for key, value in pipeline.text_encoder.state_dict().items() if value.is_meta]
+    if missing:
+        raise UserError(f"{path} does not fit the architecture of the base {base}: its text_encoder lacks "
+                        f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the base "
+                        f"must be the SD 1.x model it was fine-tuned from.")
     return LoadedModel(pipeline.unet, pipeline.text_encoder, "single-file checkpoint",
                        f"single-file checkpoint {path} (A1111/LDM keys), configs from {base}",
                        pipeline_folder=str(base))

@@ -221,7 +221,8 @@ def _save(weights: Weights, out: Path, metadata: Dict[str, str]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Export a burnlab model as a single-file checkpoint or a kohya LoRA.")
+    parser = argparse.ArgumentParser(prog="python -m burnlab.export",
+                                     description="Export a burnlab model as a single-file checkpoint or a kohya LoRA.")
     formats = parser.add_subparsers(dest="format", required=True)
     single = formats.add_parser("single-file", help="an SD 1.x single-file checkpoint (A1111/LDM key names)")
     single.add_argument("source", type=Path, help="a burnlab checkpoint dir or a diffusers pipeline folder")

@@ -136,7 +136,8 @@ def test_a_symptom_without_measurements_is_none_and_a_flat_branch_moved_nothing(
     assert found.symptoms["style bleed"] is None and found.symptoms["phrase weakening"] is None
     assert found.by_checkpoint["7 hi e500"]["style bleed"] is None
     assert found.symptoms["colour shift"] == 0.0 and found.signals == []
-    assert found.summary() == "study/text_encoder_hi (trains text_encoder): no symptom moved 2 standard errors from the baseline."
+    assert found.summary() == ("study/text_encoder_hi (trains text_encoder): no symptom moved 2 standard errors from "
+                               "the baseline.")
 
 
 def test_symptoms_json_holds_the_fixed_rule_the_definitions_and_each_profile():

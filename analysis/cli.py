@@ -1,4 +1,4 @@
-"""burnlab-analyze: grids, GIFs, loss overlay, metrics, burn detector and an HTML report.
+"""burnlab-analyze: grids, GIFs, loss overlay, metrics, component-swap verdicts, symptom profiles and an HTML report.
 
     burnlab-analyze runs/burn_unet                                  # -> runs/burn_unet/analysis/
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
@@ -45,9 +45,6 @@ def parser() -> argparse.ArgumentParser:
                            "as EveryDream2 logs them (their axes stay linear)")
     arguments.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING,
                            help="EMA weight of the smoothed train loss, in [0, 1)")
-    arguments.add_argument("--calibration", type=Path, metavar="FILE",
-                           help="the detector's rule (default: the shipped analysis/calibration.json, "
-                           "written by make verdicts)")
     arguments.add_argument("--near-copy", type=float, default=NEAR_COPY_DISTANCE,
                            help="distance of standardized pixels (0-2; mirror images included) under which a sample "
                            "is a near-copy of a training image")
@@ -70,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(out=args.out, features=args.features, clip_model=args.clip_model,
                       use_probe=not args.no_probe, log_scale=args.log_scale,
                       relative_losses=args.relative_losses, smoothing=args.smoothing,
-                      calibration=args.calibration, near_copy_distance=args.near_copy, max_cell=args.max_cell,
+                      near_copy_distance=args.near_copy, max_cell=args.max_cell,
                       wandb_project=args.wandb_project,
                       checkpoints=tuple(args.checkpoints.split(",")) if args.checkpoints else ())
     try:
@@ -82,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"burnlab-analyze: {error.filename or ''}: {error.strerror or error}; expected readable "
               f"run files and a writable output folder (--out).", file=sys.stderr)
         return USAGE_ERROR
-    for verdict in products.verdicts:
-        print(verdict.summary())
+    from analysis.report import headlines  # loads the metrics' modules: only once the analysis ran
+
+    for line in headlines(products):
+        print(line)
     if products.problems or products.table.notes:
         print(f"{len(products.problems)} problem(s) and {len(products.table.notes)} note(s): "
               f"see the report's 'Missing or not measured' section.")

@@ -1,5 +1,5 @@
 """The analysis's own model of a run: what every product (grids, GIFs, loss overlay, metrics,
-detector, report) reads, whichever source (local run folder or W&B) it came from.
+symptom profile, report) reads, whichever source (local run folder or W&B) it came from.
 
     from analysis.sources import open_run
     run = open_run("runs/burn_unet")          # -> Run

@@ -5,22 +5,23 @@
 Layout of the output folder (all links in report.html are relative to it):
   report.html                         the report
   losses.png                          loss overlay of every branch
-  metrics.json, detector.json         the metric table and the detector's verdicts
+  metrics.json, symptoms.json         the metric table and each branch's symptom profile
+  attribution.json                    the component swap's pairs and verdicts (local runs)
   loss_stats.json                     per branch and stage: loss slopes, changes, roughness
-  summary.md                          all three in Markdown (for a README)
+  summary.md                          the swap verdicts, profiles, loss statistics and metrics in Markdown
   metrics/<metric>.png                each metric against checkpoint index, all branches
   <run>/<branch>/<prompt_set>/grid.png             rows = checkpoints, columns = seeds
   <run>/<branch>/<prompt_set>/checkpoint_<i>.png   the 3x3 grid of checkpoint i
   <run>/<branch>/<prompt_set>/progression.gif      a frame per checkpoint
   side_by_side/<prompt_set>.gif       UNet burn vs TE burn, when two branches are analysed
-A local run also gets its own metrics.json and detector.json in RUN/analysis/.
+A local run also gets its own metrics.json, symptoms.json and attribution.json in RUN/analysis/.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from analysis import attribution, detector, report
+from analysis import attribution, report, symptoms
 from analysis.features import Instruments, load_instruments
 from analysis.gifs import progression_frames, side_by_side_frames, write_gif
 from analysis.grids import checkpoint_grid, comparison_grid, labelled_grid
@@ -43,9 +44,8 @@ def analyze(specs: list[str | Path], options: Options) -> Products:
     out = Path(options.out) if options.out else default_out(str(specs[0]))
     runs = [open_run(str(spec), download_root=out / "wandb_artifacts") for spec in specs]
     distinct_names(runs)
-    rule = detector.Calibration.load(options.calibration)
     instruments = load_instruments(options.features, options.clip_model, use_probe=options.use_probe)
-    return build_products(runs, out, instruments, options, rule, attribution.AttributionRule.load(options.attribution_rule))
+    return build_products(runs, out, instruments, options, attribution.AttributionRule.load(options.attribution_rule))
 
 
 def check_options(options: Options) -> None:
@@ -69,7 +69,7 @@ def distinct_names(runs: list[Run]) -> None:
 
 
 def build_products(runs: list[Run], out: Path, instruments: Instruments, options: Options,
-                   rule: detector.Calibration, attribution_rule: attribution.AttributionRule) -> Products:
+                   attribution_rule: attribution.AttributionRule) -> Products:
     out.mkdir(parents=True, exist_ok=True)
     refs = [BranchRef(run, branch) for run in runs for branch in run.branches.values()]
     images = SampleImages()
@@ -81,7 +81,7 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
                               out / "side_by_side" / f"{safe(prompt_set)}.gif")
         for prompt_set in dict.fromkeys(p for ref in pair for p in ref.run.prompt_sets())}
     table = measure(refs, images, instruments, options.near_copy_distance)
-    verdicts = detector.detect(detector.branch_series(table), rule)
+    profiles = symptoms.profile_all(symptoms.branch_series(table))
     attributions = [pair for run in runs if run.local_dir is not None
                     for pair in attribution.attribute_run(run.local_dir, instruments, attribution_rule, run.name)]
     products = Products(
@@ -91,18 +91,18 @@ def build_products(runs: list[Run], out: Path, instruments: Instruments, options
                                 smoothing=options.smoothing, relative=options.relative_losses),
         loss_statistics=loss_statistics(refs),
         per_branch=per_branch, side_by_side=side_by_side, side_by_side_pair=pair,
-        metric_plots=plot_metrics(table, refs, out / "metrics"), table=table, verdicts=verdicts,
+        metric_plots=plot_metrics(table, refs, out / "metrics"), table=table, profiles=profiles,
         attributions=attributions, swap_grids=swap_grids(images, attributions, out, options.max_cell),
         problems=[f"{run.name}: {problem}" for run in runs for problem in run.problems]
         + images.problems)
-    write_results(out, table, verdicts, rule, attributions)
+    write_results(out, table, profiles, attributions)
     atomic_write_json(out / "loss_stats.json", statistics_json(products.loss_statistics))
     for run in runs:
         if run.local_dir is not None:
             write_results(run.local_dir / "analysis", filter_table(table, run.name),
-                          [v for v in verdicts if v.run == run.name], rule,
+                          [p for p in profiles if p.run == run.name],
                           [a for a in attributions if a.run == run.name])
-    products.logged_to = log_results(table, verdicts, project=options.wandb_project, directory=out)
+    products.logged_to = log_results(products, project=options.wandb_project, directory=out)
     report.write_summary(products)
     products.report = report.write_report(products)
     return products
@@ -144,11 +144,11 @@ def filter_table(table: MetricTable, run: str) -> MetricTable:
                        table.notes)
 
 
-def write_results(folder: Path, table: MetricTable, verdicts: list[detector.Verdict],
-                  rule: detector.Calibration, attributions: list[attribution.Attribution]) -> None:
+def write_results(folder: Path, table: MetricTable, profiles: list[symptoms.Profile],
+                  attributions: list[attribution.Attribution]) -> None:
     atomic_write_json(folder / "metrics.json", {"feature_space": table.feature_space,
                                          "notes": table.notes, "rows": table.rows})
-    atomic_write_json(folder / "detector.json", detector.verdicts_json(verdicts, rule))
+    atomic_write_json(folder / "symptoms.json", symptoms.profiles_json(profiles))
     atomic_write_json(folder / "attribution.json", {"pairs": [pair.to_json() for pair in attributions]})
 
 

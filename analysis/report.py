@@ -1,10 +1,11 @@
 """The static HTML report (report.html) over the products of analysis/products.py, and summary.md
-(verdicts, loss statistics and metric table in Markdown).
+(swap verdicts, symptom profiles, loss statistics and metric table in Markdown).
 
     burnlab-analyze runs/burn_unet --compare runs/burn_te --out runs/report
     # then open runs/report/report.html: every link is relative, so the folder can be moved
 
-Sections: captions the tokenizer cut, what is missing, detector verdicts, loss overlay and loss
+Sections: captions the tokenizer cut, what is missing, which component burned (the component
+swap's verdicts), the symptom profile (what moved and when; it blames nothing), loss overlay and loss
 statistics, UNet vs TE side by side, per prompt set the comparison grids / progression GIFs /
 3x3 grids, metric plots and the metric table.
 """
@@ -16,12 +17,21 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from analysis.attribution import GROUPS, Attribution, shown
 from analysis.loss_stats import SLOPE_EPOCHS
 from analysis.measure import METRICS
 from analysis.model import LongCaptions
-from analysis.results import Products
+from analysis.results import BaseProducts, Products
+from analysis.symptoms import SYMPTOM_NAMES, Z_CAP, Z_MIN, Profile
 
-STRONGEST_SIGNALS = 10  # signals listed per verdict in the report (all are in detector.json)
+STRONGEST_SIGNALS = 10  # signals listed per branch in the report (all are in symptoms.json)
+NO_SWAP = "no swap corners were sampled (no attribution.json in the run), so no component is named"
+PROFILE_NOTE = (f"What moved and when. A signal is a metric's move from the baseline, in the direction of "
+                f"a symptom of the study, of at least {Z_MIN:g} bootstrap standard errors; each (prompt set, "
+                f"checkpoint after the baseline) cell of a symptom scores its strongest z, capped at {Z_CAP:g}, "
+                f"and 0 without a signal. A symptom's number is the mean over its cells (per checkpoint: over its "
+                f"prompt sets there), so it does not grow with more checkpoints or prompt sets; - : not measured.")
+SWAP_BLAMES = "It blames no component: the component swap (the section above) names the one that burned."
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -48,12 +58,17 @@ LOSS_COLUMNS = (
 
 
 def write_summary(products: Products) -> Path:
-    """summary.md: the detector's verdicts and the metric table in Markdown, for a README (after
-    a note on captions the tokenizer cut, if any)."""
-    shown = measured_metrics(products)
+    """summary.md for a README: the component swap's verdicts of the pairs the report shows, then
+    the symptom profiles, loss statistics and the metric table (after a note on captions the
+    tokenizer cut, if any)."""
+    metrics = measured_metrics(products)
     lines = summary_captions(products)
-    lines += ["## Burn detector", ""] + [f"- {verdict.summary()}" for verdict in products.verdicts]
-    lines += ["", f"## Loss statistics (slopes per {SLOPE_EPOCHS} epochs)", "",
+    lines += ["## Which component burned (component swap)", ""]
+    lines += [f"- {line}" for line in swap_lines(products)] or [f"- {NO_SWAP[0].upper()}{NO_SWAP[1:]}."]
+    lines += ["", "## Symptom profile", "", f"{PROFILE_NOTE} {SWAP_BLAMES}", ""]
+    for found in products.profiles:
+        lines += [f"- {found.summary()}", ""] + profile_markdown(found) + [""]
+    lines += [f"## Loss statistics (slopes per {SLOPE_EPOCHS} epochs)", "",
               "| branch | stage | trains | " + " | ".join(head for head, _, _ in LOSS_COLUMNS) + " |",
               "|---|---|---|" + "---:|" * len(LOSS_COLUMNS)]
     lines += [f"| {stats.branch} | {stats.stage} | {stats.trains} | "
@@ -61,14 +76,44 @@ def write_summary(products: Products) -> Path:
               for stats in products.loss_statistics]
     lines += ["", f"## Metrics (feature space: {products.table.feature_space})", "",
               "Each value with its 95% bootstrap interval over the checkpoint's images.", "",
-              "| branch | checkpoint | prompt set | " + " | ".join(shown) + " |",
-              "|---|---|---|" + "---:|" * len(shown)]
+              "| branch | checkpoint | prompt set | " + " | ".join(metrics) + " |",
+              "|---|---|---|" + "---:|" * len(metrics)]
     lines += [f"| {row['run']}/{row['branch']} | {row['label']} | {row['prompt_set']} | "
-              + " | ".join(with_interval(row, metric) for metric in shown) + " |"
+              + " | ".join(with_interval(row, metric) for metric in metrics) + " |"
               for row in products.table.rows]
     path = products.out / "summary.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def swap_lines(products: BaseProducts) -> list[str]:
+    """The swap verdict of each pair the report shows, a sentence each."""
+    return [f"{pair.run}/{pair.branch}, '{pair.tuned}' against '{pair.reference}': {pair.verdict}. {pair.sentence}"
+            for pair in shown(products.attributions)]
+
+
+def headlines(products: BaseProducts) -> list[str]:
+    """What burnlab-analyze and a finished study print: the swap verdicts, then the profiles."""
+    return swap_lines(products) + [found.summary() for found in products.profiles]
+
+
+def final_against_baseline(attributions: list[Attribution], run: str, branch: str) -> Attribution | None:
+    """A branch's last checkpoint against its baseline: the last of its pairs whose reference is that
+    of its first pair (the study samples the baseline's pairs first), None without pairs."""
+    pairs = [pair for pair in attributions if (pair.run, pair.branch) == (run, branch)]
+    return [pair for pair in pairs if pair.reference == pairs[0].reference][-1] if pairs else None
+
+
+def profile_number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def profile_markdown(found: Profile) -> list[str]:
+    """A row for the whole branch, then one per checkpoint after the baseline; a column per symptom."""
+    rows = [("all checkpoints", found.symptoms), *found.by_checkpoint.items()]
+    return (["| checkpoint | " + " | ".join(SYMPTOM_NAMES) + " |", "|---|" + "---:|" * len(SYMPTOM_NAMES)]
+            + [f"| {label} | " + " | ".join(profile_number(values[name]) for name in SYMPTOM_NAMES) + " |"
+               for label, values in rows])
 
 
 def summary_captions(products: Products) -> list[str]:
@@ -87,8 +132,8 @@ def measured_metrics(products: Products) -> list[str]:
 def write_report(products: Products) -> Path:
     return write_page(products.out / "report.html", "burnlab report", [
         header(products), long_captions(products), missing(products.problems + products.table.notes),
-        attribution_section(products), verdicts(products), losses(products), side_by_side(products), samples(products),
-        metric_section(products)])
+        attribution_section(products), symptom_section(products), losses(products), side_by_side(products),
+        samples(products), metric_section(products)])
 
 
 def write_page(path: Path, title: str, sections: list[str]) -> Path:
@@ -116,7 +161,7 @@ def header(products: Products) -> str:
     logged = products.logged_to or "not logged to W&B (no active run, no --wandb-project)"
     return (f"<h1>burnlab report</h1><ul>{items}</ul><p>Feature space: "
             f"{escape(products.table.feature_space)}. Results: <a href='metrics.json'>metrics.json"
-            f"</a>, <a href='detector.json'>detector.json</a>, <a href='summary.md'>summary.md</a>; "
+            f"</a>, <a href='symptoms.json'>symptoms.json</a>, <a href='summary.md'>summary.md</a>; "
             f"{escape(logged)}.</p>")
 
 
@@ -153,8 +198,6 @@ def attribution_section(products) -> str:
     """Which component burned: the swap verdicts, their grids, every pair's numbers, the drift."""
     if not products.attributions:
         return ""
-    from analysis.attribution import GROUPS, shown
-
     found = products.attributions
     parts = ["<h2>Which component burned (component swap)</h2><p>For a reference R and a tuned checkpoint M, "
              "the same prompts and seeds are sampled with M's UNet beside R's text encoder and the other way "
@@ -225,21 +268,26 @@ def write_diagnosis(out: Path, pair, grids: dict, problems: list[str]) -> Path:
         "analysis/attribution.json.</p>"])
 
 
-def verdicts(products: Products) -> str:
-    items = []
-    for verdict in products.verdicts:
-        strongest = sorted(verdict.signals, key=lambda signal: -signal.z)[:STRONGEST_SIGNALS]
+def symptom_section(products: Products) -> str:
+    """What moved and when, per branch: the profile over all checkpoints and per checkpoint, and the
+    strongest signals; it blames nothing, the section above does."""
+    parts = []
+    for found in products.profiles:
+        head = "".join(f"<th>{escape(name)}</th>" for name in SYMPTOM_NAMES)
+        rows = "".join(f"<tr><td class='text'>{escape(label)}</td>"
+                       + "".join(f"<td>{profile_number(values[name])}</td>" for name in SYMPTOM_NAMES) + "</tr>"
+                       for label, values in [("all checkpoints", found.symptoms), *found.by_checkpoint.items()])
+        strongest = found.strongest(STRONGEST_SIGNALS)
         signals = "".join(f"<li>{escape(signal.describe())}</li>" for signal in strongest)
-        more = len(verdict.signals) - len(strongest)
-        signals += f"<li>... and {more} more signals in detector.json</li>" if more > 0 else ""
-        items.append(f"<li>{escape(verdict.summary())}<ul>{signals}</ul></li>")
-    return ("<h2>Burn detector</h2><p>A signal is a metric's move from the baseline, in the "
-            "direction of a symptom of the study, of at least z_min bootstrap standard errors; a "
-            "symptom's evidence sums, over the (prompt set, checkpoint) cells where it signals, the "
-            "cell's largest z (capped at 10). "
-            "The rule (z_min, which symptoms implicate which component, the evidence needed) was "
-            "calibrated by <code>make verdicts</code>; see detector.json.</p>"
-            f"<ul>{''.join(items)}</ul>")
+        more = len(found.signals) - len(strongest)
+        signals += f"<li>... and {more} more signals in symptoms.json</li>" if more > 0 else ""
+        parts.append(f"<h3>{escape(found.run)}/{escape(found.branch)}</h3><p>{escape(found.summary())}</p>"
+                     f"<table class='profile'><tr><th>checkpoint</th>{head}</tr>{rows}</table>"
+                     + (f"<p>Strongest signals:</p><ul>{signals}</ul>" if signals else ""))
+    blame = SWAP_BLAMES if products.attributions else (
+        f"It blames no component: the component swap names the one that burned, but {NO_SWAP}.")
+    return (f"<h2>Symptom profile</h2><p>{escape(PROFILE_NOTE)} {escape(blame)} Every signal: "
+            f"<a href='symptoms.json'>symptoms.json</a>.</p>" + "".join(parts))
 
 
 def losses(products: Products) -> str:

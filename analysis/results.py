@@ -3,7 +3,7 @@ SweepProducts).
 
     import analysis
     products = analysis.build(["runs/burn_unet", "runs/burn_te"], analysis.Options(out=Path("runs/report")))
-    products.report, products.verdicts, products.table
+    products.report, products.attributions, products.profiles, products.table
     sweep = analysis.build_sweep(["runs/burn_unet_multirun"])
     sweep.report, sweep.sweep.jobs, sweep.grids
 
@@ -19,12 +19,12 @@ from analysis.defaults import DEFAULT_SMOOTHING, NEAR_COPY_DISTANCE
 
 if TYPE_CHECKING:  # annotations only
     from analysis.attribution import Attribution
-    from analysis.detector import Verdict
     from analysis.loss_stats import StageLossStats
     from analysis.losses import Series
     from analysis.measure import MetricTable
     from analysis.model import BranchRef
     from analysis.sweep_jobs import Sweep
+    from analysis.symptoms import Profile
 
 
 @dataclass
@@ -36,11 +36,10 @@ class Options:
     log_scale: bool = False  # log-scale loss axes
     relative_losses: bool = False  # validation and stabilized loss minus their stage's first pass
     smoothing: float = DEFAULT_SMOOTHING  # EMA weight of the smoothed train loss, in [0, 1)
-    calibration: Path | None = None  # the detector's rule; None: analysis/calibration.json (make verdicts)
     attribution_rule: Path | None = None  # the swap verdict's threshold; None: analysis/attribution_rule.json
     near_copy_distance: float = NEAR_COPY_DISTANCE  # memorisation threshold
     max_cell: int = 256  # largest grid cell side, px
-    wandb_project: str | None = None  # log metrics and verdicts to a new W&B run of this project
+    wandb_project: str | None = None  # log metrics, swap verdicts and profiles to a new W&B run of this project
     checkpoints: tuple[str, ...] = ()  # sweep report: which checkpoints its grids and plots show
     # ("final", a study epoch, a testing-plan label); () = where the jobs start to differ + final
 
@@ -55,15 +54,15 @@ class PromptSetProducts:
 
 @dataclass(kw_only=True)
 class BaseProducts:
-    """What every report is made of: the loss overlay, metric table and plots, verdicts, what
-    is missing, and where it all went."""
+    """What every report is made of: the loss overlay, metric table and plots, symptom profiles,
+    the component swap's verdicts, what is missing, and where it all went."""
     out: Path
     refs: list[BranchRef]
     losses_png: Path
     loss_series: list[Series]
     metric_plots: dict[str, Path]
     table: MetricTable
-    verdicts: list[Verdict]
+    profiles: list[Profile]  # a symptom profile per branch (describes; blames nothing)
     attributions: list[Attribution] = field(default_factory=list)  # the swap corners' verdicts (local runs)
     swap_grids: dict[tuple[int, str], Path] = field(default_factory=dict)  # (index in attributions, prompt set) -> grid
     problems: list[str] = field(default_factory=list)

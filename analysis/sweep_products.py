@@ -12,14 +12,15 @@ Layout of the output folder (default: MULTIRUN/analysis; for a list of runs ./an
   losses.png, losses.json                    loss overlay, a colour per job, and the series drawn
   grids/<branch>/<prompt_set>/<choice>.png   rows = jobs (swept values), columns = seeds
   metrics/<metric>.png                       each metric against the swept value
-  metrics.json, detector.json                the metric table and each job's verdict
+  metrics.json, symptoms.json                the metric table and each job's symptom profile
+  attribution.json                           the swap pairs and verdicts of every job (local jobs)
 The jobs' own folders are left as they are (each study analysed itself when it finished).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import detector
+from analysis import attribution, symptoms
 from analysis.features import Instruments, load_instruments
 from analysis.grids import labelled_grid
 from analysis.images import SampleImages
@@ -49,7 +50,7 @@ def analyze_sweep(specs: list[str | Path], options: Options) -> SweepProducts:
     runs = [open_run(spec, download_root=out / "wandb_artifacts") for spec in job_specs(specs)]
     sweep = describe(runs)
     branches = common_branches(sweep)
-    rule = detector.Calibration.load(options.calibration)
+    rule = attribution.AttributionRule.load(options.attribution_rule)
     instruments = load_instruments(options.features, options.clip_model, use_probe=options.use_probe)
     return build_sweep_products(sweep, branches, choices, out, instruments, options, rule)
 
@@ -73,7 +74,7 @@ def common_branches(sweep: Sweep) -> list[str]:
 
 def build_sweep_products(sweep: Sweep, branches: list[str], choices: list[Choice] | None, out: Path,
                          instruments: Instruments, options: Options,
-                         rule: detector.Calibration) -> SweepProducts:
+                         rule: attribution.AttributionRule) -> SweepProducts:
     out.mkdir(parents=True, exist_ok=True)
     refs = [BranchRef(job.run, job.run.branches[name]) for job in sweep.jobs for name in branches]
     picked, problems = pick_checkpoints(sweep, branches, choices)
@@ -88,13 +89,17 @@ def build_sweep_products(sweep: Sweep, branches: list[str], choices: list[Choice
         out=out, sweep=sweep, refs=refs, losses_png=out / "losses.png", loss_series=loss_series,
         grids=grids,
         metric_plots=plot_metrics_by_value(table, sweep, picked, value_axis(sweep), out / "metrics"),
-        table=table, verdicts=detector.detect(detector.branch_series(table), rule),
+        table=table, profiles=symptoms.profile_all(symptoms.branch_series(table)),
+        # each job's own swap corners (its run dir's attribution.json): the sweep table shows the
+        # verdict of its final checkpoint against the baseline
+        attributions=[pair for job in sweep.jobs if job.run.local_dir is not None
+                      for pair in attribution.attribute_run(job.run.local_dir, instruments, rule, job.run.name)],
         problems=[f"{job.label}: {problem}" for job in sweep.jobs for problem in job.run.problems]
         + problems + images.problems)
-    write_results(out, table, products.verdicts, rule)
+    write_results(out, table, products.profiles, products.attributions)
     atomic_write_json(out / "losses.json", losses_json(loss_series, refs))
     atomic_write_json(out / "sweep.json", sweep_json(products))
-    products.logged_to = log_results(table, products.verdicts, project=options.wandb_project, directory=out)
+    products.logged_to = log_results(products, project=options.wandb_project, directory=out)
     products.report = write_sweep_report(products)
     return products
 

@@ -4,8 +4,9 @@ analysis/sweep_products.py.
     burnlab-analyze runs/burn_unet_multirun
     # then open runs/burn_unet_multirun/analysis/report.html: every link is relative
 
-Sections: what was swept and what every job shares, what is missing, the detector's verdict per
-job (a table, a row per job and branch, in swept-value order), the loss overlay, per branch and
+Sections: what was swept and what every job shares, what is missing, per job and branch (a table,
+in swept-value order) the component swap's verdict of its final checkpoint against the baseline and
+its symptom profile, the loss overlay, per branch and
 prompt set the grids across the swept values (one per checkpoint shown), and each metric
 against the swept value.
 """
@@ -15,8 +16,9 @@ from html import escape
 from pathlib import Path
 
 from analysis.measure import METRICS
-from analysis.report import image, missing, write_page
+from analysis.report import NO_SWAP, final_against_baseline, image, missing, profile_number, write_page
 from analysis.results import SweepProducts
+from analysis.symptoms import SYMPTOM_NAMES
 
 SOURCES = {
     "overrides": "each job's overrides (job.json, else .hydra/overrides.yaml; a key a job did not "
@@ -44,30 +46,37 @@ def header(products: SweepProducts) -> str:
             f"({len(sweep.common)})</summary><ul>{common}</ul></details>"
             f"<p>Feature space: {escape(products.table.feature_space)}. Results: "
             f"<a href='sweep.json'>sweep.json</a>, <a href='metrics.json'>metrics.json</a>, "
-            f"<a href='detector.json'>detector.json</a>, <a href='losses.json'>losses.json</a>; "
+            f"<a href='symptoms.json'>symptoms.json</a>, <a href='attribution.json'>attribution.json</a>, "
+            f"<a href='losses.json'>losses.json</a>; "
             f"{escape(logged)}.</p>")
 
 
 def verdict_table(products: SweepProducts) -> str:
+    """A row per job and branch: the swap verdict of its final checkpoint against the baseline, the
+    shares it was read from, and the job's symptom profile."""
     sweep = products.sweep
     values = {job.label: job.values for job in sweep.jobs}
     folders = {job.label: job.run.location for job in sweep.jobs}
     head = "".join(f"<th>{escape(key)}</th>" for key in sweep.keys)
-    rows = "".join(
-        f"<tr class='job'><td class='text'>{escape(verdict.run)}</td>"
-        + "".join(f"<td>{escape(value)}</td>" for value in values[verdict.run])
-        + f"<td class='text'>{escape(verdict.branch)}</td><td class='text'>{escape(verdict.component)}</td>"
-        f"<td class='text'>{escape(verdict.burn_label or 'no burn')}</td>"
-        f"<td class='text'>{escape(verdict.implicates)}</td>"
-        f"<td>{verdict.component_evidence['unet']:.1f}</td>"
-        f"<td>{verdict.component_evidence['text_encoder']:.1f}</td>"
-        f"<td class='text'>{escape(folders[verdict.run])}</td></tr>"
-        for verdict in products.verdicts)
-    return ("<h2>Burn detector, per job</h2><p>Burn from: the first checkpoint at which the evidence "
-            "reaches the calibrated rule's; implicates: the component whose symptoms reach theirs "
-            "(the rule and every signal: detector.json).</p>"
-            f"<table id='verdicts'><tr><th>job</th>{head}<th>branch</th><th>trains</th><th>burn from</th>"
-            f"<th>implicates</th><th>UNet evidence</th><th>TE evidence</th><th>folder</th></tr>{rows}</table>")
+    rows = []
+    for found in products.profiles:
+        pair = final_against_baseline(products.attributions, found.run, found.branch)
+        swap = ([pair.verdict, f"{pair.tuned} vs {pair.reference}", pair.shares["unet"].text(),
+                 pair.shares["text_encoder"].text()] if pair else ["not sampled", "-", "-", "-"])
+        rows.append(f"<tr class='job'><td class='text'>{escape(found.run)}</td>"
+                    + "".join(f"<td>{escape(value)}</td>" for value in values[found.run])
+                    + f"<td class='text'>{escape(found.branch)}</td><td class='text'>{escape(found.component)}</td>"
+                    + "".join(f"<td class='text'>{escape(cell)}</td>" for cell in swap)
+                    + "".join(f"<td>{profile_number(found.symptoms[name])}</td>" for name in SYMPTOM_NAMES)
+                    + f"<td class='text'>{escape(folders[found.run])}</td></tr>")
+    symptoms = "".join(f"<th>{escape(name)}</th>" for name in SYMPTOM_NAMES)
+    return ("<h2>Which component burned, and the symptom profile, per job</h2><p>Swap verdict: the component "
+            "swap of the job's final checkpoint against its baseline (shares in seed spreads with their 95% "
+            "intervals; every pair: attribution.json); not sampled: "
+            f"{escape(NO_SWAP)}. Then each symptom's mean capped z over its (prompt set, checkpoint after the "
+            "baseline) cells, which describes what moved and blames nothing (every signal: symptoms.json).</p>"
+            f"<table id='verdicts'><tr><th>job</th>{head}<th>branch</th><th>trains</th><th>swap verdict</th>"
+            f"<th>pair</th><th>UNet share</th><th>TE share</th>{symptoms}<th>folder</th></tr>{''.join(rows)}</table>")
 
 
 def losses(products: SweepProducts) -> str:

@@ -1,6 +1,7 @@
-"""Mirror the metric table and the detector's verdicts to W&B.
+"""Mirror the metric table, the symptom profiles and the component swap's verdicts to W&B.
 
-    log_results(table, verdicts, project="burnlab")   # or into the active wandb.run, if any
+    log_results(products, project="burnlab")   # or into the active wandb.run, if any
+    branch_summary(products, profile)          # one branch's run-summary values (burnlab's trackers too)
 
 Logs into the W&B run already active in this process (wandb.run), else into a new run of
 `project` (job_type "analysis") when a project is given; otherwise does nothing. wandb is
@@ -11,15 +12,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from analysis.detector import Verdict
-from analysis.measure import MetricTable
+from analysis.report import final_against_baseline
+from analysis.results import BaseProducts
+from analysis.symptoms import SYMPTOM_NAMES, Profile
 
-VERDICT_COLUMNS = ("run", "branch", "component", "burn_index", "burn_label", "implicates",
-                   "matches_trained_component")
+PAIR_COLUMNS = ("run", "branch", "reference", "tuned", "verdict", "sentence")
 
 
-def log_results(table: MetricTable, verdicts: list[Verdict], *, project: str | None = None,
-                directory: Path | None = None) -> str | None:
+def branch_summary(products: BaseProducts, profile: Profile) -> dict:
+    """A branch's run-summary values: the swap verdict of its final checkpoint against the baseline
+    (None without swap corners) and its symptom profile (symptoms/<symptom>)."""
+    pair = final_against_baseline(products.attributions, profile.run, profile.branch)
+    return {"attribution/verdict": pair.verdict if pair else None,
+            "attribution/sentence": pair.sentence if pair else None,
+            "attribution/unet_share": pair.shares["unet"].value if pair else None,
+            "attribution/text_encoder_share": pair.shares["text_encoder"].value if pair else None,
+            **{f"symptoms/{name}": profile.symptoms[name] for name in SYMPTOM_NAMES}}
+
+
+def log_results(products: BaseProducts, *, project: str | None = None, directory: Path | None = None) -> str | None:
     """Log to W&B; returns where it went (the run's name and mode), or None if not logged."""
     loaded = sys.modules.get("wandb")
     active = getattr(loaded, "run", None)
@@ -28,18 +39,25 @@ def log_results(table: MetricTable, verdicts: list[Verdict], *, project: str | N
     import wandb
     run = active or wandb.init(project=project, job_type="analysis",
                                dir=str(directory) if directory else None)
-    columns = list(table.rows[0]) if table.rows else []
+    rows = products.table.rows
+    columns = list(rows[0]) if rows else []
     run.log({
-        "analysis/metrics": wandb.Table(columns=columns,
-                                        data=[[row[c] for c in columns] for row in table.rows]),
-        "analysis/detector": wandb.Table(
-            columns=[*VERDICT_COLUMNS, "summary"],
-            data=[[getattr(v, c) for c in VERDICT_COLUMNS] + [v.summary()] for v in verdicts]),
+        "analysis/metrics": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
+        "analysis/symptoms": wandb.Table(
+            columns=["run", "branch", "component", *SYMPTOM_NAMES, "summary"],
+            data=[[p.run, p.branch, p.component, *[p.symptoms[name] for name in SYMPTOM_NAMES], p.summary()]
+                  for p in products.profiles]),
+        "analysis/attribution": wandb.Table(
+            columns=[*PAIR_COLUMNS, "unet_share", "text_encoder_share"],
+            data=[[getattr(pair, c) for c in PAIR_COLUMNS] + [pair.shares["unet"].value,
+                                                              pair.shares["text_encoder"].value]
+                  for pair in products.attributions]),
     })
-    for verdict in verdicts:
-        prefix = f"detector/{verdict.run}/{verdict.branch}"
-        run.summary[f"{prefix}/burn_index"] = verdict.burn_index
-        run.summary[f"{prefix}/implicates"] = verdict.implicates
+    for profile in products.profiles:
+        # one W&B run may hold several branches: the run and branch go into each key
+        for key, value in branch_summary(products, profile).items():
+            group, name = key.split("/", 1)
+            run.summary[f"{group}/{profile.run}/{profile.branch}/{name}"] = value
     where = f"W&B run {run.name} ({run.settings.mode})"
     if active is None:
         run.finish()

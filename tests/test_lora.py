@@ -55,9 +55,12 @@ def test_a_lora_study_writes_lora_checkpoints_and_is_analysed(lora_study):
         assert all(entry["base"] and entry["lora"] == LORA_FILE for entry in manifest["components"].values())
     rows = list(read_jsonl(run_dir / "samples.jsonl"))
     assert len(rows) == 2 * 6 * 3 * 2 and all((run_dir / row["path"]).is_file() for row in rows)
-    detector = json.loads((run_dir / "analysis" / "detector.json").read_text())
-    assert "unet_hi" in json.dumps(detector) and "te_hi" in json.dumps(detector)
-    assert "te_hi" in (run_dir / "analysis" / "summary.md").read_text()
+    profiles = json.loads((run_dir / "analysis" / "symptoms.json").read_text())["profiles"]
+    assert sorted(p["branch"] for p in profiles) == ["te_hi", "unet_hi"]
+    assert all(len(p["by_checkpoint"]) == len(study["testing_plan"][p["branch"]]) - 2 for p in profiles)
+    summary = (run_dir / "analysis" / "summary.md").read_text()
+    assert summary.index("## Which component burned (component swap)") < summary.index("## Symptom profile")
+    assert "- followfox/te_hi (trains text_encoder): " in summary
 
 
 def test_the_frozen_adapter_in_a_checkpoint_is_its_parents_bit_for_bit(lora_study):

@@ -1,6 +1,8 @@
 """W&B (offline mode: no server is reachable here) and TensorBoard mirror the run store: one
 dashboard run per branch, the same keys in every run, steps along the branch. Both are read back
 with their own readers (TensorBoard's EventAccumulator, W&B's Record protobufs)."""
+import json
+
 import pytest
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -100,7 +102,20 @@ def test_wandb_one_run_per_branch_with_the_same_keys(followfox_run):
         training = [row for row in history if "training_samples/person/captions" in row]
         assert [row["study_epoch"] for row in training] == list(range(1, epochs + 1))
         summary = wandb_records.summary(path)
-        assert summary["detector/summary"].startswith(f"followfox/{branch}")
+        # the component swap's verdict of the branch's final checkpoint against the baseline, and its symptom profile
+        pairs = [pair for pair in json.loads((run_dir / "analysis" / "attribution.json").read_text())["pairs"]
+                 if pair["branch"] == branch]
+        final = [pair for pair in pairs if pair["reference"] == pairs[0]["reference"]][-1]
+        assert final["tuned"] == study["testing_plan"][branch][-1]["label"]
+        assert summary["attribution/verdict"] == final["verdict"]
+        assert summary["attribution/sentence"] == final["sentence"]
+        assert summary["attribution/unet_share"] == pytest.approx(final["shares"]["unet"]["value"])
+        assert summary["attribution/text_encoder_share"] == pytest.approx(final["shares"]["text_encoder"]["value"])
+        (profile,) = [p for p in json.loads((run_dir / "analysis" / "symptoms.json").read_text())["profiles"]
+                      if p["branch"] == branch]
+        assert {key: value for key, value in summary.items() if key.startswith("symptoms/")} == \
+            {f"symptoms/{name}": value for name, value in profile["symptoms"].items()}
+        assert not any(key.startswith("detector/") for key in summary)
         (analysis,) = [row for row in history if "progression/person/_type" in row]
         assert analysis["progression/person/_type"] == "video-file" and analysis["progression/person/path"].endswith(".gif")
         assert analysis["analysis/metrics/nrows"] == 3 * len(plan)  # this branch's rows: prompt sets x checkpoints

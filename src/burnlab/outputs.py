@@ -1,6 +1,7 @@
 """After a study: build its analysis (grids, GIFs, loss overlay, metrics, report) through the
 analysis package's API and say where everything is. The analysis reads the run store only; this
-is the one place the harness calls it."""
+is the one place the harness builds it (burnlab.trackers reads the products' W&B keys through
+analysis.tracking)."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ def build_outputs(run_dir: Path, use_probe: bool = True, clip_model: str | None 
     complete). `clip_model`: `analysis.clip_model`, a hub id or a local folder; a hub id that
     cannot be had leaves the CLIP metrics out, with a note in the report."""
     import analysis
+    from analysis.report import headlines
 
     run_dir = Path(run_dir)
     try:
@@ -21,8 +23,8 @@ def build_outputs(run_dir: Path, use_probe: bool = True, clip_model: str | None 
     except (analysis.AnalysisError, OSError) as error:
         log.warning("the analysis of %s failed (%s); the run store is complete", run_dir, error)
         return None
-    for verdict in products.verdicts:
-        print(verdict.summary())
+    for line in headlines(products):
+        print(line)
     print(f"\nburnlab: study finished.\n"
           f"  run dir:  {run_dir}\n"
           f"  report:   {products.report}\n"

@@ -201,21 +201,20 @@ class Dashboards:
                               allow_val_change=True)
 
     def log_analysis(self, products) -> None:
-        """The analysis's verdicts in each branch run's summary, its metric table, and the
+        """In each branch run's summary the component swap's verdict of its final checkpoint against
+        the baseline (attribution/*) and its symptom profile (symptoms/*); its metric table, and the
         progression GIFs as W&B videos (TensorBoard has no video)."""
         if not self.wandb or products is None:
             return
         import wandb
 
+        from analysis.tracking import branch_summary  # the analysis's one rule for these keys
+
         columns = list(products.table.rows[0]) if products.table.rows else []
         for leaf, run in self.wandb.items():
-            for verdict in products.verdicts:
-                if verdict.branch == leaf:
-                    run.summary.update({"detector/burn_index": verdict.burn_index,
-                                        "detector/burn_label": verdict.burn_label,
-                                        "detector/implicates": verdict.implicates,
-                                        "detector/matches_trained_component": verdict.matches_trained_component,
-                                        "detector/summary": verdict.summary()})
+            for profile in products.profiles:
+                if profile.branch == leaf:
+                    run.summary.update(branch_summary(products, profile))
             rows = [row for row in products.table.rows if row.get("branch") == leaf]
             media = {"analysis/metrics": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])}
             for (title, prompt_set), made in products.per_branch.items():

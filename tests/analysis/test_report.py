@@ -6,20 +6,21 @@ headless Chromium), the results in the run store, W&B logging (offline) and bad 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 import re
 import shutil
 from html import unescape
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from analysis.cli import main
-from analysis.detector import Calibration, detect
 from analysis.measure import MetricTable
+from analysis.symptoms import SYMPTOM_NAMES, branch_series, profile_all
 from analysis.tracking import log_results
 from headless import images_in_chromium, image_links, links_of, needs_chromium
+import wandb_records
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +53,34 @@ def test_report_gifs_and_grids_have_the_plan_shape(report):
 
 
 def test_results_are_written_to_the_report_and_each_run(report):
-    detector = json.loads((report / "detector.json").read_text())
-    assert [v["branch"] for v in detector["verdicts"]] == ["unet_hi", "te_hi"]
-    assert detector["rule"] == asdict(Calibration.load())  # the shipped calibration by default
-    assert all(entry["component_evidence"].keys() == {"unet", "text_encoder"} for entry in detector["verdicts"])
+    profiles = json.loads((report / "symptoms.json").read_text())
+    assert [p["branch"] for p in profiles["profiles"]] == ["unet_hi", "te_hi"]
+    assert profiles["z_min"] == 2.0 and not (report / "detector.json").exists()
+    for entry in profiles["profiles"]:  # 8 checkpoints: 6 after the baseline, each with every symptom
+        assert list(entry["by_checkpoint"]) == [f"{i} {stage}" for i, stage in enumerate(
+            ["unet_lo e2", "unet_lo e6", "unet_lo e10", "unet_hi e2", "unet_hi e6", "unet_hi e10"]
+            if entry["branch"] == "unet_hi" else
+            ["te_lo e2", "te_lo e6", "te_lo e10", "te_hi e2", "te_hi e6", "te_hi e10"], start=2)]
+        assert set(entry["symptoms"]) == set(SYMPTOM_NAMES)
+    assert json.loads((report / "attribution.json").read_text()) == {"pairs": []}  # no swap corners in the store
     metrics = json.loads((report / "metrics.json").read_text())
     assert len(metrics["rows"]) == 2 * 8 * 2
     for study in ("burn_unet", "burn_te"):
         own = json.loads((report.parent / study / "analysis" / "metrics.json").read_text())
         assert {row["run"] for row in own["rows"]} == {study}
-        assert (report.parent / study / "analysis" / "detector.json").is_file()
-    html = (report / "report.html").read_text(encoding="utf-8")
-    assert "Burn detector" in html and "<table>" in html and "saturation" in html
+        own = json.loads((report.parent / study / "analysis" / "symptoms.json").read_text())
+        assert {entry["run"] for entry in own["profiles"]} == {study}
+    html = unescape((report / "report.html").read_text(encoding="utf-8"))
+    assert "Burn detector" not in html and "<table>" in html and "saturation" in html
+    section = html.split("<h2>Symptom profile</h2>")[1].split("<h2>")[0]
+    assert "blames no component: the component swap names the one that burned, but no swap corners" in section
+    assert section.count("<table class='profile'>") == 2 and section.count("<tr><td class='text'>") == 2 * 7
     summary = (report / "summary.md").read_text(encoding="utf-8")
-    assert summary.splitlines()[2].startswith("- burn_unet/unet_hi (trains unet): ")
+    lines = summary.splitlines()
+    assert lines[:3] == ["## Which component burned (component swap)", "",
+                         "- No swap corners were sampled (no attribution.json in the run), so no component is named."]
+    assert lines[4] == "## Symptom profile" and lines[8].startswith("- burn_unet/unet_hi (trains unet): ")
+    assert summary.index("## Symptom profile") < summary.index("## Loss statistics") < summary.index("## Metrics")
     assert summary.index("## Loss statistics") < summary.index("## Metrics")
     metric_rows = summary.split("## Metrics")[1].splitlines()
     assert len([line for line in metric_rows if line.startswith("| burn_")]) == 2 * 8 * 2
@@ -135,7 +150,7 @@ def test_long_captions_are_noted_in_the_report_and_summary(store):
     assert section.startswith(f"<ul><li>{note}<details><summary>2 of 3 with the words cut</summary>")
     assert "<li>painting3.txt: style</li>" in section and "burn_te" not in section  # every caption fits
     summary = (out / "summary.md").read_text(encoding="utf-8")
-    assert summary.startswith(f"## Captions\n\n- {note}\n\n## Burn detector\n")
+    assert summary.startswith(f"## Captions\n\n- {note}\n\n## Which component burned (component swap)\n")
 
 
 def test_a_bad_long_captions_record_is_one_paragraph_and_exit_2(store, capsys):
@@ -185,12 +200,16 @@ def test_results_are_logged_to_wandb_offline(tmp_path, monkeypatch):
              "histogram_distance", "variability_pixel", "variability_feature", "style_distance",
              "probe_style", "adherence", "clip_score")}} for index in range(4)]
     table = MetricTable(rows, "none")
-    from analysis.detector import branch_series
-    verdicts = detect(branch_series(table), Calibration.load())
-    assert log_results(table, verdicts) is None  # no active run, no project: nothing logged
-    where = log_results(table, verdicts, project="burnlab-test", directory=tmp_path)
+    products = SimpleNamespace(table=table, profiles=profile_all(branch_series(table)), attributions=[])
+    assert log_results(products) is None  # no active run, no project: nothing logged
+    where = log_results(products, project="burnlab-test", directory=tmp_path)
     assert where is not None and "offline" in where
     run_files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(run_files) == 1
+    (run_file,) = wandb_records.offline_runs(tmp_path).values()  # once W&B's service wrote the summary
+    summary = wandb_records.summary(run_file)
+    # saturation up 7.1 and 14.1 standard errors at the two checkpoints after the baseline: capped at 10
+    assert summary["symptoms/study/unet_hi/colour shift"] == pytest.approx((0.1 / 0.01 / 2 ** 0.5 + 10) / 2)
+    assert summary["attribution/study/unet_hi/verdict"] is None  # no swap corners
     tables = list((tmp_path / "wandb").glob("offline-run-*/files/media/table/analysis/*.table.json"))
-    assert sorted(path.name.split("_")[0] for path in tables) == ["detector", "metrics"]
+    assert sorted(path.name.split("_")[0] for path in tables) == ["attribution", "metrics", "symptoms"]

@@ -1,5 +1,6 @@
-"""The sweep report end to end on a tiny 3-job lr sweep (conftest.build_sweep_store): a verdict
-row per job in swept-value order, a loss line per job, grids across the swept values, metrics
+"""The sweep report end to end on a tiny 3-job lr sweep (conftest.build_sweep_store): a row per job
+in swept-value order with its swap verdict (final checkpoint against the baseline) and symptom
+profile, a loss line per job, grids across the swept values, metrics
 against the value, every image loaded in headless Chromium; how jobs and swept keys are found;
 bad input.
 
@@ -8,6 +9,7 @@ bad input.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from html import unescape
@@ -19,6 +21,7 @@ from PIL import Image
 
 from analysis.cli import main
 from analysis.model import Run
+from analysis.symptoms import SYMPTOM_NAMES
 from analysis.sweep_jobs import describe, job_specs
 from analysis.sweep_plots import value_axis
 from conftest import HI_LR, SEEDS, SIZE, sample_pixels, write_run
@@ -33,8 +36,30 @@ def report(shared_sweep, tmp_path_factory) -> Path:
     """`burnlab-analyze MULTIRUN` on a copy of the sweep: the report in MULTIRUN/analysis."""
     store = tmp_path_factory.mktemp("sweep_report") / "store"
     shutil.copytree(shared_sweep.parent, store)
+    for job in (store / shared_sweep.name).glob("job*"):
+        write_swap_corners(job)
     assert main([str(store / shared_sweep.name)]) == 0
     return store / shared_sweep.name / "analysis"
+
+
+def write_swap_corners(job: Path) -> None:
+    """An attribution.json of one pair, the final checkpoint against the baseline, whose corners are
+    the job's own samples: the tuned UNet's corner is the final samples and the tuned text encoder's
+    the baseline's, as a UNet burn whose text encoder did nothing would sample them."""
+    rows = [json.loads(line) for line in (job / "samples.jsonl").read_text().splitlines()]
+    folders = {}
+    for index in (1, max(row["index"] for row in rows)):
+        of_checkpoint = [row for row in rows if row["index"] == index]
+        folder = (job / of_checkpoint[0]["path"]).parent.parent
+        (folder / "index.jsonl").write_text("".join(
+            json.dumps({"prompt_set": row["prompt_set"], "seed": row["seed"],
+                        "path": (job / row["path"]).relative_to(folder).as_posix()}) + "\n" for row in of_checkpoint))
+        folders[index] = (of_checkpoint[0]["label"], Path(os.path.relpath(folder, job)).as_posix())
+    (baseline, before), (final, after) = folders.values()
+    (job / "attribution.json").write_text(json.dumps({
+        "prompts": {"person": {"activation": False}, "sunglasses": {"activation": True}},
+        "pairs": [{"branch": "unet_hi", "reference": {"label": baseline}, "tuned": {"label": final},
+                   "corners": {"R": before, "M_unet+R_te": after, "R_unet+M_te": before, "M": after}}]}))
 
 
 def verdict_rows(report: Path) -> list[list[str]]:
@@ -50,8 +75,17 @@ def test_the_verdict_table_has_a_row_per_job_in_swept_value_order(report):
     assert [row[0] for row in rows] == LABELS
     assert [row[1] for row in rows] == ["1e-4", "3e-4", "1e-3"]  # the stages.unet_hi.lr column
     assert [Path(row[-1]).name for row in rows] == FOLDERS
-    verdicts = json.loads((report / "detector.json").read_text())["verdicts"]
-    assert [(v["run"], v["branch"]) for v in verdicts] == [(label, "unet_hi") for label in LABELS]
+    # the swap verdict of the final checkpoint against the baseline: the text encoder's corner is the
+    # baseline's own samples, so its share is exactly 0 and the UNet's is the whole move
+    assert [row[3:6] for row in rows] == [["unet", "unet", "7 unet_hi e10 vs 1 baseline"]] * 3
+    assert all(row[7] == "0.00 [0.00, 0.00]" and float(row[6].split()[0]) > 0.5 for row in rows)
+    profiles = json.loads((report / "symptoms.json").read_text())["profiles"]
+    assert [(p["run"], p["branch"]) for p in profiles] == [(label, "unet_hi") for label in LABELS]
+    assert [row[8:-1] for row in rows] == [["-" if p["symptoms"][name] is None else f"{p['symptoms'][name]:.2f}"
+                                           for name in SYMPTOM_NAMES] for p in profiles]
+    pairs = json.loads((report / "attribution.json").read_text())["pairs"]
+    assert [(pair["run"], pair["verdict"]) for pair in pairs] == [(label, "unet") for label in LABELS]
+    assert not (report / "detector.json").exists()
     html = (report / "report.html").read_text(encoding="utf-8")
     assert "Swept: <code>stages.unet_hi.lr</code>" in html
     assert "<li><code>experiment=burn_unet</code></li>" in html  # common settings, shown once

@@ -117,10 +117,10 @@ def manifest_damage(path: Path) -> List[Damage]:
     return []
 
 
-def checkpoint_damage(checkpoint: Path, inherited: bool = True) -> List[Damage]:
+def checkpoint_damage(checkpoint: Path, inherited: bool = True, fresh: bool = False) -> List[Damage]:
     """What is wrong with a checkpoint folder: its manifest, a file it holds whose sha256 differs
     from the manifest's, and (with `inherited`) a checkpoint it takes a component from that is
-    missing or damaged the same way."""
+    missing or damaged the same way. `fresh`: every file hashed (burnlab.integrity.check_hashed)."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / MANIFEST).exists():
         return [Damage(checkpoint / MANIFEST, "is missing: the folder is no complete checkpoint")]
@@ -130,14 +130,14 @@ def checkpoint_damage(checkpoint: Path, inherited: bool = True) -> List[Damage]:
     for name, entry in read_json(checkpoint / MANIFEST)["components"].items():
         if entry.get("sha256") and (entry.get("lora") or entry.get("dir") == name):
             prefix = "" if entry.get("lora") else f"{name}/"
-            damage += check_hashed(checkpoint, {prefix + file: sha for file, sha in entry["sha256"].items()})
+            damage += check_hashed(checkpoint, {prefix + file: sha for file, sha in entry["sha256"].items()}, fresh)
         elif entry.get("dir") and inherited:
             owner = (checkpoint / entry["dir"]).resolve().parent
             if not (owner / MANIFEST).exists():
                 damage.append(Damage(owner, f"is missing: the checkpoint that holds this checkpoint's `{name}` "
                                             f"({checkpoint})"))
             else:
-                damage += checkpoint_damage(owner, inherited=False)
+                damage += checkpoint_damage(owner, inherited=False, fresh=fresh)
     return damage
 
 

@@ -74,10 +74,11 @@ def _remembered(record: dict, relative: str, key: List[int], expected: str) -> b
     return isinstance(entry, dict) and entry.get("stat") == key and entry.get("sha256") == expected
 
 
-def check_hashed(folder: Path, expected: Dict[str, str], remember: bool = True) -> List[Damage]:
-    """Files of `folder` (relative path -> sha256) that are missing, unreadable or differ."""
+def check_hashed(folder: Path, expected: Dict[str, str], fresh: bool = False) -> List[Damage]:
+    """Files of `folder` (relative path -> sha256) that are missing, unreadable or differ.
+    `fresh`: hash every file, trusting no record and writing none (burnlab-verify)."""
     folder = Path(folder)
-    record, damage, changed = _load_record(folder), [], False
+    record, damage, changed = {} if fresh else _load_record(folder), [], False
     for relative, sha in sorted(expected.items()):
         path = folder / relative
         try:
@@ -92,7 +93,7 @@ def check_hashed(folder: Path, expected: Dict[str, str], remember: bool = True) 
             damage.append(Damage(path, f"its sha256 is {actual[:12]}…, its manifest records {sha[:12]}…"))
         elif key == _stat_key(path):  # not rewritten while it was hashed
             record[relative], changed = {"stat": key, "sha256": sha}, True
-    if changed and remember:
+    if changed and not fresh:
         _save_record(folder, record)
     return damage
 
@@ -143,9 +144,10 @@ def image_damage(path: Path) -> Optional[str]:
     return None
 
 
-def sample_folder_damage(folder: Path, remember: bool = True) -> List[Damage]:
+def sample_folder_damage(folder: Path, fresh: bool = False) -> List[Damage]:
     """A published sample folder (docs/run_store.md): COMPLETE, index.jsonl rows that parse and
-    name PNGs inside the folder that decode in full. Decoded PNGs are remembered like hashes."""
+    name PNGs inside the folder that decode in full. Decoded PNGs are remembered like hashes
+    (`fresh`: as in check_hashed)."""
     folder = Path(folder)
     if not (folder / "COMPLETE").exists():
         return [Damage(folder, "has no COMPLETE marker: its writer did not finish")]
@@ -155,7 +157,7 @@ def sample_folder_damage(folder: Path, remember: bool = True) -> List[Damage]:
     damage = jsonl_damage(index)
     if damage:
         return damage
-    record, changed = _load_record(folder), False
+    record, changed = {} if fresh else _load_record(folder), False
     for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
         relative = json.loads(line).get("path")
         path = (folder / str(relative)).resolve()
@@ -171,7 +173,7 @@ def sample_folder_damage(folder: Path, remember: bool = True) -> List[Damage]:
         if problem:
             return [Damage(path, problem)]
         record[relative], changed = {"stat": key, "sha256": DECODED}, True
-    if changed and remember:
+    if changed and not fresh:
         _save_record(folder, record)
     return []
 

@@ -172,8 +172,8 @@ def _stage_dependents(identity: str, runs: Dict[Path, dict], root: Path) -> List
             children = {n for n, e in stages.items() if e.get("parent") in frontier and n not in below}
             below += sorted(children)
             frontier = children
-        found += [f"stage {n} ({stages[n].get('identity')})" for n in below if f"stage {n} ({stages[n].get('identity')})"
-                  not in found]
+        labels = [f"stage {n} ({stages[n].get('identity')})" for n in below]
+        found += [label for label in labels if label not in found]
         found.append(f"run {run.relative_to(root)}")
     return found
 

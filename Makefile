@@ -9,7 +9,7 @@ ARGS ?=
 SWEEP_LRS ?= 1e-4,3e-4,1e-3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report sweep-report verdicts bench bench-train clean
+.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ analyze: setup ## analyse one run: make analyze RUN=runs/burn_unet
 
 report: setup ## side-by-side report of the UNet and TE burns
 	$(ANALYZE) $(RUNS)/burn_unet --compare $(RUNS)/burn_te --out $(RUNS)/report $(ARGS)
+
+verify: setup ## check the run store's hashes, markers, rows and samples (burnlab-verify; ARGS=--repair removes what is damaged)
+	$(VENV)/bin/burnlab-verify $(RUNS) $(ARGS)
 
 sweep-report: setup ## a 3-value lr sweep of the UNet burn (short stages), then one report across its jobs (~5 min)
 	$(BURNLAB) -m experiment=burn_unet_lr 'stages.unet_hi.lr=$(SWEEP_LRS)' paths.runs=$(RUNS) $(ARGS)

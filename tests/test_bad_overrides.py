@@ -61,6 +61,13 @@ CASES = [
     ("model.path={tmp}/a_file", "model.path", "a_file'"),
     ("paths.runs={tmp}/a_file/runs", "paths.runs", "a_file/runs'"),
     ("paths.runs=/proc/burnlab_runs", "paths.runs", "'/proc/burnlab_runs'"),
+    # bounds: folders stay inside paths.runs, sizes that decide memory, sampling that is on needs prompts
+    ("name=../../escaped", "name", "'../../escaped'"),
+    ("name=a/b", "name", "'a/b'"),
+    ("data.resolution=100000", "data.resolution", "100000"),
+    ("data.resolution=2056", "data.resolution", "2056"),
+    ("sampling.width=4096", "sampling.width", "4096"),
+    ("sampling.height=100000", "sampling.height", "100000"),
     # values no default gives
     ("stages.unet_hi.lr=???", "stages.unet_hi.lr", "'???'"),
     ("data=folder", "data.path", "'???'"),
@@ -134,6 +141,30 @@ def test_help_still_answers(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main()
     assert exited.value.code == 0 and "== Config ==" in capsys.readouterr().out
+
+
+def test_an_escaping_name_writes_nothing_anywhere(tmp_path, monkeypatch, capsys):
+    """`name=../../escaped paths.runs=<tmp>/a/runs`: refused before Hydra makes the run dir."""
+    runs = tmp_path / "a" / "runs"
+    status, stderr = burnlab_in_process([*QUICK_STUDY, f"paths.runs={runs}", "name=../../escaped"], monkeypatch, capsys)
+    assert_one_paragraph(status, stderr, "name", "../../escaped")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sampling_needs_prompts_unless_switched_off_and_prompt_sets_name_one_folder():
+    """Hydra's override grammar can neither empty sampling.prompts (`={}` merges) nor name a key
+    `..`; a config file can, so the checks are tested on the schema."""
+    from burnlab.config import PromptConfig, SamplingConfig, check_sampling
+    from burnlab.errors import ConfigError
+
+    for on in ({}, {"testing_plan": False, "every_n_epochs": 5}):
+        with pytest.raises(ConfigError) as refused:
+            check_sampling(SamplingConfig(**on))
+        assert refused.value.key == "sampling.prompts" and "sampling.testing_plan=false" in str(refused.value)
+    check_sampling(SamplingConfig(testing_plan=False, every_n_epochs=0))
+    with pytest.raises(ConfigError) as refused:
+        SamplingConfig(prompts={"..": PromptConfig(prompt="hi")})
+    assert refused.value.key == "prompts..." and "one folder name inside paths.runs" in str(refused.value)
 
 
 def test_a_writable_run_store_is_left_as_it_was(tmp_path):

@@ -46,7 +46,7 @@ def test_a_lora_study_writes_lora_checkpoints_and_is_analysed(lora_study):
     assert all(stage["status"] == "complete" for stage in study["stages"].values())
     for stage, trained in (("baseline", {"unet", "text_encoder"}), ("unet_hi", {"unet"}), ("te_hi", {"text_encoder"})):
         checkpoint = final_checkpoint(run_dir, study, stage)
-        assert sorted(p.name for p in checkpoint.iterdir()) == ["manifest.json", LORA_FILE]
+        assert sorted(p.name for p in checkpoint.iterdir()) == [".verified.json", "manifest.json", LORA_FILE]
         keys = tensors(checkpoint / LORA_FILE)
         assert {key.split(".")[0] for key in keys} == {"unet", "text_encoder"}  # diffusers' prefixes
         assert all(".lora" in key for key in keys)  # as convert_state_dict_to_diffusers names them

@@ -95,7 +95,8 @@ def test_a_checkpoint_holds_only_what_its_stage_trained(followfox, stage, traine
     changed = weights(after, trained)
     assert any(not torch.equal(v, weights(before, trained)[k]) for k, v in changed.items())
     manifest = json.loads((after / "manifest.json").read_text())
-    assert set(p.name for p in after.iterdir()) == {trained, "manifest.json"}  # only what changed is saved
+    # only what changed is saved (and the record of its verified hashes: burnlab.integrity)
+    assert set(p.name for p in after.iterdir()) == {trained, "manifest.json", ".verified.json"}
     assert manifest["lineage"] == ["base", "baseline", stage]
 
 

@@ -19,6 +19,7 @@ import torch
 from burnlab.checkpoint import publish_checkpoint
 from burnlab.config import LoraConfig
 from burnlab.errors import ConfigError
+from burnlab.integrity import remember_hashed
 from burnlab.store import sha256_file, temp_dir_for
 
 ADAPTER = "default"  # the adapter's name in peft, in the trainer and in the training state alike
@@ -117,6 +118,7 @@ def save_lora_checkpoint(target: Path, models: Dict[str, torch.nn.Module], train
     tmp = temp_dir_for(target)
     StableDiffusionPipeline.save_lora_weights(tmp, **layers)
     digest = {LORA_FILE: sha256_file(tmp / LORA_FILE)}
+    remember_hashed(tmp, digest)
     for entry in entries.values():
         if "lora" in entry:
             entry["sha256"] = digest

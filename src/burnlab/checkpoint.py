@@ -5,7 +5,9 @@
 writes a standard diffusers pipeline folder (`StableDiffusionPipeline.from_pretrained` loads
 it); a LoRA checkpoint (`train.adapter=lora`, one pytorch_lora_weights.safetensors) is baked:
 its adapters fused into the base weights. A checkpoint's manifest.json names, for every
-component it does not hold, the checkpoint or base-model folder that does (docs/run_store.md).
+component it does not hold, the checkpoint or base-model folder that does (docs/run_store.md),
+and the sha256 of every file it holds: a checkpoint's files are checked against those before they
+are loaded (sampled, continued from, exported), and a damaged one is refused (burnlab.integrity).
 """
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List
 
 import torch
 from safetensors.torch import save_file
 
 from burnlab.components import Source, base_pipeline, base_source
 from burnlab.errors import UserError
+from burnlab.integrity import Damage, check_hashed, jsonl_damage, raise_damage, remember_hashed
 from burnlab.precision import dtype_name
 from burnlab.store import atomic_write_json, hash_json, publish_dir, read_json, sha256_file, temp_dir_for
 
@@ -53,6 +56,7 @@ def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str
         save_component(model, tmp / name, dtype)
         components[name] = {"dir": name, "dtype": dtype_name(dtype),
                             "sha256": {p.name: sha256_file(p) for p in sorted((tmp / name).iterdir())}}
+        remember_hashed(tmp, {f"{name}/{file}": sha for file, sha in components[name]["sha256"].items()})
     for name, source in inherited.items():
         components[name] = _inherited_entry(source, target)
     publish_checkpoint(tmp, target, components, stage=stage, stage_identity=stage_identity, epoch=epoch,
@@ -97,13 +101,64 @@ def read_manifest(checkpoint: Path) -> dict:
     path = Path(checkpoint) / MANIFEST
     if not path.exists():
         raise UserError(f"{checkpoint} is not a burnlab checkpoint: it has no {MANIFEST}.")
+    damage = manifest_damage(path)
+    raise_damage(damage)
     return read_json(path)
 
 
+def manifest_damage(path: Path) -> List[Damage]:
+    """A manifest.json that does not parse as a JSON object with `components` and `base`."""
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as error:
+        return [Damage(Path(path), f"cannot be read as JSON ({error})")]
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("components"), dict) or "base" not in manifest:
+        return [Damage(Path(path), "is not a checkpoint manifest (no `components` or `base`)")]
+    return []
+
+
+def checkpoint_damage(checkpoint: Path, inherited: bool = True, fresh: bool = False) -> List[Damage]:
+    """What is wrong with a checkpoint folder: its manifest, a file it holds whose sha256 differs
+    from the manifest's, and (with `inherited`) a checkpoint it takes a component from that is
+    missing or damaged the same way. `fresh`: every file hashed (burnlab.integrity.check_hashed)."""
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / MANIFEST).exists():
+        return [Damage(checkpoint / MANIFEST, "is missing: the folder is no complete checkpoint")]
+    damage = manifest_damage(checkpoint / MANIFEST)
+    if damage:
+        return damage
+    for name, entry in read_json(checkpoint / MANIFEST)["components"].items():
+        if entry.get("sha256") and (entry.get("lora") or entry.get("dir") == name):
+            prefix = "" if entry.get("lora") else f"{name}/"
+            damage += check_hashed(checkpoint, {prefix + file: sha for file, sha in entry["sha256"].items()}, fresh)
+        elif entry.get("dir") and inherited:
+            owner = (checkpoint / entry["dir"]).resolve().parent
+            if not (owner / MANIFEST).exists():
+                damage.append(Damage(owner, f"is missing: the checkpoint that holds this checkpoint's `{name}` "
+                                            f"({checkpoint})"))
+            else:
+                damage += checkpoint_damage(owner, inherited=False, fresh=fresh)
+    return damage
+
+
+def stage_damage(stage_dir: Path, epochs: Iterable[int]) -> List[Damage]:
+    """What makes a complete stage folder unusable: a metrics.jsonl row that does not parse, or a
+    checkpoint at one of `epochs` (the stage's checkpoint epochs) that is missing or damaged (its
+    own files: what it inherits belongs to an ancestor stage, checked as that stage)."""
+    stage_dir = Path(stage_dir)
+    metrics = stage_dir / "metrics.jsonl"
+    damage = jsonl_damage(metrics) if metrics.exists() else [Damage(metrics, "is missing")]
+    for epoch in sorted(epochs):
+        damage += checkpoint_damage(checkpoint_dir(stage_dir, epoch), inherited=False)
+    return damage
+
+
 def component_sources(checkpoint: Path) -> Dict[str, Source]:
-    """Where each trainable component of a checkpoint lives (its own folder or an ancestor's)."""
+    """Where each trainable component of a checkpoint lives (its own folder or an ancestor's),
+    once every file it names has been checked against its manifest."""
     checkpoint = Path(checkpoint)
     manifest = read_manifest(checkpoint)
+    raise_damage(checkpoint_damage(checkpoint))
     base = manifest["base"]
     sources = {}
     for name, entry in manifest["components"].items():

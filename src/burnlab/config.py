@@ -28,6 +28,11 @@ SAVE_DTYPES = ("float32", "float16", "bfloat16")
 ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}  # AdamW kwargs
 ADAPTERS = ("full", "lora")
 KEEP_STATES = ("auto", "always", "never")
+# the largest image side (training resolution, sampled width and height): SD 1.5 is trained at
+# 512 and SDXL at 1024, and a side far beyond (data.resolution=100000: 10^10 pixels per image)
+# would only exhaust the memory after a long wait, not stop with an error
+MAX_SIDE = 2048
+_FOLDER_NAME = re.compile(r"^[^./\\\x00][^/\\\x00]*$")
 log = logging.getLogger("burnlab")
 
 
@@ -75,8 +80,8 @@ class DataConfig:
     skip_bad: bool = False  # leave out bad images and captions (warned, listed in study.json) instead of stopping
 
     def __post_init__(self):
-        _require(isinstance(self.resolution, int) and self.resolution >= 8 and self.resolution % 8 == 0,
-                 "resolution", self.resolution, "a positive multiple of 8 (the VAE downsamples by 8)")
+        _require(isinstance(self.resolution, int) and 8 <= self.resolution <= MAX_SIDE and self.resolution % 8 == 0,
+                 "resolution", self.resolution, f"a positive multiple of 8 (the VAE downsamples by 8) up to {MAX_SIDE}")
         _require(0.0 <= self.flip_p <= 1.0, "flip_p", self.flip_p, "a probability in [0, 1]")
         _require(0.0 <= self.caption_dropout < 1.0, "caption_dropout", self.caption_dropout,
                  "a probability in [0, 1)")
@@ -241,8 +246,10 @@ class SamplingConfig:
         _require(self.scheduler in schedulers, "scheduler", self.scheduler, "one of " + ", ".join(schedulers))
         for key in ("width", "height"):
             value = getattr(self, key)
-            _require(value is None or (value >= 8 and value % 8 == 0), key, value,
-                     "a positive multiple of 8, or null for the model's size")
+            _require(value is None or (8 <= value <= MAX_SIDE and value % 8 == 0), key, value,
+                     f"a positive multiple of 8 up to {MAX_SIDE}, or null for the model's size")
+        for name in self.prompts:
+            check_folder_name(f"prompts.{name}", name, "a prompt set's name (its samples' folder)")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))
         _require(self.every_n_epochs >= 0, "every_n_epochs", self.every_n_epochs, "an integer >= 0")
@@ -335,6 +342,23 @@ class BurnlabConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # what that analysis measures with (part of no stage identity)
 
 
+def check_folder_name(key: str, value, what: str) -> None:
+    """A config value that becomes one folder's name in the run store must stay one: not empty,
+    no `/` or `\\`, not starting with `.` (`..` would climb out of `paths.runs`; `.` starts the
+    store's temp names)."""
+    if not (isinstance(value, str) and _FOLDER_NAME.match(value)):
+        raise ConfigError(key, value, f"{what}: one folder name inside paths.runs, not empty, without / or \\ "
+                                      f"and not starting with a dot, e.g. burn_unet_s1")
+
+
+def check_sampling(sampling: SamplingConfig) -> None:
+    """Sampling that is on needs prompts: a study would train, then show nothing of its testing plan."""
+    if not sampling.prompts and (sampling.testing_plan or sampling.every_n_epochs):
+        raise ConfigError("sampling.prompts", {}, "at least one prompt set while sampling.testing_plan=true or "
+                          "sampling.every_n_epochs > 0 (they sample every checkpoint with them); to train without "
+                          "samples, switch sampling off: sampling.testing_plan=false sampling.every_n_epochs=0")
+
+
 def _toy_asset(name: str) -> str:
     from burnlab.toy import asset_dir  # only configs that name the toy world need it
 
@@ -361,7 +385,9 @@ def load_config(cfg: DictConfig) -> BurnlabConfig:
     for group in _GROUPS:
         groups[group] = _to_object(cfg[group], group)
     stages = {name: _to_object(cfg.stages[name], f"stages.{name}") for name in cfg.stages}
+    check_folder_name("name", cfg.name, "the study's name (its run dir)")
     config = BurnlabConfig(name=cfg.name, stages=stages, analyze=cfg.analyze, **groups)
+    check_sampling(config.sampling)
     check_stage_graph(config.stages)
     for name, stage in config.stages.items():
         if stage.dropped_save_epochs:
@@ -399,6 +425,8 @@ def check_stage_graph(stages: Dict[str, StageConfig]) -> None:
         raise ConfigError("stages", {}, "at least one stage (pick an experiment, e.g. experiment=burn_unet)")
     if BASE in stages:
         raise ConfigError(f"stages.{BASE}", BASE, f"stage names other than `{BASE}`, which names the base model")
+    for name in stages:  # a branch's TensorBoard folder is named after its leaf stage
+        check_folder_name(f"stages.{name}", name, "a stage name")
     for name, stage in stages.items():
         if stage.parent != BASE and stage.parent not in stages:
             raise ConfigError(f"stages.{name}.parent", stage.parent,

@@ -4,7 +4,8 @@ Hydra creates the run dir under `paths.runs` and writes the command line and the
 into the run dir's .hydra/ before any burnlab code runs. So a run store that cannot be written
 (else a traceback from Hydra's mkdir) and a secret on the command line or in the config (else a
 copy in .hydra/) are refused first: the command line is read with Hydra's own parser, and the
-config composed with Hydra's compose API from the same overrides. A sweep's jobs compose their
+config composed with Hydra's compose API from the same overrides; so is a study name that would put
+the run dir outside `paths.runs` (`name=../../x`). A sweep's jobs compose their
 swept values later; here its other overrides are composed, and every override is checked for
 secrets as written; a sweep's launcher settings, and every job's config, are checked before the
 launcher submits a job (a SLURM job that cannot run would be found out on the cluster, in its
@@ -23,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from burnlab.cluster import check_slurm_launcher
-from burnlab.config import check_no_secrets, resolve_path
+from burnlab.config import check_folder_name, check_no_secrets, resolve_path
 from burnlab.errors import ConfigError
 from burnlab.trackers import flatten_config
 
@@ -39,6 +40,7 @@ def check_before_hydra(argv: list, conf_dir: Path) -> None:
     cfg = _compose(args, conf_dir, fixed)
     resolved = OmegaConf.to_container(cfg, resolve=True)  # a bad interpolation (name=${nope}) names its key
     check_no_secrets(flatten_config(resolved).items())
+    check_folder_name("name", resolved["name"], "the study's name (its run dir)")  # before Hydra makes the run dir
     check_runs_writable(cfg.paths.runs)
     if args.multirun:
         check_slurm_launcher(_compose(args, conf_dir, fixed, return_hydra_config=True).hydra.launcher)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Collection, Dict
+from typing import Collection, Dict, List
 
 import torch
 from accelerate import Accelerator
@@ -26,20 +26,21 @@ from filelock import FileLock
 
 from burnlab import captions, trackers
 from burnlab.attribution import attribute_study
-from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources
+from burnlab.checkpoint import base_sources, checkpoint_dir, component_sources, stage_damage
 from burnlab.components import BaseModel, Source
 from burnlab.config import BASE, BurnlabConfig, resolve_path
 from burnlab.continuation import STAGE_RECORD, continued_from, find_donor, take_over
 from burnlab.data import load_study_data
 from burnlab.distributed import any_rank
 from burnlab.errors import ConfigError, NonFiniteLoss, UserError
+from burnlab.integrity import Damage, DamagedStore, jsonl_damage
 from burnlab.memory import PeakMemory
 from burnlab.outputs import build_outputs
 from burnlab.sampling import Sampler
 from burnlab.stage_setup import steps_per_epoch
 from burnlab.precision import dtype_name
 from burnlab.stopping import StopSignals
-from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_temp
+from burnlab.store import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_folder, remove_temp
 from burnlab.study import LENGTH_DEPENDENT_SCHEDULES, branch_of, leaves, plan_stages, stage_order, testing_plan
 from burnlab.train import COMPLETE, FAILED, StageJob, train_stage
 from burnlab.train_state import STATE, saved_states
@@ -161,8 +162,12 @@ class StudyRunner:
         if self.is_main:
             stage_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
-        self.accelerator.wait_for_everyone()
         try:
+            # before any rank looks for COMPLETE: a damaged stage is no longer complete
+            stopping = self._check_stage(name) if self.is_main else []
+            if any_rank(self.accelerator, bool(stopping)):
+                raise DamagedStore(stopping[0]) if stopping else UserError(
+                    "the main process found a damaged file in the run store; its message names it.")
             if (stage_dir / COMPLETE).exists():
                 log.info("stage %s: complete in the cache (%s), skipped", name, stage_dir)
                 if self.dashboards:
@@ -196,6 +201,22 @@ class StudyRunner:
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 lock.release()
+
+    def _check_stage(self, name: str) -> List[Damage]:
+        """Main process, under the trajectory's lock. A complete stage whose metrics or checkpoints
+        are damaged is trained again from its parent (the same seeds give the same weights); a
+        partial one whose metrics are damaged is returned: it stops the study, naming the file
+        and the repair (its rows before the saved state cannot be rebuilt without retraining)."""
+        stage_dir = self.stage_dirs[name]
+        if not (stage_dir / COMPLETE).exists():
+            metrics = stage_dir / "metrics.jsonl"
+            return jsonl_damage(metrics) if metrics.exists() else []
+        damage = stage_damage(stage_dir, self.planned[name].config.checkpoint_epochs())
+        if damage:
+            log.warning("stage %s: %s; the stage is trained again from %s", name, "; ".join(map(str, damage)),
+                        self.planned[name].config.parent)
+            reset_stage(stage_dir)
+        return []
 
     def _continue_shorter_run(self, name: str) -> None:
         """A stage with no state of its own takes over the latest usable state of its trajectory in the cache."""
@@ -286,6 +307,13 @@ class StudyRunner:
         from burnlab.toy import asset_dir
 
         return Path(self.base.root) == Path(asset_dir("base")).resolve()
+
+
+def reset_stage(stage_dir: Path) -> None:
+    """Remove a stage folder in one rename (burnlab.store.remove_folder) and start it empty, so
+    that the stage trains from epoch 0; a kill midway leaves no stage, never half of one."""
+    remove_folder(stage_dir)
+    stage_dir.mkdir()
 
 
 def _check_timesteps(timesteps, num_train_timesteps: int) -> None:

@@ -10,6 +10,7 @@ share are made once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -26,9 +27,12 @@ from burnlab.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_so
 from burnlab.components import Source, base_pipeline
 from burnlab.config import SamplingConfig
 from burnlab.distributed import any_rank, gather_shards, shard
+from burnlab.integrity import sample_folder_damage
 from burnlab.precision import dtype_name, in_dtype, resolve_dtype
 from burnlab.stopping import StopSignals
-from burnlab.store import hash_json, publish_dir, read_jsonl, remove_temp, temp_dir_for, write_jsonl
+from burnlab.store import hash_json, publish_dir, read_jsonl, remove_folder, remove_temp, temp_dir_for, write_jsonl
+
+log = logging.getLogger("burnlab")
 
 # a component to sample: where its weights are, or (burnlab-diagnose) a model already in memory
 Component = Union[Source, torch.nn.Module]
@@ -176,12 +180,28 @@ class Sampler:
             (tmp / "COMPLETE").write_text("complete\n")
             publish_dir(tmp, folder)
 
+    def _usable(self, checkpoint_id: str) -> bool:
+        """Main process: whether the checkpoint's sample folder is made and sound. A damaged one
+        (an index row that does not parse, a PNG that does not decode in full) is removed under
+        the folder's lock, named in the log, and sampled again."""
+        folder = self._folder(checkpoint_id)
+        if not (folder / "COMPLETE").exists():
+            return False
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / "COMPLETE").exists():  # another job's repair came first
+                return False
+            damage = sample_folder_damage(folder)
+            if damage:
+                log.warning("samples of checkpoint %s: %s; they are sampled again", checkpoint_id, damage[0])
+                remove_folder(folder)
+        return not damage
+
     def sample_testing_plan(self, study: dict, run_dir: Path) -> List[dict]:
         """Every checkpoint of every branch; writes the run's samples.jsonl (main process) and
         returns its rows. Checkpoints already in the cache, or shared by branches, are made once."""
         run_dir = Path(run_dir)
         entries = {entry["checkpoint_id"]: entry for plan in study["testing_plan"].values() for entry in plan}
-        missing = [cid for cid in entries if not (self._folder(cid) / "COMPLETE").exists()]
+        missing = [cid for cid in entries if not self._usable(cid)] if self.accelerator.is_main_process else []
         if self.accelerator.num_processes > 1:  # the main process's view decides, for every rank
             from accelerate.utils import broadcast_object_list
 

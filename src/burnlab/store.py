@@ -104,6 +104,15 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(aside)
 
 
+def remove_folder(folder: Path) -> None:
+    """Remove a published folder as one step: renamed to a temp name first (readers then find it
+    gone, not half gone), then deleted; a kill in between leaves a `.tmp` leftover."""
+    aside = temp_dir_for(folder)
+    os.replace(folder, aside / Path(folder).name)
+    fsync_dir(Path(folder).parent)
+    shutil.rmtree(aside)
+
+
 def remove_temp(folder: Path, prefix: str = "", recursive: bool = True) -> int:
     """Remove the `.tmp` leftovers of killed writers in (or below) `folder`, those whose name
     starts with `.` + `prefix`; the caller holds the lock of what they belonged to. Returns how

@@ -183,4 +183,6 @@ def diagnosis(out: Path, pair: attribution.Attribution) -> Path:
                       fit_labels=True).save(path)
         grids[prompt_set] = path
     atomic_write_json(out / "analysis" / "attribution.json", {"pairs": [pair.to_json()]})
-    return report.write_diagnosis(out, pair, grids, images.problems)
+    document = attribution.read_attribution_file(out / attribution.ATTRIBUTION_FILE)
+    described = {side: document.get(side, {}).get("description", "") for side in ("reference", "tuned")}
+    return report.write_diagnosis(out, pair, grids, images.problems, described)

@@ -239,7 +239,7 @@ def attribution_section(products) -> str:
     return "".join(parts)
 
 
-def write_diagnosis(out: Path, pair, grids: dict, problems: list[str]) -> Path:
+def write_diagnosis(out: Path, pair, grids: dict, problems: list[str], described: dict[str, str]) -> Path:
     """burnlab-diagnose's page: the verdict, its sentence, the numbers, a swap grid per prompt set."""
     from analysis.attribution import CORNERS, GROUPS
 
@@ -254,7 +254,8 @@ def write_diagnosis(out: Path, pair, grids: dict, problems: list[str]) -> Path:
                                          f"(distance from R in seed spreads)") for prompt_set, path in grids.items())
     return write_page(out / "report.html", "burnlab-diagnose", [
         f"<h1>burnlab-diagnose: <b>{escape(pair.verdict)}</b></h1><p>{escape(pair.sentence)}</p>"
-        f"<ul><li>R = {escape(pair.reference)}</li><li>M = {escape(pair.tuned)}</li></ul>",
+        f"<ul><li>R = {escape(pair.reference)}: {escape(described['reference'])}</li>"
+        f"<li>M = {escape(pair.tuned)}: {escape(described['tuned'])}</li></ul>",
         missing(problems),
         f"<h2>How far each corner moved from R</h2><p>Per image, from R's image of the same seed, in units of "
         f"the distance between two seeds of R ({escape(pair.feature_space)}; {pair.seeds} seeds; 95% paired "

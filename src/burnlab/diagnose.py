@@ -102,13 +102,15 @@ def diagnose(args) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids only from the local cache: nothing is downloaded
     base_spec = args.base or str(asset_dir("base"))
-    toy = Path(base_spec).resolve() == asset_dir("base").resolve()
     reference = load_model(base_spec, allow_pickle=args.allow_pickle)
     tuned = load_model(args.tuned, base=base_spec, allow_pickle=args.allow_pickle)
     pipeline_root = reference.pipeline_folder or tuned.pipeline_folder
     if pipeline_root is None:
         raise UserError(f"--base {base_spec}: a single file has no VAE, tokenizer or scheduler of its own; give a "
                         f"diffusers folder or a cached hub id as --base (the model the fine-tune started from).")
+    # the toy world's models (its base, or a checkpoint burnlab trained from it) get the toy's
+    # prompts, size and probe; any other model the study's SD 1.5 prompt sets at 512 px
+    toy = Path(pipeline_root).resolve() == asset_dir("base").resolve()
     share_unchanged(reference, tuned)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,16 +119,17 @@ def diagnose(args) -> int:
     base = {"path": pipeline_root, "revision": None, "variant": None, "allow_pickle_weights": args.allow_pickle}
     sampler = Sampler(config, base, out / "samples", accelerator)
     pipeline = base_pipeline(base)
-    models = [Model(f"REF: {reference.description}", hash_json(["diagnose", base_spec]),
+    models = [Model("REF", hash_json(["diagnose", base_spec]),
                     {"unet": reference.unet, "text_encoder": reference.text_encoder}),
-              Model(f"TUNED: {tuned.description}", hash_json(["diagnose", base_spec, args.tuned]),
+              Model("TUNED", hash_json(["diagnose", base_spec, args.tuned]),
                     {"unet": tuned.unet, "text_encoder": tuned.text_encoder})]
     record = attribute_pair(sampler, *models, out, pipeline.tokenizer, pipeline.scheduler)
     atomic_write_json(out / ATTRIBUTION_FILE, {
         "prompts": {job["prompt_set"]: {"prompt": job["prompt"], "activation": job["activation"]}
                     for job in sample_jobs(config)},
-        "tuned": {"spec": args.tuned, "kind": tuned.kind, "lora_components": list(tuned.lora_components)},
-        "reference": {"spec": base_spec, "kind": reference.kind}, "pairs": [{"branch": "diagnosis", **record}]})
+        "tuned": {"spec": args.tuned, "kind": tuned.kind, "description": tuned.description,
+                  "lora_components": list(tuned.lora_components)},
+        "reference": {"spec": base_spec, "kind": reference.kind, "description": reference.description}, "pairs": [{"branch": "diagnosis", **record}]})
     instruments = load_instruments("auto", args.clip_model, use_probe=toy)
     rule = AttributionRule.load(args.rule)
     found = attribute_run(out, instruments, rule, "diagnose")[0]
@@ -158,6 +161,11 @@ def main(argv=None) -> int:
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # the verdict, not loading bars, is what a user reads
+    transformers_logging.disable_progress_bar()
     try:
         return diagnose(args)
     except (UserError, AnalysisError) as error:

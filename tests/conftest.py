@@ -32,6 +32,13 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fresh_accelerator_state_per_module():
+    """The same for a module's shared fixtures (a study trained once per module), which are set up
+    before the first test's own reset: autouse fixtures come first within their scope."""
+    AcceleratorState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 32x32 pipeline: UNet (16, 32), 2-layer 32-wide CLIP text encoder, 8-channel VAE."""

@@ -1,5 +1,5 @@
-"""The verdict benchmark (bench/verdicts.py, make verdicts) on a small grid of tiny studies: the
-split, the calibration that sees only calibration runs, the held-out table and the README section.
+"""The attribution benchmark (bench/verdicts.py, make verdicts) on a small grid of tiny studies: the
+split, the one threshold chosen on calibration seeds only, the held-out table and the README section.
 
     .venv/bin/python -m pytest tests/test_verdicts.py -q
 """
@@ -22,35 +22,34 @@ sys.modules[spec.name] = bench  # dataclasses look their module up while the fil
 spec.loader.exec_module(bench)
 
 
+KEPT = ("u_hi", "t_g", "j_hg", "control")  # of attribution_bench's branches: a cheap grid (j_hg's truth: u_hi, t_g)
+DROPPED = ("u_hi2", "u_g", "t_hi", "t_hi2", "j_gh", "j_hh", "j_gg")
+
+
 def tiny_grid(tiny_model: Path, tiny_data: Path) -> dict:
     overrides = [f"model.path={tiny_model}", f"data.path={tiny_data}", f"data.resolution={TINY_RESOLUTION}",
                  "stages.baseline.epochs=2", "stages.baseline.save_epochs=[2]", "train.batch_size=4",
-                 "validation.every_n_epochs=1", "validation.repeats=1", "sampling.images_per_prompt=3",
-                 "sampling.steps=2"]
-    for stage in ("unet_lo", "unet_hi", "te_lo", "te_hi"):
+                 "sampling.images_per_prompt=3", "sampling.steps=2", *[f"~stages.{name}" for name in DROPPED]]
+    for stage in KEPT:
         overrides += [f"stages.{stage}.epochs=2", f"stages.{stage}.save_epochs=[1,2]"]
-    return {"experiment": "followfox", "seeds": [1, 2], "lr_scales": [1, 2], "control_scale": 0.001,
-            "held_out": {"seeds": [2], "lr_scales": [2]}, "jobs": 1, "overrides": overrides}
+    return {"experiment": "attribution_bench", "lora_experiment": "attribution_bench_lora", "seeds": [1, 2, 3],
+            "held_out_seeds": [3], "lora_seeds": [], "overrides": overrides}
 
 
-def test_the_grid_splits_calibration_from_held_out_runs(tiny_model, tiny_data, tmp_path):
-    grid = tiny_grid(tiny_model, tiny_data)
+def test_the_grid_splits_calibration_from_held_out_seeds(tmp_path):
+    grid = {**tiny_grid(Path("m"), Path("d")), "lora_seeds": [3]}
     found = {study.name: study for study in bench.studies(grid, tmp_path)}
-    assert sorted(found) == sorted(["verdicts_s1_x1", "verdicts_s2_x1", "verdicts_s1_x2", "verdicts_s2_x2",
-                                    "verdicts_s1_control", "verdicts_s2_control"])
-    assert [name for name, study in found.items() if not study.held_out] == ["verdicts_s1_x1", "verdicts_s1_control"]
-    assert "model.study_lrs.lo=5e-05" in found["verdicts_s1_x1"].overrides
-    assert "model.study_lrs.hi=0.0006" in found["verdicts_s1_x2"].overrides
-    assert "model.study_lrs.lo=5e-08" in found["verdicts_s2_control"].overrides
+    assert sorted(found) == ["attribution_lora_s3", "attribution_s1", "attribution_s2", "attribution_s3"]
+    assert [name for name, study in found.items() if study.held_out] == ["attribution_s3", "attribution_lora_s3"]
+    assert "experiment=attribution_bench_lora" in found["attribution_lora_s3"].overrides
+    assert "train.seed=2" in found["attribution_s2"].overrides
 
 
 @pytest.mark.parametrize("change, named", [
-    ({"held_out": {"seeds": [1, 2], "lr_scales": [2]}}, "held_out"),
-    ({"held_out": {"seeds": [3], "lr_scales": [2]}}, "held_out"),
-    ({"held_out": {"seeds": [2]}}, "held_out"),
+    ({"held_out_seeds": [1, 2, 3]}, "at least two left for calibration"),
+    ({"held_out_seeds": [4]}, "held_out_seeds"),
     ({"seeds": []}, "seeds"),
-    ({"lr_scales": [1, -2]}, "lr_scales"),
-    ({"jobs": 0}, "jobs"),
+    ({"lora_seeds": [1]}, "lora_seeds"),
     ({"extra": 1}, "expected exactly the keys"),
 ])
 def test_a_bad_grid_is_one_paragraph_naming_the_key(tmp_path, change, named):
@@ -62,33 +61,56 @@ def test_a_bad_grid_is_one_paragraph_naming_the_key(tmp_path, change, named):
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
-def test_small_benchmark_calibrates_on_calibration_runs_and_reports_held_out(tiny_model, tiny_data, tmp_path, capsys):
+def case(seed, unet, te, truth, held_out=False):
+    interval = lambda value: {"value": value, "low": value - 0.05, "high": value + 0.05}  # noqa: E731
+    return {"seed": seed, "held_out": held_out, "truth": truth, "kind": "single",
+            "shares": {"unet": interval(unet), "text_encoder": interval(te), "interaction": interval(0.0)}}
+
+
+def test_the_threshold_is_the_middle_of_the_widest_range_of_best_ones():
+    cases = [case(1, 1.0, 0.0, "unet"), case(1, 0.0, 0.2, "none"), case(2, 0.0, 2.0, "text_encoder"),
+             case(2, 0.1, 0.1, "none")]
+    threshold, best = bench.choose_threshold(cases)
+    assert best == 1.0
+    right = [t for t in bench.THRESHOLDS if bench.accuracy(cases, t) == 1.0]  # 0.25 < t < 0.95
+    assert threshold == pytest.approx((min(right) * max(right)) ** 0.5)
+    assert 0.25 < threshold < 0.95
+    loso = bench.leave_one_seed_out(cases)
+    assert set(loso) == {1, 2} and all(0 <= r["accuracy"] <= 1 for r in loso.values())
+
+
+def test_small_benchmark_calibrates_on_calibration_seeds_and_reports_held_out(tiny_model, tiny_data, tmp_path,
+                                                                              capsys):
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(tiny_grid(tiny_model, tiny_data)))
     readme = tmp_path / "README.md"
     readme.write_text(f"# Results\nbefore\n{bench.MARK_START}\nold table\n{bench.MARK_END}\nafter\n")
-    assert bench.main(["--grid", str(grid_file), "--runs", str(tmp_path / "runs"), "--readme", str(readme)]) == 0
-
-    out = tmp_path / "runs" / "verdicts"
-    calibration = json.loads((out / "calibration.json").read_text())
-    assert calibration["source"] == "make verdicts: calibration studies verdicts_s1_control, verdicts_s1_x1"
-    assert set(calibration["candidates"]) == {"2.0", "2.5", "3.0", "4.0", "5.0"}
-    results = json.loads((out / "verdicts.json").read_text())
-    rows = results["branches"]
-    assert len(rows) == 12  # six studies, two branches each
-    held_out = [row for row in rows if row["split"] == "held-out"]
-    assert {row["study"] for row in held_out} == {"verdicts_s2_x1", "verdicts_s1_x2", "verdicts_s2_x2",
-                                                  "verdicts_s2_control"}
-    confusion = results["held_out_confusion"]
-    assert sum(confusion["none"].values()) == 2 and sum(confusion["unet"].values()) == 3
-    assert sum(confusion["text_encoder"].values()) == 3
-    assert [row["truth"] for row in rows if row["study"] == "verdicts_s2_control"] == ["none", "none"]
-    for row in held_out:
-        assert confusion[row["truth"]][row["named"]] >= 1
+    runs = tmp_path / "runs"
+    assert bench.main(["--grid", str(grid_file), "--runs", str(runs), "--readme", str(readme)]) == 0
+    out = runs / "verdicts"
+    rule = json.loads((out / "rule.json").read_text())
+    assert rule["source"].startswith("make verdicts: calibration seeds [1, 2]")
+    assert bench.THRESHOLDS[0] <= rule["threshold"] <= bench.THRESHOLDS[-1] and set(rule["leave_one_seed_out"]) == {
+        "1", "2"}
+    cases = json.loads((out / "cases.json").read_text())["cases"]
+    # per seed: 4 branches x 2 checkpoints against the baseline, the 2 single ones' final against the base
+    assert len(cases) == 3 * (4 * 2 + 2)
+    assert {c["seed"] for c in cases if c["held_out"]} == {3}
+    assert {c["kind"] for c in cases} == {"single", "single vs base", "joint", "control", "short run"}
+    assert all(c["truth"] == "none" for c in cases if c["branch"] == "control")
     text = readme.read_text()
     assert text.startswith("# Results\nbefore\n") and text.endswith(f"{bench.MARK_END}\nafter\n")
-    assert "old table" not in text and "| trained (held-out) |" in text and "verdicts_s2_x2" in text
-    assert "Held-out branches named right" in capsys.readouterr().out
+    assert "old table" not in text and "| **all held-out** |" in text and "attribution_s3" in text
+    assert "Rule chosen on the calibration seeds only" in capsys.readouterr().out
+
+    # the held-out runs never move the rule: damage their corners, judge again, the threshold stays
+    record = runs / "attribution_s3" / "attribution.json"
+    document = json.loads(record.read_text())
+    for pair in document["pairs"]:
+        pair["corners"]["M"] = pair["corners"]["R"]
+    record.write_text(json.dumps(document))
+    assert bench.main(["--grid", str(grid_file), "--runs", str(runs), "--no-train"]) == 0
+    assert json.loads((out / "rule.json").read_text())["threshold"] == rule["threshold"]
 
 
 def test_no_train_without_a_trained_grid_is_one_paragraph(tiny_model, tiny_data, tmp_path, capsys):
@@ -96,4 +118,4 @@ def test_no_train_without_a_trained_grid_is_one_paragraph(tiny_model, tiny_data,
     grid_file.write_text(yaml.safe_dump(tiny_grid(tiny_model, tiny_data)))
     assert bench.main(["--grid", str(grid_file), "--runs", str(tmp_path / "runs"), "--no-train"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("verdicts: ") and "verdicts_s1_x1" in error and "Traceback" not in error
+    assert error.startswith("verdicts: ") and "attribution_s1" in error and "Traceback" not in error

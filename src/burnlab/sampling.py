@@ -158,7 +158,8 @@ class Sampler:
             self.cache.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         try:
-            made = any_rank(self.accelerator, self.accelerator.is_main_process and (folder / "COMPLETE").exists())
+            made = any_rank(self.accelerator, self.accelerator.is_main_process and (folder / "COMPLETE").exists()
+                            and self._sound(checkpoint_id, folder))
             if not made:
                 self._make(checkpoint_id, sources, folder)
         finally:
@@ -190,10 +191,16 @@ class Sampler:
         with FileLock(str(folder) + ".lock"):
             if not (folder / "COMPLETE").exists():  # another job's repair came first
                 return False
-            damage = sample_folder_damage(folder)
-            if damage:
-                log.warning("samples of checkpoint %s: %s; they are sampled again", checkpoint_id, damage[0])
-                remove_folder(folder)
+            return self._sound(checkpoint_id, folder)
+
+    @staticmethod
+    def _sound(checkpoint_id: str, folder: Path) -> bool:
+        """Under the folder's lock: whether a complete sample folder is undamaged; a damaged one is
+        named in the log and removed, so that it is sampled again."""
+        damage = sample_folder_damage(folder)
+        if damage:
+            log.warning("samples of checkpoint %s: %s; they are sampled again", checkpoint_id, damage[0])
+            remove_folder(folder)
         return not damage
 
     def sample_testing_plan(self, study: dict, run_dir: Path) -> List[dict]:

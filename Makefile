@@ -9,7 +9,7 @@ ARGS ?=
 SWEEP_LRS ?= 1e-4,3e-4,1e-3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-train clean
+.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-attribution bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -54,11 +54,14 @@ sweep-report: setup ## a 3-value lr sweep of the UNet burn (short stages), then 
 	$(BURNLAB) -m experiment=burn_unet_lr 'stages.unet_hi.lr=$(SWEEP_LRS)' paths.runs=$(RUNS) $(ARGS)
 	$(ANALYZE) $(RUNS)/burn_unet_lr_multirun
 
-verdicts: setup ## the detector's benchmark: calibrate on a grid of toy studies, held-out confusion table (~63 min)
+verdicts: setup ## the verdict's benchmark: short toy burns, one threshold chosen on calibration seeds, held-out tables (~60 min)
 	$(PY) bench/verdicts.py --runs $(RUNS) --readme experiments/README.md --install $(ARGS)
 
 bench: setup ## sampling throughput: testing plan vs a naive loop
 	$(PY) bench/sampling_throughput.py $(ARGS)
+
+bench-attribution: setup ## what one examined checkpoint costs: the swap corners and the drift instruments (toy; ARGS="--model sd15_random ...")
+	$(PY) bench/attribution_cost.py $(ARGS)
 
 bench-train: setup ## training throughput: burnlab's stages vs the diffusers example's loop, and checkpoint storage (~7 min)
 	$(PY) bench/train_throughput.py $(ARGS)

@@ -75,7 +75,8 @@ def test_the_installed_package_is_the_wheel_with_its_configs(installed, tmp_path
     venv_dir = installed.parent
     for path in (burnlab_file, analysis_file, conf_dir):
         assert Path(path).is_relative_to(venv_dir) and "site-packages" in path, path
-    assert experiments == ["burn_te", "burn_unet", "burn_unet_lr", "followfox", "followfox_sd15", "lora_followfox"]
+    assert experiments == ["attribution_bench", "attribution_bench_lora", "burn_te", "burn_unet", "burn_unet_lr",
+                           "followfox", "followfox_sd15", "lora_followfox"]
     assert "usage: burnlab-analyze" in check([installed / "burnlab-analyze", "--help"], cwd=tmp_path).stdout
 
 

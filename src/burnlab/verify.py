@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 
 from filelock import FileLock, Timeout
 
+from burnlab.attribution import ATTRIBUTION_FILE
 from burnlab.checkpoint import MANIFEST, checkpoint_damage, manifest_damage
 from burnlab.integrity import Damage, is_temp_leftover, jsonl_damage, sample_folder_damage, walk_temp
 from burnlab.store import read_json, remove_folder
@@ -134,7 +135,7 @@ def find_damage(root: Path) -> List[Finding]:
             checkpoint_id = folder.name.rsplit("-", 1)[0]
             users = [str(run.relative_to(root)) for run, study in runs.items()
                      if any(e.get("checkpoint_id") == checkpoint_id for plan in study.get("testing_plan", {}).values()
-                            for e in plan)]
+                            for e in plan) or folder.resolve() in _swap_corners(run)]
             findings.append(Finding(f"samples {folder.name}", damage, folder, Path(str(folder) + ".lock"),
                                     [f"run {u}" for u in users]))
     for run, study in runs.items():
@@ -147,6 +148,15 @@ def find_damage(root: Path) -> List[Finding]:
         findings.append(Finding("leftover", [Damage(leftover, "a temp file or folder of a killed writer")], leftover,
                                 _leftover_lock(leftover, root, locks)))
     return findings
+
+
+def _swap_corners(run: Path) -> List[Path]:
+    """The sample folders a run's attribution.json names (its swap corners); [] when it has none."""
+    try:
+        pairs = read_json(run / ATTRIBUTION_FILE).get("pairs", [])
+        return [(run / folder).resolve() for pair in pairs for folder in pair.get("corners", {}).values()]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def _leftover_lock(leftover: Path, root: Path, stage_locks: Dict[Path, Optional[Path]]) -> Optional[Path]:

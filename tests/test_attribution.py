@@ -56,7 +56,8 @@ def test_a_frozen_component_swapped_in_is_the_cached_checkpoint_itself(followfox
     for folder in against_base["corners"].values():
         assert (run_dir / folder / "COMPLETE").exists()
     # the hybrid's text encoder is the base's: it differs from the tuned model's images
-    hybrid, tuned = pixels(run_dir, against_base["corners"]["M_unet+R_te"]), pixels(run_dir, against_base["corners"]["M"])
+    corners = against_base["corners"]
+    hybrid, tuned = pixels(run_dir, corners["M_unet+R_te"]), pixels(run_dir, corners["M"])
     assert any(np.abs(hybrid[key] - tuned[key]).max() > 2 for key in hybrid)
 
 

@@ -129,7 +129,8 @@ def diagnose(args) -> int:
                     for job in sample_jobs(config)},
         "tuned": {"spec": args.tuned, "kind": tuned.kind, "description": tuned.description,
                   "lora_components": list(tuned.lora_components)},
-        "reference": {"spec": base_spec, "kind": reference.kind, "description": reference.description}, "pairs": [{"branch": "diagnosis", **record}]})
+        "reference": {"spec": base_spec, "kind": reference.kind, "description": reference.description},
+        "pairs": [{"branch": "diagnosis", **record}]})
     instruments = load_instruments("auto", args.clip_model, use_probe=toy)
     rule = AttributionRule.load(args.rule)
     found = attribute_run(out, instruments, rule, "diagnose")[0]

@@ -129,7 +129,8 @@ def measure(reference: Dict[str, Component], tuned: Dict[str, Component], tokeni
     not loaded: its drift is 0."""
     same = {name: reference[name] == tuned[name] for name in ("unet", "text_encoder")}
     te_reference = _module(reference["text_encoder"], "text_encoder").to(device).eval()
-    te_tuned = te_reference if same["text_encoder"] else _module(tuned["text_encoder"], "text_encoder").to(device).eval()
+    te_tuned = (te_reference if same["text_encoder"]
+                else _module(tuned["text_encoder"], "text_encoder").to(device).eval())
     found = {"text_encoder": text_encoder_drift(te_reference, te_tuned, tokenizer, prompts, device),
              "weights": {"text_encoder": weight_drift(te_reference, te_tuned)}}
     text_states = _states(te_reference, tokenizer, prompts, device)

@@ -1,8 +1,10 @@
 """Fixed-seed samples of every checkpoint in the testing plan, and during training.
 
 One pipeline serves the whole plan: between checkpoints only the component that changed is
-swapped in (on LoRA runs only the adapters: one LoRA file in, the last one out), every checkpoint's prompts go through in batched calls, and each image's noise
-comes from its own seeded generator, so a seed starts from the same noise at every checkpoint
+swapped in (on LoRA runs only the adapters: one LoRA file in, the last one out; a swap corner
+whose components carry adapters of two files loads each component with its own), every
+checkpoint's prompts go through in batched calls, and each image's noise comes from its own
+seeded generator, so a seed starts from the same noise at every checkpoint
 whatever the batch (and whichever process made it). Samples are cached by (checkpoint identity,
 sampling settings, dtype): the base and baseline samples that the UNet and text-encoder branches
 share are made once.

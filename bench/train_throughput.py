@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -97,7 +96,7 @@ def reference_loop(runner, train: str, epochs: int, flops: bool = False) -> dict
     from burnlab.data import load_image
     from burnlab.encoding import diffusion_target, pixels, tokenize
     from burnlab.memory import PeakMemory
-    from burnlab.train import epoch_seed
+    from burnlab.study import epoch_seed
 
     config, base, device = runner.config, runner.base, runner.accelerator.device
     frozen = runner.frozen_dtype

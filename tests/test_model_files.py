@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
 from burnlab import export
-from burnlab.adapters import LORA_FILE, attach, save_lora_checkpoint
-from burnlab.checkpoint import base_sources, materialize, save_checkpoint
+from burnlab.adapters import LORA_FILE, attach
+from burnlab.checkpoint import base_sources, materialize, save_checkpoint, save_lora_checkpoint
 from burnlab.config import LoraConfig
 from burnlab.errors import UserError
 from burnlab.model_files import COMPONENTS, load_model

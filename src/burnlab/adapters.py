@@ -10,17 +10,13 @@ trained. The base weights never change: they are always the base model's.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
-from burnlab.checkpoint import publish_checkpoint
 from burnlab.config import LoraConfig
 from burnlab.errors import ConfigError
-from burnlab.integrity import remember_hashed
-from burnlab.store import sha256_file, temp_dir_for
 
 ADAPTER = "default"  # the adapter's name in peft, in the trainer and in the training state alike
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' file name (save_lora_weights / load_lora_weights)
@@ -98,33 +94,6 @@ def load_trained_weights(model: torch.nn.Module, weights: Dict[str, torch.Tensor
 
 
 # -- LoRA files (diffusers' format) --------------------------------------------------------------------
-def save_lora_checkpoint(target: Path, models: Dict[str, torch.nn.Module], trained: List[str], **manifest) -> None:
-    """A checkpoint holding every adapter of `models` in LORA_FILE, as `save_lora_weights` writes
-    it; its manifest's component entries take the base weights from the base model and the
-    adapter from the file. `manifest`: burnlab.checkpoint.publish_checkpoint's fields."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    layers, entries = {}, {}
-    for name, model in models.items():
-        entries[name] = {"base": True, "subfolder": name}
-        if carries_adapter(model):
-            metadata = dataclasses.replace(model.peft_config[ADAPTER], base_model_name_or_path=None).to_dict()
-            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(model, adapter_name=ADAPTER))
-            layers[f"{name}_lora_adapter_metadata"] = metadata  # rank, alpha, targets: what load_lora_weights rebuilds
-            entries[name].update({"lora": LORA_FILE, "trained": name in trained})
-    tmp = temp_dir_for(target)
-    StableDiffusionPipeline.save_lora_weights(tmp, **layers)
-    digest = {LORA_FILE: sha256_file(tmp / LORA_FILE)}
-    remember_hashed(tmp, digest)
-    for entry in entries.values():
-        if "lora" in entry:
-            entry["sha256"] = digest
-    publish_checkpoint(tmp, target, entries, **manifest)
-
-
 def load_adapter(model: torch.nn.Module, component: str, file: str) -> None:
     """Put the `component` adapter of a LoRA file into `model`, with diffusers' loaders."""
     from diffusers import StableDiffusionPipeline

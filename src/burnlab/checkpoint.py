@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List
 import torch
 from safetensors.torch import save_file
 
+from burnlab.adapters import ADAPTER, LORA_FILE, bake, carries_adapter
 from burnlab.components import Source, base_pipeline, base_source
 from burnlab.errors import UserError
 from burnlab.integrity import Damage, check_hashed, jsonl_damage, raise_damage, remember_hashed
@@ -71,6 +72,33 @@ def publish_checkpoint(tmp: Path, target: Path, components: Dict[str, dict], *, 
         "checkpoint_id": checkpoint_id(stage_identity, epoch), "stage": stage, "stage_identity": stage_identity,
         "epoch": epoch, "components": components, "lineage": list(lineage), "base": base})
     publish_dir(tmp, target)
+
+
+def save_lora_checkpoint(target: Path, models: Dict[str, torch.nn.Module], trained: List[str], **manifest) -> None:
+    """A checkpoint holding every adapter of `models` in LORA_FILE, as `save_lora_weights` writes
+    it; its manifest's component entries take the base weights from the base model and the
+    adapter from the file. `manifest`: publish_checkpoint's fields."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers, entries = {}, {}
+    for name, model in models.items():
+        entries[name] = {"base": True, "subfolder": name}
+        if carries_adapter(model):
+            metadata = dataclasses.replace(model.peft_config[ADAPTER], base_model_name_or_path=None).to_dict()
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(model, adapter_name=ADAPTER))
+            layers[f"{name}_lora_adapter_metadata"] = metadata  # rank, alpha, targets: what load_lora_weights rebuilds
+            entries[name].update({"lora": LORA_FILE, "trained": name in trained})
+    tmp = temp_dir_for(target)
+    StableDiffusionPipeline.save_lora_weights(tmp, **layers)
+    digest = {LORA_FILE: sha256_file(tmp / LORA_FILE)}
+    remember_hashed(tmp, digest)
+    for entry in entries.values():
+        if "lora" in entry:
+            entry["sha256"] = digest
+    publish_checkpoint(tmp, target, entries, **manifest)
 
 
 def save_component(model, folder: Path, dtype: torch.dtype) -> None:
@@ -175,8 +203,6 @@ def component_sources(checkpoint: Path) -> Dict[str, Source]:
 def materialize(checkpoint: Path, out: Path) -> Path:
     """A full diffusers pipeline folder for `checkpoint` (base model parts + the checkpoint's, a
     LoRA checkpoint's adapters fused in)."""
-    from burnlab.adapters import bake
-
     pipeline = base_pipeline(read_manifest(checkpoint)["base"])
     sources = component_sources(checkpoint)
     for name, source in sources.items():

@@ -19,6 +19,7 @@ from burnlab.checkpoint import CHECKPOINT_COMPONENTS
 from burnlab.config import ADAMW_IMPLS
 from burnlab.encoding import LatentCache, encode_latents
 from burnlab.fast_paths import apply_fast_paths
+from burnlab.study import epoch_seed
 
 
 @dataclass
@@ -51,7 +52,6 @@ def set_up_stage(job) -> StageSetup:
             _enable_gradient_checkpointing(model)
         model.to(device)
     if cfg.train.adapter == "lora":  # only the trained components' adapters learn (burnlab.adapters)
-        from burnlab.train import epoch_seed  # burnlab.train imports this module
 
         adapters.attach(models, trained, cfg.lora, epoch_seed(cfg.train.seed, job.stage.name, "lora"))
     apply_fast_paths(models["unet"], cfg.train, device)

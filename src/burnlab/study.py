@@ -98,6 +98,12 @@ def _settings(group, *left_out: str) -> dict:
     return {k: v for k, v in dataclasses.asdict(group).items() if k not in left_out}
 
 
+def epoch_seed(seed: int, *parts) -> int:
+    """A seed of its own for each (stage, epoch[, batch]) of a study: every epoch's data order,
+    noise and timesteps follow from train.seed alone, whichever run trained the epochs before."""
+    return int(hash_json([seed, *parts]), 16) % (2 ** 63)
+
+
 def leaves(stages: Dict[str, StageConfig]) -> List[str]:
     parents = {stage.parent for stage in stages.values()}
     return [name for name in stage_order(stages) if name not in parents]

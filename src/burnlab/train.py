@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from burnlab.adapters import save_lora_checkpoint
-from burnlab.checkpoint import checkpoint_dir, save_checkpoint
+from burnlab.checkpoint import checkpoint_dir, save_checkpoint, save_lora_checkpoint
 from burnlab.components import BaseModel, Source
 from burnlab.config import BurnlabConfig
 from burnlab.data import StudyData
@@ -33,9 +32,9 @@ from burnlab.encoding import diffusion_target, encode_captions_once, encode_text
 from burnlab.errors import NonFiniteLoss
 from burnlab.precision import DTYPES, predict_noise
 from burnlab.stage_setup import set_up_stage
-from burnlab.store import append_jsonl, atomic_write_text, hash_json
+from burnlab.store import append_jsonl, atomic_write_text
 from burnlab.stopping import StopSignals
-from burnlab.study import PlannedStage
+from burnlab.study import PlannedStage, epoch_seed
 from burnlab.train_state import STATE, Position, load_state, prune_states, save_state, saved_states
 from burnlab.validation import diffusion_loss
 
@@ -57,10 +56,6 @@ class StageJob:
     log: Callable[[dict], None] = lambda row: None  # mirror of metrics rows (W&B, TensorBoard)
     on_epoch_end: Optional[Callable[[int, Dict[str, torch.nn.Module]], None]] = None  # sampling hook
     stop: StopSignals = field(default_factory=StopSignals)  # a SIGINT/SIGTERM noted by the runner
-
-
-def epoch_seed(seed: int, *parts) -> int:
-    return int(hash_json([seed, *parts]), 16) % (2 ** 63)
 
 
 class StageTrainer:

@@ -205,7 +205,10 @@ def attribution_section(products) -> str:
              "between two seeds of R (the feature space below); a component's share is its Shapley share of "
              "M's distance; the verdict holds each share's 95% interval against the threshold "
              f"{found[0].threshold:.2f} (<code>make verdicts</code>). Feature space: "
-             f"{escape(found[0].feature_space)}; all pairs in attribution.json.</p>"]
+             f"{escape(found[0].feature_space)}; all pairs in attribution.json. Against the base model the "
+             "move includes the baseline's own fine-tune (the intended change, mostly the UNet's), so there a "
+             "share over the threshold says that component moved, not that it burned: the pair against the "
+             "baseline says which one burned.</p>"]
     for pair in shown(found):
         number = found.index(pair)
         grids = "".join(image(products.out, path, f"{prompt_set}: rows R, tuned UNet + ref. TE, ref. UNet + tuned "

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from analysis.attribution import AttributionRule
 from analysis.cli import main
 from analysis.model import Run
 from analysis.symptoms import SYMPTOM_NAMES
@@ -77,14 +78,18 @@ def test_the_verdict_table_has_a_row_per_job_in_swept_value_order(report):
     assert [Path(row[-1]).name for row in rows] == FOLDERS
     # the swap verdict of the final checkpoint against the baseline: the text encoder's corner is the
     # baseline's own samples, so its share is exactly 0 and the UNet's is the whole move
-    assert [row[3:6] for row in rows] == [["unet", "unet", "7 unet_hi e10 vs 1 baseline"]] * 3
-    assert all(row[7] == "0.00 [0.00, 0.00]" and float(row[6].split()[0]) > 0.5 for row in rows)
+    threshold = AttributionRule.load().threshold  # the shipped rule (make verdicts chooses it)
+    for row in rows:
+        low, high = (float(x) for x in row[6].split("[")[1].rstrip("]").split(", "))
+        expected = "unet" if low > threshold else "undetermined" if high >= threshold else "none"
+        assert row[3:6] == ["unet", expected, "7 unet_hi e10 vs 1 baseline"]
+        assert row[7] == "0.00 [0.00, 0.00]" and float(row[6].split()[0]) > 0.5
     profiles = json.loads((report / "symptoms.json").read_text())["profiles"]
     assert [(p["run"], p["branch"]) for p in profiles] == [(label, "unet_hi") for label in LABELS]
     assert [row[8:-1] for row in rows] == [["-" if p["symptoms"][name] is None else f"{p['symptoms'][name]:.2f}"
                                            for name in SYMPTOM_NAMES] for p in profiles]
     pairs = json.loads((report / "attribution.json").read_text())["pairs"]
-    assert [(pair["run"], pair["verdict"]) for pair in pairs] == [(label, "unet") for label in LABELS]
+    assert [(pair["run"], pair["verdict"]) for pair in pairs] == [(label, row[4]) for label, row in zip(LABELS, rows)]
     assert not (report / "detector.json").exists()
     html = (report / "report.html").read_text(encoding="utf-8")
     assert "Swept: <code>stages.unet_hi.lr</code>" in html

@@ -106,7 +106,7 @@ def test_two_processes_write_one_run_store(two_process_run, one_process_run):
     runs, result = two_process_run
     run_dir = runs / "burn_unet"
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("wandb")) == [
-        ".hydra", "cli.log", "config.yaml", "samples.jsonl", "study.json"]  # rank 0 only
+        ".hydra", "attribution.json", "cli.log", "config.yaml", "samples.jsonl", "study.json"]  # rank 0 only
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, from rank 0
     rows = list(read_jsonl(run_dir / "samples.jsonl"))
     assert len(rows) == 4 * 3 * 3  # checkpoints (base, baseline, unet_lo e2, unet_hi e1) x prompts x seeds, made by both ranks, written once

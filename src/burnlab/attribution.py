@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 from burnlab import drift
 from burnlab.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_sources
 from burnlab.sampling import Component, Sampler, sample_jobs
-from burnlab.store import atomic_write_json, hash_json
+from burnlab.store import atomic_write_json, hash_json, read_json
 
 ATTRIBUTION_FILE = "attribution.json"
 # corner name -> the components it takes from the tuned model
@@ -62,17 +62,18 @@ def corner_id(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> st
 
 
 def attribute_pair(sampler: Sampler, reference: Model, tuned: Model, relative_to: Path,
-                   tokenizer, noise_scheduler) -> dict:
-    """Sample the four corners (cached) and measure the instruments; the record that
-    attribution.json holds, its folders relative to `relative_to`."""
+                   tokenizer, noise_scheduler, drift_measured: Optional[dict] = None) -> dict:
+    """Sample the four corners (cached) and measure the instruments (unless `drift_measured`
+    holds them: a study run again); the record that attribution.json holds, its folders
+    relative to `relative_to`."""
     corners = {}
     for name, from_tuned in CORNERS.items():
         folder = sampler.checkpoint_samples(corner_id(reference, tuned, from_tuned),
                                             corner_components(reference, tuned, from_tuned))
         corners[name] = os.path.relpath(folder, relative_to)
     prompts = [job["prompt"] for job in sample_jobs(sampler.config)]
-    measured = drift.measure(reference.components, tuned.components, tokenizer, noise_scheduler,
-                             list(dict.fromkeys(prompts)), sampler.device)
+    measured = drift_measured or drift.measure(reference.components, tuned.components, tokenizer,
+                                               noise_scheduler, list(dict.fromkeys(prompts)), sampler.device)
     return {"reference": {"label": reference.label, "id": reference.id},
             "tuned": {"label": tuned.label, "id": tuned.id}, "corners": corners, "drift": measured}
 
@@ -95,14 +96,27 @@ def _plan_model(entry: dict, study: dict, run_dir: Path) -> Model:
     return Model(entry["label"], entry["checkpoint_id"], sources)
 
 
+def _measured_before(path: Path) -> Dict[Tuple[str, str, str], dict]:
+    """(branch, reference id, tuned id) -> the drift a previous run of the study measured: equal
+    ids are equal weights, so a study run again does not load every pair's models anew. An
+    unreadable file is measured again."""
+    try:
+        pairs = read_json(path)["pairs"]
+        return {(p["branch"], p["reference"]["id"], p["tuned"]["id"]): p["drift"] for p in pairs}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def attribute_study(sampler: Sampler, study: dict, run_dir: Path, tokenizer, noise_scheduler,
                     stop_check=None) -> Optional[dict]:
     """Every pair of `study_pairs` into run_dir/attribution.json (the main process writes it);
     `stop_check()` is called after each pair (a signal stops the study there)."""
     records = []
+    measured = _measured_before(Path(run_dir) / ATTRIBUTION_FILE) if sampler.accelerator.num_processes == 1 else {}
     for branch, reference, tuned in study_pairs(study, Path(run_dir)):
+        drift = measured.get((branch, reference.id, tuned.id))
         records.append({"branch": branch, **attribute_pair(sampler, reference, tuned, Path(run_dir),
-                                                           tokenizer, noise_scheduler)})
+                                                           tokenizer, noise_scheduler, drift)})
         if stop_check:
             stop_check()
     document = {"prompts": {job["prompt_set"]: {"prompt": job["prompt"], "activation": job["activation"]}

@@ -3,7 +3,7 @@
     .venv/bin/python bench/attribution_cost.py                       # the toy, the study's sampling
     .venv/bin/python bench/attribution_cost.py --model sd15_random --resolution 64 --seeds 3 --steps 4
 
-R is the base model, M the base with its UNet perturbed (seeded), held in memory as
+R is the base model, M the base with its UNet and text encoder perturbed (seeded), held in memory as
 burnlab-diagnose holds a user's model. Each row runs burnlab.attribution.attribute_pair into an
 empty sample cache and prints its seconds: all four corners sampled (a model nothing was sampled
 of before, as in burnlab-diagnose), then again with R's and M's samples cached so that only the
@@ -63,13 +63,14 @@ def main(argv=None) -> int:
     root = base_folder(args.model)
     base = {"path": root, "revision": None, "variant": None, "allow_pickle_weights": False}
     pipeline = base_pipeline(base)
-    tuned_unet = base_pipeline(base).unet
-    with torch.no_grad():
+    tuned_pipeline = base_pipeline(base)
+    tuned_unet, tuned_text_encoder = tuned_pipeline.unet, tuned_pipeline.text_encoder
+    with torch.no_grad():  # both components moved: every corner is a model of its own
         generator = torch.Generator().manual_seed(0)
-        for parameter in tuned_unet.parameters():
+        for parameter in [*tuned_unet.parameters(), *tuned_text_encoder.parameters()]:
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-2)
     reference = Model("R", hash_json(["cost", root]), {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder})
-    tuned = Model("M", hash_json(["cost", root, "tuned"]), {"unet": tuned_unet, "text_encoder": pipeline.text_encoder})
+    tuned = Model("M", hash_json(["cost", root, "tuned"]), {"unet": tuned_unet, "text_encoder": tuned_text_encoder})
     images = len(sample_jobs(config))
     print(f"model {args.model} ({root}); {images} images a corner ({len(config.prompts)} prompts x "
           f"{config.images_per_prompt} seeds), {config.steps} steps, {config.width or 'native'} px, "

@@ -78,6 +78,12 @@ def attribute_pair(sampler: Sampler, reference: Model, tuned: Model, relative_to
             "tuned": {"label": tuned.label, "id": tuned.id}, "corners": corners, "drift": measured}
 
 
+def prompt_sets(config) -> dict:
+    """attribution.json's `prompts`: each prompt set's text and whether it holds the activation phrase."""
+    return {job["prompt_set"]: {"prompt": job["prompt"], "activation": job["activation"]}
+            for job in sample_jobs(config)}
+
+
 def study_pairs(study: dict, run_dir: Path) -> List[Tuple[str, Model, Model]]:
     """(branch, R, M) for every pair a study attributes: each checkpoint after the baseline
     against the baseline, the final one against the base model too."""
@@ -119,8 +125,7 @@ def attribute_study(sampler: Sampler, study: dict, run_dir: Path, tokenizer, noi
                                                            tokenizer, noise_scheduler, drift)})
         if stop_check:
             stop_check()
-    document = {"prompts": {job["prompt_set"]: {"prompt": job["prompt"], "activation": job["activation"]}
-                            for job in sample_jobs(sampler.config)}, "pairs": records}
+    document = {"prompts": prompt_sets(sampler.config), "pairs": records}
     if sampler.accelerator.is_main_process:
         atomic_write_json(Path(run_dir) / ATTRIBUTION_FILE, document)
     log.info("attribution: %d pairs of swap corners in %s", len(records), Path(run_dir) / ATTRIBUTION_FILE)

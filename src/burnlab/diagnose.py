@@ -94,10 +94,10 @@ def diagnose(args) -> int:
 
     from analysis.attribution import AttributionRule, attribute_run
     from analysis.features import load_instruments
-    from burnlab.attribution import ATTRIBUTION_FILE, Model, attribute_pair
+    from burnlab.attribution import ATTRIBUTION_FILE, Model, attribute_pair, prompt_sets
     from burnlab.components import base_pipeline
     from burnlab.model_files import load_model
-    from burnlab.sampling import Sampler, sample_jobs
+    from burnlab.sampling import Sampler
     from burnlab.toy import asset_dir
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids only from the local cache: nothing is downloaded
@@ -125,8 +125,7 @@ def diagnose(args) -> int:
                     {"unet": tuned.unet, "text_encoder": tuned.text_encoder})]
     record = attribute_pair(sampler, *models, out, pipeline.tokenizer, pipeline.scheduler)
     atomic_write_json(out / ATTRIBUTION_FILE, {
-        "prompts": {job["prompt_set"]: {"prompt": job["prompt"], "activation": job["activation"]}
-                    for job in sample_jobs(config)},
+        "prompts": prompt_sets(config),
         "tuned": {"spec": args.tuned, "kind": tuned.kind, "description": tuned.description,
                   "lora_components": list(tuned.lora_components)},
         "reference": {"spec": base_spec, "kind": reference.kind, "description": reference.description},

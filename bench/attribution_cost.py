@@ -4,7 +4,7 @@
     .venv/bin/python bench/attribution_cost.py --model sd15_random --resolution 64 --seeds 3 --steps 4
 
 R is the base model, M the base with its UNet and text encoder perturbed (seeded), held in memory as
-burnlab-diagnose holds a user's model. Each row runs burnlab.attribution.attribute_pair into an
+burnlab-diagnose holds a user's model. Each row runs burnlab.attribution.swap.attribute_pair into an
 empty sample cache and prints its seconds: all four corners sampled (a model nothing was sampled
 of before, as in burnlab-diagnose), then again with R's and M's samples cached so that only the
 two hybrids are new (a study's checkpoint, whose own samples the testing plan made), and the
@@ -21,13 +21,13 @@ import torch
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 
-from burnlab.attribution import Model, attribute_pair
-from burnlab.cli import CONF_DIR
-from burnlab.components import base_pipeline
-from burnlab.config import ModelConfig, SamplingConfig
-from burnlab.drift import measure
-from burnlab.sampling import Sampler, sample_jobs
-from burnlab.store import hash_json
+from burnlab.attribution.swap import Model, attribute_pair
+from burnlab.config.compose import CONF_DIR
+from burnlab.models.components import base_pipeline
+from burnlab.config.schema import ModelConfig, SamplingConfig
+from burnlab.attribution.drift import measure
+from burnlab.sampling.sampler import Sampler, sample_jobs
+from burnlab.store.files import hash_json
 
 
 def sampling(args) -> SamplingConfig:
@@ -40,10 +40,10 @@ def sampling(args) -> SamplingConfig:
 
 
 def base_folder(model: str) -> str:
-    from burnlab.components import BaseModel
+    from burnlab.models.components import BaseModel
     from hydra import compose, initialize_config_dir
 
-    from burnlab.config import register_configs
+    from burnlab.config.compose import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

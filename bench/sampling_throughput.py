@@ -8,7 +8,7 @@ as in the study), then samples its whole testing plan twice with the same schedu
 prompts and seeds:
 - naive: a new pipeline per checkpoint of each branch and one pipeline call per prompt (the
   per-prompt loop of diffusers' training scripts' `log_validation`);
-- planned: burnlab.sampling — one pipeline, only the changed component swapped in, all of a
+- planned: burnlab.sampling.sampler — one pipeline, only the changed component swapped in, all of a
   checkpoint's prompts in one batched call, base/baseline samples shared by the branches.
 Prints both times, the ratio, and the largest pixel difference between the two image sets.
 """
@@ -26,11 +26,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from burnlab.checkpoint import base_sources, component_sources
-from burnlab.cli import CONF_DIR, run
-from burnlab.config import load_config, register_configs
-from burnlab.runner import StudyRunner
-from burnlab.sampling import Sampler, generate, load_pipeline, sample_jobs
+from burnlab.store.checkpoint import base_sources, component_sources
+from burnlab.launch.cli import run
+from burnlab.config.compose import CONF_DIR
+from burnlab.config.compose import load_config, register_configs
+from burnlab.launch.runner import StudyRunner
+from burnlab.sampling.sampler import Sampler, generate, load_pipeline, sample_jobs
 
 PIXEL_TOLERANCE = 2  # uint8 levels: batched and per-prompt calls may differ by float rounding
 

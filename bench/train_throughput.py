@@ -51,8 +51,9 @@ def compose_study(overrides: list, runs: Path, epochs: int = 0, train: str = "")
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from burnlab.cli import CONF_DIR
-    from burnlab.config import StageConfig, register_configs
+    from burnlab.config.compose import CONF_DIR
+    from burnlab.config.schema import StageConfig
+    from burnlab.config.compose import register_configs
 
     register_configs()
     quiet = [f"paths.runs={runs}", "logger.wandb.mode=disabled", "logger.progress=false", "analyze=false",
@@ -69,15 +70,15 @@ def compose_study(overrides: list, runs: Path, epochs: int = 0, train: str = "")
 def make_runner(cfg, runs: Path):
     from omegaconf import OmegaConf
 
-    from burnlab.config import load_config
-    from burnlab.runner import StudyRunner
+    from burnlab.config.compose import load_config
+    from burnlab.launch.runner import StudyRunner
 
     return StudyRunner(load_config(cfg), runs / "bench", OmegaConf.to_yaml(cfg), {})
 
 
 def burnlab_stage(runner) -> dict:
     """burnlab's stage, timed whole; its losses and peak memory from its metrics.jsonl."""
-    from burnlab.store import read_jsonl
+    from burnlab.store.files import read_jsonl
 
     started = time.perf_counter()
     runner.run_stage(STAGE)
@@ -93,10 +94,10 @@ def reference_loop(runner, train: str, epochs: int, flops: bool = False) -> dict
     latent draws, noise and timesteps as the stage named STAGE)."""
     from PIL import ImageColor
 
-    from burnlab.data import load_image
-    from burnlab.encoding import diffusion_target, pixels, tokenize
-    from burnlab.memory import PeakMemory
-    from burnlab.study import epoch_seed
+    from burnlab.data.dataset import load_image
+    from burnlab.models.encoding import diffusion_target, pixels, tokenize
+    from burnlab.runtime.memory import PeakMemory
+    from burnlab.plan.study import epoch_seed
 
     config, base, device = runner.config, runner.base, runner.accelerator.device
     frozen = runner.frozen_dtype
@@ -192,8 +193,8 @@ def one(variant: str, train: str, epochs: int, overrides: list) -> dict:
 def storage(overrides: list) -> dict:
     """Bytes of a short followfox study's checkpoints (save_dtype float32 and float16) against
     one full pipeline folder per checkpoint."""
-    from burnlab.checkpoint import materialize
-    from burnlab.cli import run
+    from burnlab.store.checkpoint import materialize
+    from burnlab.launch.cli import run
 
     sizes = {}
     for save_dtype in ("float32", "float16"):

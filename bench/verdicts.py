@@ -7,8 +7,8 @@ The grid (experiments/verdicts.yaml): per training seed one study of `attributio
 baseline, then short burns straight from it: each component alone at a high rate, twice that and
 a gentle one; joint burns of both components at independent rates; a control), and on the
 held-out seeds also the LoRA study `attribution_bench_lora`. Each study samples its testing plan
-and its swap corners (burnlab.attribution); here every (reference, tuned) pair is read with the
-analysis' attribution (analysis/attribution.py) and compared with the truth.
+and its swap corners (burnlab.attribution.swap); here every (reference, tuned) pair is read with the
+analysis' attribution (burnlab/analysis/attribution.py) and compared with the truth.
 
 **Truth**, fixed before any rule was tried and independent of it: a component trained alone burned
 by a checkpoint when the toy probe sees a change from the baseline on some prompt set: its style
@@ -23,7 +23,7 @@ on the calibration seeds only: the threshold of best accuracy on their pairs (th
 of the widest range of best thresholds on a log grid), with leave-one-seed-out accuracy reported
 (chosen on the other calibration seeds, scored on the one left out). The held-out seeds, and the
 LoRA study, are judged once with that rule. Writes runs/verdicts/ (rule.json, cases.json,
-table.md), and with --install analysis/attribution_rule.json, the rule every analysis uses.
+table.md), and with --install burnlab/analysis/attribution_rule.json, the rule every analysis uses.
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from analysis.attribution import ATTRIBUTION_FILE, OUTCOMES, RULE_FILE, AttributionRule, attribute_run, judge
-from analysis.features import load_instruments
-from analysis.images import load_rgb
-from analysis.model import AnalysisError
-from burnlab.store import atomic_write_json
+from burnlab.analysis.attribution import ATTRIBUTION_FILE, OUTCOMES, RULE_FILE, AttributionRule, attribute_run, judge
+from burnlab.analysis.features import load_instruments
+from burnlab.analysis.images import load_rgb
+from burnlab.analysis.run import AnalysisError
+from burnlab.store.files import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK_START, MARK_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
@@ -204,7 +204,7 @@ def epoch_of(label: str) -> int:
 
 # -- the rule -------------------------------------------------------------------------------------
 def named(case: dict, threshold: float) -> str:
-    from analysis.attribution import Interval
+    from burnlab.analysis.attribution import Interval
 
     return judge({key: Interval(**value) for key, value in case["shares"].items()}, threshold)[1]
 

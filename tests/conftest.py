@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
                           CLIPTextModel)
 
-from burnlab.config import register_configs
+from burnlab.config.compose import register_configs
 from burnlab.toy.build import build_tokenizer, save_pipeline
 from study_helpers import TINY_RESOLUTION, write_captioned_images
 

@@ -38,6 +38,6 @@ def kill_on_nth(*args, **kwargs):
 
 setattr(os, OPERATION, kill_on_nth)
 
-from burnlab.cli import main  # noqa: E402  (after the patch, so every module sees it)
+from burnlab.launch.cli import main  # noqa: E402  after the patch, so every module sees it
 
 main()

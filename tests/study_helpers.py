@@ -11,9 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from burnlab.checkpoint import component_sources
-from burnlab import cli
-from burnlab.cli import CONF_DIR, run
+from burnlab.store.checkpoint import component_sources
+from burnlab.launch import cli
+from burnlab.launch.cli import run
+from burnlab.config.compose import CONF_DIR
 
 TINY_RESOLUTION = 32
 CAPTIONS = ["a photo of ada in the zorblax ornament style", "black and white circles in the zorblax ornament style",
@@ -49,7 +50,7 @@ QUICK_STUDY = ["experiment=followfox", "analyze=false", "logger.wandb.mode=disab
 
 
 def burnlab_in_process(argv: list, monkeypatch, capsys) -> tuple:
-    """`burnlab <argv>` through burnlab.cli.main, which must exit: (exit status, stderr)."""
+    """`burnlab <argv>` through burnlab.launch.cli.main, which must exit: (exit status, stderr)."""
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main sets it; monkeypatch restores it afterwards
     monkeypatch.setattr(sys, "argv", ["burnlab", *argv])
     with pytest.raises(SystemExit) as exited:

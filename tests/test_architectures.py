@@ -10,10 +10,10 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-import burnlab.architectures as architectures
-from burnlab.components import BaseModel
-from burnlab.config import ModelConfig
-from burnlab.store import read_jsonl
+import burnlab.models.architectures as architectures
+from burnlab.models.components import BaseModel
+from burnlab.config.schema import ModelConfig
+from burnlab.store.files import read_jsonl
 from study_helpers import final_checkpoint
 
 
@@ -76,7 +76,7 @@ def test_model_build_builds_once_where_the_config_says(tiny_architecture, tmp_pa
 def test_sd15_random_trains_a_short_stage_on_cpu(tiny_data, tmp_path):
     """SD 1.5's full size (1.07 B parameters, ~4.3 GB built), one baseline epoch at 64 px."""
     from study_helpers import compose_config
-    from burnlab.cli import run
+    from burnlab.launch.cli import run
 
     cfg = compose_config([
         "experiment=burn_unet", "model=sd15_random", f"paths.runs={tmp_path}", f"data.path={tiny_data}",

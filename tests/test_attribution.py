@@ -1,4 +1,4 @@
-"""The study's swap corners (burnlab.attribution): which pairs a study attributes, that a corner
+"""The study's swap corners (burnlab.attribution.swap): which pairs a study attributes, that a corner
 equal to a sampled checkpoint comes from the sample cache, that LoRA adapters are swapped per
 component, and the drift instruments' numbers."""
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from burnlab.drift import block_of, timestep_ranges
+from burnlab.attribution.drift import block_of, timestep_ranges
 from study_helpers import run_study
 from test_lora import FAST, LORA
 

@@ -1,7 +1,7 @@
 """Every bad override, through the real command line: exit status 2 and one paragraph on stderr,
 `burnlab: ...` naming the key and the bad value; no traceback, no Hydra hint about stack traces.
 
-Most cases call `burnlab.cli.main` in this process (Hydra composes twice in a fraction of a second);
+Most cases call `burnlab.launch.cli.main` in this process (Hydra composes twice in a fraction of a second);
 a few run the installed `burnlab` command. Each case runs a study that would train for a few
 seconds if the bad value were taken (study_helpers.QUICK_STUDY)."""
 import shutil
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from burnlab import cli
+from burnlab.launch import cli
 from study_helpers import QUICK_STUDY, burnlab_in_process
 
 # (the override after QUICK_STUDY and paths.runs; {tmp} is the test's tmp_path), the key, the bad value as shown
@@ -154,7 +154,8 @@ def test_an_escaping_name_writes_nothing_anywhere(tmp_path, monkeypatch, capsys)
 def test_sampling_needs_prompts_unless_switched_off_and_prompt_sets_name_one_folder():
     """Hydra's override grammar can neither empty sampling.prompts (`={}` merges) nor name a key
     `..`; a config file can, so the checks are tested on the schema."""
-    from burnlab.config import PromptConfig, SamplingConfig, check_sampling
+    from burnlab.config.schema import PromptConfig, SamplingConfig
+    from burnlab.config.compose import check_sampling
     from burnlab.errors import ConfigError
 
     for on in ({}, {"testing_plan": False, "every_n_epochs": 5}):
@@ -168,7 +169,7 @@ def test_sampling_needs_prompts_unless_switched_off_and_prompt_sets_name_one_fol
 
 
 def test_a_writable_run_store_is_left_as_it_was(tmp_path):
-    from burnlab.preflight import check_runs_writable
+    from burnlab.launch.preflight import check_runs_writable
 
     check_runs_writable(str(tmp_path / "new" / "runs"))
     assert list(tmp_path.iterdir()) == []  # tried with a temporary folder, removed again

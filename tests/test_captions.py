@@ -6,9 +6,9 @@ import logging
 
 from transformers import CLIPTokenizer
 
-from burnlab.config import load_config
-from burnlab.encoding import cut_words, tokenize
-from burnlab.runner import StudyRunner
+from burnlab.config.compose import load_config
+from burnlab.models.encoding import cut_words, tokenize
+from burnlab.launch.runner import StudyRunner
 from study_helpers import compose_config, run_study, tiny_overrides, write_captioned_images
 
 ACTIVATION = "in the zorblax ornament style"

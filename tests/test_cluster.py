@@ -13,14 +13,14 @@ import sys
 import pytest
 from submitit.core.utils import FailedJobError
 
-from burnlab.cluster import join_submitit_job
-from burnlab.store import read_jsonl
+from burnlab.launch.cluster import join_submitit_job
+from burnlab.store.files import read_jsonl
 from study_helpers import burnlab_in_process, tiny_overrides
 from test_bad_overrides import assert_one_paragraph
 
 
 def run_submitit_local_sweep(overrides: list) -> None:
-    command = [sys.executable, "-m", "burnlab.cli", "-m", *overrides, "hydra/launcher=submitit_local"]
+    command = [sys.executable, "-m", "burnlab.launch.cli", "-m", *overrides, "hydra/launcher=submitit_local"]
     # the job processes inherit this environment: PYTHONPATH (these sources) and one thread each
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -105,7 +105,7 @@ def test_a_good_slurm_gpu_sweep_reaches_sbatch_as_configured(tmp_path, monkeypat
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     monkeypatch.setattr(sys, "argv", ["burnlab", "-m", "experiment=burn_unet", f"paths.runs={tmp_path}/runs",
                                       "stages.unet_hi.lr=1e-4,1e-3", *GOOD_SETTINGS])
-    from burnlab import cli
+    from burnlab.launch import cli
 
     with pytest.raises(FailedJobError, match="sbatch: refused"):
         cli.main()

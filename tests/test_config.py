@@ -8,7 +8,7 @@ import pytest
 
 from omegaconf import OmegaConf
 
-from burnlab.config import load_config
+from burnlab.config.compose import load_config
 from burnlab.errors import ConfigError
 from study_helpers import compose_config, run_study
 
@@ -61,7 +61,7 @@ def test_study_experiments_compose_to_the_study_shape():
 
 
 def test_cli_prints_one_paragraph_and_exits_nonzero(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "burnlab.cli", "experiment=burn_unet", "stages.unet_hi.lr=-1",
+    result = subprocess.run([sys.executable, "-m", "burnlab.launch.cli", "experiment=burn_unet", "stages.unet_hi.lr=-1",
                              f"paths.runs={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -109,7 +109,7 @@ def test_sd15_random_composes_to_a_model_built_in_the_run_store(tmp_path):
 def test_the_baseline_is_defined_once_and_every_study_follows_it(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from burnlab.cli import CONF_DIR
+    from burnlab.config.compose import CONF_DIR
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)  # the experiment group (conf/experiment/) is copied too
@@ -126,7 +126,7 @@ def test_the_baseline_is_defined_once_and_every_study_follows_it(tmp_path):
 def test_each_model_picks_its_clip_and_no_stage_identity_depends_on_it(tiny_clip):
     """model=sd15 measures with the CLIP its text encoder comes from; the toy world and the
     random-weight stand-in with none. The CLIP only measures: stages train and cache the same."""
-    from burnlab.study import plan_stages
+    from burnlab.plan.study import plan_stages
 
     def clip_model(*overrides):
         return load_config(compose_config(["data.path=/data", *overrides])).analysis.clip_model
@@ -144,7 +144,7 @@ def test_each_model_picks_its_clip_and_no_stage_identity_depends_on_it(tiny_clip
 
 
 def _planned(*overrides, epochs_swept=()):
-    from burnlab.study import plan_stages
+    from burnlab.plan.study import plan_stages
 
     config = load_config(compose_config(["experiment=burn_unet", *overrides]))
     return plan_stages(config, "base0", "data0", "float32", epochs_swept)
@@ -171,7 +171,7 @@ def test_lengths_of_a_stage_share_a_trajectory_unless_the_schedule_depends_on_th
 
 
 def test_keep_states_auto_keeps_those_of_the_stages_a_sweep_job_lengthens():
-    from burnlab.sweeps import epochs_set_by
+    from burnlab.launch.sweeps import epochs_set_by
 
     swept = epochs_set_by(["experiment=burn_unet", "stages.unet_hi.epochs=300", "stages.unet_lo.lr=1e-4"])
     assert swept == {"unet_hi"}

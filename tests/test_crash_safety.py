@@ -20,10 +20,10 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from burnlab.config import SamplingConfig
+from burnlab.config.schema import SamplingConfig
 from burnlab.errors import NonFiniteLoss, UserError
-from burnlab.store import TMP_SUFFIX, read_jsonl, remove_temp
-from burnlab.train_state import Position, load_state, save_state, saved_states
+from burnlab.store.files import TMP_SUFFIX, read_jsonl, remove_temp
+from burnlab.training.state import Position, load_state, save_state, saved_states
 from study_helpers import compose_config, run_study, tiny_overrides
 
 TESTS = Path(__file__).resolve().parent
@@ -144,7 +144,7 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tiny_mod
     overrides = tiny_overrides(tiny_model, tiny_data, runs, "burn_unet") + [
         "stages.unet_lo.epochs=12", "stages.unet_lo.save_epochs=[12]", "train.state_every_epochs=100",
         "sampling.testing_plan=false"]
-    process = subprocess.Popen([sys.executable, "-m", "burnlab.cli", *overrides], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "-m", "burnlab.launch.cli", *overrides], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     _wait_for_training(process, lambda: _stage_dirs(runs), "unet_lo")
     process.send_signal(signal_number)
@@ -165,7 +165,7 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tiny_mod
         metrics.write('{"type": "train", "step": 99')
 
     command = shlex.split(message.split("Resume with: ", 1)[1])
-    assert command == [sys.executable, "-m", "burnlab.cli", *overrides]
+    assert command == [sys.executable, "-m", "burnlab.launch.cli", *overrides]
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     reference = tmp_path / "reference"
@@ -206,8 +206,8 @@ def test_a_nan_loss_stops_the_stage_keeps_its_state_and_skip_nonfinite_goes_on(t
 def _sample_one_checkpoint(model: str, cache: str, config, start, results) -> None:
     from accelerate import Accelerator
 
-    from burnlab.checkpoint import base_sources
-    from burnlab.sampling import Sampler
+    from burnlab.store.checkpoint import base_sources
+    from burnlab.sampling.sampler import Sampler
 
     torch.set_num_threads(1)
     sampler = Sampler(config, {"path": model}, Path(cache), Accelerator(cpu=True))
@@ -265,7 +265,7 @@ def test_a_study_killed_again_and_again_ends_where_an_uninterrupted_one_does(tin
             "stages.unet_lo.save_epochs=[2,8]", "stages.unet_hi.epochs=8", "stages.unet_hi.save_epochs=[3,8]",
             "sampling.images_per_prompt=1"]
 
-    cli = [sys.executable, "-m", "burnlab.cli"]
+    cli = [sys.executable, "-m", "burnlab.launch.cli"]
     reference = tmp_path / "reference"
     subprocess.run(cli + overrides(reference), check=True, capture_output=True, timeout=600)
 

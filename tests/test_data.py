@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from burnlab.components import BaseModel
-from burnlab.config import DataConfig, ModelConfig, ValidationConfig, load_config
-from burnlab.data import caption_source, load_study_data, scan_captioned_folder
+from burnlab.models.components import BaseModel
+from burnlab.config.schema import DataConfig, ModelConfig, ValidationConfig
+from burnlab.config.compose import load_config
+from burnlab.data.dataset import caption_source, load_study_data, scan_captioned_folder
 from burnlab.errors import ConfigError, UserError
-from burnlab.runner import StudyRunner
-from burnlab.study import plan_stages
+from burnlab.launch.runner import StudyRunner
+from burnlab.plan.study import plan_stages
 from study_helpers import compose_config, tiny_overrides, write_captioned_images
 
 

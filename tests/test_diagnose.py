@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from burnlab.diagnose import main
-from burnlab.export import export_kohya_lora, export_single_file
+from burnlab.attribution.diagnose import main
+from burnlab.models.export import export_kohya_lora, export_single_file
 from test_model_files import TOY, lora_checkpoint, perturb
 
 QUICK = ["--seeds", "3", "--steps", "4"]

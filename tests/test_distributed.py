@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from burnlab.distributed import shard
-from burnlab.store import read_jsonl
+from burnlab.runtime.distributed import shard
+from burnlab.store.files import read_jsonl
 from study_helpers import final_checkpoint, run_study, tiny_overrides, weights
 
 
@@ -49,7 +49,7 @@ def two_process_run(tiny_model, tiny_data, tmp_path_factory):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()),
-               "-m", "burnlab.cli", *overrides]
+               "-m", "burnlab.launch.cli", *overrides]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=runs)
     assert result.returncode == 0, result.stderr[-3000:]
     return runs, result

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"burnlab": ROOT / "src" / "burnlab", "analysis": ROOT / "analysis"}
+PACKAGES = {"burnlab": ROOT / "src" / "burnlab"}
 
 
 def module_name(package: str, path: Path) -> str:
@@ -64,14 +64,16 @@ def test_imports_have_no_cycles_counting_those_inside_functions():
 
 def test_the_analysis_imports_no_training_code():
     known = modules()
-    allowed = {"burnlab", "burnlab.store", "burnlab.wandb_key"}
+    # the package folders themselves (their __init__ is empty), the run store's file primitives and
+    # the W&B key rule
+    allowed = {"burnlab", "burnlab.store", "burnlab.store.files", "burnlab.dashboards", "burnlab.dashboards.wandb_key"}
     for name, path in known.items():
-        if name.startswith("analysis"):
-            used = {m for m in imports(path, set(known), top_level_only=False) if m.startswith("burnlab")}
+        if name.startswith("burnlab.analysis"):
+            used = {m for m in imports(path, set(known), top_level_only=False) if not m.startswith("burnlab.analysis")}
             assert used <= allowed, (name, used - allowed)
 
 
-@pytest.mark.parametrize("module", sorted(m for m in modules() if m.startswith("analysis")))
+@pytest.mark.parametrize("module", sorted(m for m in modules() if m.startswith("burnlab.analysis")))
 def test_each_analysis_module_imports_alone_in_a_fresh_interpreter(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                             timeout=120, cwd=ROOT)

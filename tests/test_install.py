@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from burnlab.store import read_jsonl
+from burnlab.store.files import read_jsonl
 from study_helpers import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_the_installed_package_is_the_wheel_with_its_configs(installed, tmp_path):
-    code = ("import json, burnlab, analysis, burnlab.cli as cli; print(json.dumps([burnlab.__file__, "
+    code = ("import json, burnlab, analysis, burnlab.launch.cli as cli; print(json.dumps([burnlab.__file__, "
             "analysis.__file__, str(cli.CONF_DIR), sorted(p.stem for p in (cli.CONF_DIR / 'experiment').glob('*.yaml'))]))")
     result = check([installed / "python", "-c", code], cwd=tmp_path)
     burnlab_file, analysis_file, conf_dir, experiments = json.loads(result.stdout)

@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors import safe_open
 
-from burnlab.adapters import LORA_FILE, is_adapter_parameter
-from burnlab.checkpoint import materialize
-from burnlab.config import load_config
+from burnlab.models.adapters import LORA_FILE, is_adapter_parameter
+from burnlab.store.checkpoint import materialize
+from burnlab.config.compose import load_config
 from burnlab.errors import ConfigError
-from burnlab.store import read_jsonl
-from burnlab.study import plan_stages
-from burnlab.train import StageTrainer
+from burnlab.store.files import read_jsonl
+from burnlab.plan.study import plan_stages
+from burnlab.training.trainer import StageTrainer
 from study_helpers import assert_same, compose_config, final_checkpoint, run_study, tiny_overrides, weights
 from test_precision import Interrupted, train_rows
 from test_runner import state_digest

@@ -4,8 +4,8 @@ import gc
 
 import torch
 
-from burnlab.runner import StudyRunner
-from burnlab.store import read_jsonl
+from burnlab.launch.runner import StudyRunner
+from burnlab.store.files import read_jsonl
 from study_helpers import run_study
 
 

@@ -1,4 +1,4 @@
-"""burnlab.model_files and burnlab.export on the toy model: every kind of model a user may have loads as
+"""burnlab.models.loading and burnlab.models.export on the toy model: every kind of model a user may have loads as
 the weights it holds (a single-file export reads back bit for bit, a kohya export of a LoRA fuses to the
 diffusers-key LoRA's weights), LoRA components are named, and every bad input is one paragraph naming
 the file."""
@@ -12,12 +12,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
-from burnlab import export
-from burnlab.adapters import LORA_FILE, attach
-from burnlab.checkpoint import base_sources, materialize, save_checkpoint, save_lora_checkpoint
-from burnlab.config import LoraConfig
+from burnlab.models import export
+from burnlab.models.adapters import LORA_FILE, attach
+from burnlab.store.checkpoint import base_sources, materialize, save_checkpoint, save_lora_checkpoint
+from burnlab.config.schema import LoraConfig
 from burnlab.errors import UserError
-from burnlab.model_files import COMPONENTS, load_model
+from burnlab.models.loading import COMPONENTS, load_model
 from burnlab.toy import asset_dir
 
 TOY = asset_dir("base")

@@ -7,13 +7,14 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import burnlab.runner
-from burnlab.components import Source
-from burnlab.config import PromptConfig, SamplingConfig, load_config
-from burnlab.sampling import Sampler, sampling_identity
-from burnlab.store import read_jsonl
-from burnlab.study import plan_stages
-from burnlab.train import StageTrainer
+import burnlab.launch.runner
+from burnlab.models.components import Source
+from burnlab.config.schema import PromptConfig, SamplingConfig
+from burnlab.config.compose import load_config
+from burnlab.sampling.sampler import Sampler, sampling_identity
+from burnlab.store.files import read_jsonl
+from burnlab.plan.study import plan_stages
+from burnlab.training.trainer import StageTrainer
 from study_helpers import assert_same, compose_config, final_checkpoint, run_study, tiny_overrides, weights
 
 # Large enough that the first scaled backward passes overflow; each skipped step halves it.
@@ -46,7 +47,7 @@ def train_rows(run_dir, study, stage):
 
 
 def test_skipped_fp16_steps_hold_the_lr_schedule_back(tiny_model, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(burnlab.runner, "Accelerator", CpuLossScalingAccelerator)
+    monkeypatch.setattr(burnlab.launch.runner, "Accelerator", CpuLossScalingAccelerator)
     study, run_dir = run_study(tiny_model, tiny_data, tmp_path, *SCALED, experiment="burn_unet")
     rows = train_rows(run_dir, study, "baseline")
     skipped = [r["step_skipped"] for r in rows]
@@ -63,7 +64,7 @@ def test_skipped_fp16_steps_hold_the_lr_schedule_back(tiny_model, tiny_data, tmp
 
 
 def test_the_grad_scaler_state_resumes_exactly(tiny_model, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(burnlab.runner, "Accelerator", CpuLossScalingAccelerator)
+    monkeypatch.setattr(burnlab.launch.runner, "Accelerator", CpuLossScalingAccelerator)
     straight, straight_dir = run_study(tiny_model, tiny_data, tmp_path / "straight", *SCALED, experiment="burn_unet")
 
     original = StageTrainer._train_epoch

@@ -9,10 +9,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from burnlab.checkpoint import materialize
+from burnlab.store.checkpoint import materialize
 from burnlab.errors import UserError
-from burnlab.store import read_jsonl
-from burnlab.train import StageTrainer
+from burnlab.store.files import read_jsonl
+from burnlab.training.trainer import StageTrainer
 from study_helpers import assert_same, final_checkpoint, run_study, weights
 
 
@@ -95,7 +95,7 @@ def test_a_checkpoint_holds_only_what_its_stage_trained(followfox, stage, traine
     changed = weights(after, trained)
     assert any(not torch.equal(v, weights(before, trained)[k]) for k, v in changed.items())
     manifest = json.loads((after / "manifest.json").read_text())
-    # only what changed is saved (and the record of its verified hashes: burnlab.integrity)
+    # only what changed is saved (and the record of its verified hashes: burnlab.store.integrity)
     assert set(p.name for p in after.iterdir()) == {trained, "manifest.json", ".verified.json"}
     assert manifest["lineage"] == ["base", "baseline", stage]
 

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from burnlab.config import PromptConfig, SamplingConfig
-from burnlab.sampling import generate, load_pipeline, sample_jobs, sampling_identity
+from burnlab.config.schema import PromptConfig, SamplingConfig
+from burnlab.sampling.sampler import generate, load_pipeline, sample_jobs, sampling_identity
 
 
 def _config(**changes) -> SamplingConfig:

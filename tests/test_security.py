@@ -10,10 +10,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
-from analysis.features import load_clip
-from analysis.model import AnalysisError
-from burnlab.components import BaseModel, base_pipeline
-from burnlab.config import ModelConfig
+from burnlab.analysis.features import load_clip
+from burnlab.analysis.run import AnalysisError
+from burnlab.models.components import BaseModel, base_pipeline
+from burnlab.config.schema import ModelConfig
 from burnlab.errors import ConfigError
 from study_helpers import QUICK_STUDY, burnlab_in_process, tiny_overrides
 
@@ -102,7 +102,7 @@ def test_an_api_key_in_the_environment_reaches_no_file(tiny_model, tiny_data, tm
     overrides = [o for o in tiny_overrides(tiny_model, tiny_data, tmp_path / "runs", "burn_unet")
                  if not o.startswith("logger.wandb.mode")]
     env = {**os.environ, "WANDB_API_KEY": FAKE_KEY}
-    result = subprocess.run([sys.executable, "-m", "burnlab.cli", *overrides, "logger.wandb.mode=offline",
+    result = subprocess.run([sys.executable, "-m", "burnlab.launch.cli", *overrides, "logger.wandb.mode=offline",
                              "logger.tensorboard=true", "stages.unet_lo.epochs=1", "stages.unet_lo.save_epochs=[1]",
                              "stages.unet_hi.epochs=1", "stages.unet_hi.save_epochs=[1]"],
                             capture_output=True, text=True, timeout=600, env=env)

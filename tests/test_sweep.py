@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from burnlab.store import read_jsonl
-from burnlab.sweeps import job_folder_name
+from burnlab.store.files import read_jsonl
+from burnlab.launch.sweeps import job_folder_name
 from study_helpers import run_study, tiny_overrides
 
 
 def _sweep(overrides, *extra):
-    command = [sys.executable, "-m", "burnlab.cli", "-m", *overrides, *extra]
+    command = [sys.executable, "-m", "burnlab.launch.cli", "-m", *overrides, *extra]
     # one thread in every job (joblib's workers get one anyway, the basic launcher's as many as
     # this process has): sums over other thread counts round differently, so the weights compared
     # with a separate run below would differ in their last bits

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from burnlab.fast_paths import PointwiseConv2d, pointwise_as_linear
-from burnlab.train import StageTrainer
+from burnlab.training.fast_paths import PointwiseConv2d, pointwise_as_linear
+from burnlab.training.trainer import StageTrainer
 from study_helpers import TINY_RESOLUTION, assert_same, final_checkpoint, run_study, weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,10 +89,10 @@ def test_a_te_only_stage_runs_a_unet_without_gradients_or_optimizer_state(tiny_m
 
 def test_a_unet_only_stage_encodes_each_caption_once(tiny_model, tiny_data, tmp_path, monkeypatch):
     calls = []
-    import burnlab.train
+    import burnlab.training.trainer
 
-    original = burnlab.train.encode_text
-    monkeypatch.setattr(burnlab.train, "encode_text", lambda *args: calls.append(args[2]) or original(*args))
+    original = burnlab.training.trainer.encode_text
+    monkeypatch.setattr(burnlab.training.trainer, "encode_text", lambda *args: calls.append(args[2]) or original(*args))
     study, _ = run_study(tiny_model, tiny_data, tmp_path, "sampling.testing_plan=false",
                          "validation.every_n_epochs=0", "stages.baseline.epochs=1", "stages.baseline.save_epochs=[1]",
                          experiment="burn_unet")

@@ -9,8 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import wandb_records
 from burnlab.errors import ConfigError
-from burnlab.store import read_jsonl
-from burnlab.trackers import dashboard_values, wandb_mode
+from burnlab.store.files import read_jsonl
+from burnlab.dashboards.trackers import dashboard_values, wandb_mode
 from study_helpers import run_study
 
 STEPS_PER_EPOCH = 2  # 8 training images (the tiny data less its validation split), batch 4
@@ -178,7 +178,7 @@ class RecordedApi:
 
 
 def test_analysis_reads_both_branch_runs_back_as_the_local_losses(followfox_run, tmp_path):
-    from analysis.sources import LocalRun, WandbRun
+    from burnlab.analysis.sources import LocalRun, WandbRun
 
     study, run_dir = followfox_run
     api = RecordedApi([RecordedRun(path) for path in wandb_records.offline_runs(run_dir).values()])
@@ -193,7 +193,7 @@ def test_a_failed_study_ends_its_wandb_runs_as_failed(tiny_model, tiny_data, tmp
     def broken(job):
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr("burnlab.runner.train_stage", broken)
+    monkeypatch.setattr("burnlab.launch.runner.train_stage", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         run_study(tiny_model, tiny_data, tmp_path, "logger.wandb.mode=offline", experiment="burn_unet")
     (path,) = wandb_records.offline_runs(tmp_path / "burn_unet").values()

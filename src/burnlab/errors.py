@@ -1,7 +1,7 @@
 """User errors: problems with the user's input, reported as one paragraph without a traceback.
 
 Anything raised as `UserError` reaches the user as `burnlab: <message>` and exit status 2
-(see `burnlab.cli`), and so do the errors Hydra and OmegaConf raise over the command line and
+(see `burnlab.launch.cli`), and so do the errors Hydra and OmegaConf raise over the command line and
 the config (a bad override, a value of the wrong type, an unknown key or config option), in
 Hydra's words but led by the key; every other exception is a bug and keeps its traceback.
 """

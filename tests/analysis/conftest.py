@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.features import Instruments
+from burnlab.analysis.features import Instruments
 
 SIZE = 16
 SEEDS = list(range(1000, 1009))

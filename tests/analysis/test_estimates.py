@@ -1,4 +1,4 @@
-"""Bootstrap intervals (analysis/estimates.py) on samples with known answers.
+"""Bootstrap intervals (burnlab/analysis/estimates.py) on samples with known answers.
 
     .venv/bin/python -m pytest tests/analysis/test_estimates.py -q
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import estimates
+from burnlab.analysis import estimates
 
 
 def test_a_constant_has_a_zero_width_interval():

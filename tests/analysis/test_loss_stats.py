@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from analysis.loss_stats import branch_statistics, loss_statistics, roughness, slope
-from analysis.model import BranchRef, LossRow, Stage
-from analysis.sources import LocalRun
+from burnlab.analysis.loss_stats import branch_statistics, loss_statistics, roughness, slope
+from burnlab.analysis.run import BranchRef, LossRow, Stage
+from burnlab.analysis.sources import LocalRun
 
 
 def stage(name: str, offset: int, epochs: int, train: tuple[str, ...] = ("unet",)) -> Stage:

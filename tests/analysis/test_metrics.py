@@ -10,13 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from analysis import metrics
-from analysis.dataset import dataset_folder, training_images
-from analysis.features import Instruments, load_instruments
-from analysis.images import SampleImages
-from analysis.measure import METRICS, measure
-from analysis.model import AnalysisError, BranchRef
-from analysis.sources import LocalRun
+from burnlab.analysis import metrics
+from burnlab.analysis.training_images import dataset_folder, training_images
+from burnlab.analysis.features import Instruments, load_instruments
+from burnlab.analysis.images import SampleImages
+from burnlab.analysis.measure import METRICS, measure
+from burnlab.analysis.run import AnalysisError, BranchRef
+from burnlab.analysis.sources import LocalRun
 
 RNG = np.random.default_rng(0)
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.gifs import progression_frames, side_by_side_frames, write_gif
-from analysis.grids import Layout, checkpoint_grid, comparison_grid
-from analysis.images import SampleImages
-from analysis.losses import STABILIZED, TRAIN, TRAIN_EMA, VALIDATION, ema, loss_series, plot_losses
-from analysis.model import BranchRef
-from analysis.sources import LocalRun
+from burnlab.analysis.gifs import progression_frames, side_by_side_frames, write_gif
+from burnlab.analysis.grids import Layout, checkpoint_grid, comparison_grid
+from burnlab.analysis.images import SampleImages
+from burnlab.analysis.losses import STABILIZED, TRAIN, TRAIN_EMA, VALIDATION, ema, loss_series, plot_losses
+from burnlab.analysis.run import BranchRef
+from burnlab.analysis.sources import LocalRun
 
 
 def branch_ref(store, study: str) -> BranchRef:

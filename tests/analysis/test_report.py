@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from analysis.cli import main
-from analysis.measure import MetricTable
-from analysis.symptoms import SYMPTOM_NAMES, branch_series, profile_all
-from analysis.tracking import log_results
+from burnlab.analysis.cli import main
+from burnlab.analysis.measure import MetricTable
+from burnlab.analysis.symptoms import SYMPTOM_NAMES, branch_series, profile_all
+from burnlab.analysis.tracking import log_results
 from headless import images_in_chromium, image_links, links_of, needs_chromium
 import wandb_records
 

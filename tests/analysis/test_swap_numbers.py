@@ -1,4 +1,4 @@
-"""The swap verdict's numbers (analysis/attribution.py) on synthetic corner features: distances in
+"""The swap verdict's numbers (burnlab/analysis/attribution.py) on synthetic corner features: distances in
 seed spreads, the Shapley split, intervals, the verdict and its sentence; and that none of them
 grows with the number of prompt sets or seeds."""
 import re
@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from analysis.attribution import CORNERS, AttributionRule, Interval, attribute, judge, seed_spread, sentence
-from analysis.model import AnalysisError
+from burnlab.analysis.attribution import CORNERS, AttributionRule, Interval, attribute, judge, seed_spread, sentence
+from burnlab.analysis.run import AnalysisError
 
 
 def corners(unet_move: float, te_move: float, seeds: int = 9, prompt_sets: int = 3, dim: int = 16,

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.attribution import AttributionRule
-from analysis.cli import main
-from analysis.model import Run
-from analysis.symptoms import SYMPTOM_NAMES
-from analysis.sweep_jobs import describe, job_specs
-from analysis.sweep_plots import value_axis
+from burnlab.analysis.attribution import AttributionRule
+from burnlab.analysis.cli import main
+from burnlab.analysis.run import Run
+from burnlab.analysis.symptoms import SYMPTOM_NAMES
+from burnlab.analysis.sweep.jobs import describe, job_specs
+from burnlab.analysis.sweep.plots import value_axis
 from conftest import HI_LR, SEEDS, SIZE, sample_pixels, write_run
 from headless import image_links, images_in_chromium, needs_chromium
 
@@ -143,7 +143,7 @@ def test_each_metric_is_plotted_against_the_swept_value(report):
 
 
 def test_the_value_axis_is_the_learning_rate_on_a_log_scale(shared_sweep):
-    from analysis.sources import open_run
+    from burnlab.analysis.sources import open_run
     axis = value_axis(describe([open_run(spec) for spec in job_specs([str(shared_sweep)])]))
     assert axis.title == "stages.unet_hi.lr" and axis.log
     assert list(axis.x.values()) == [1e-4, 3e-4, 1e-3]
@@ -246,14 +246,14 @@ def test_a_job_folder_without_study_json_is_named(sweep, capsys):
 
 def _plan(job: int, *weights: str) -> tuple:
     """A testing plan whose checkpoints have these weights; ids of stages no other job shares."""
-    from analysis.model import Checkpoint
+    from burnlab.analysis.run import Checkpoint
 
     return tuple(Checkpoint(index, f"{index} c", "s", index, float(index),
                             w if w in ("b", "base", "lo") else f"job{job}-{w}", w) for index, w in enumerate(weights))
 
 
 def test_by_default_the_grids_show_where_the_weights_start_to_differ_and_the_final_ones():
-    from analysis.sweep_checkpoints import default_choices
+    from burnlab.analysis.sweep.checkpoints import default_choices
 
     # an lr sweep: base, baseline and unet_lo shared, unet_hi's checkpoints differ from the first
     lr_sweep = [_plan(lr, "b", "base", "lo", f"hi{lr}", f"hi{lr}-2") for lr in (1, 2, 3)]

@@ -23,8 +23,8 @@ from diffusers.utils import logging as diffusers_logging
 
 from omegaconf import OmegaConf
 
-from burnlab.config import SamplingConfig
-from burnlab.sampling import SCHEDULERS
+from burnlab.config.schema import SamplingConfig
+from burnlab.sampling.sampler import SCHEDULERS
 from burnlab.toy import asset_dir
 from burnlab.toy.probe import load_probe
 from burnlab.toy.world import image_grid
@@ -32,7 +32,7 @@ from burnlab.toy.world import image_grid
 
 def toy_sampling() -> SamplingConfig:
     """The toy study's sampling config, conf/sampling/toy.yaml: the one source of its prompts."""
-    from burnlab.cli import CONF_DIR
+    from burnlab.config.compose import CONF_DIR
 
     schema = OmegaConf.structured(SamplingConfig)
     return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(CONF_DIR / "sampling" / "toy.yaml")))

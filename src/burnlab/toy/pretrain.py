@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from burnlab.store import atomic_write_json
+from burnlab.store.files import atomic_write_json
 from burnlab.toy import ASSETS
 from burnlab.toy import probe as probe_module
 from burnlab.toy.build import (build_components, build_tokenizer, save_pipeline,

@@ -1,0 +1,272 @@
+"""Load "a model a user has" as its UNet and text encoder, for `burnlab-diagnose` to swap them.
+
+A model can be a burnlab checkpoint, a diffusers pipeline folder, a hub id already in the local
+Hugging Face cache, an SD 1.x single-file checkpoint (A1111/LDM key names) read with a base
+model's configs, or a LoRA file (diffusers' or kohya's key names) fused into a base model. Nothing
+is downloaded; pickle files (.ckpt, .bin) are read only when the user opts in, since unpickling
+can run code. Every input that is not one of these is one paragraph (UserError) that names the
+file, what it holds and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from burnlab.models.components import PICKLE_SUFFIXES
+from burnlab.errors import UserError
+
+COMPONENTS = ("unet", "text_encoder")
+ALLOWED = ("a burnlab checkpoint folder (manifest.json), a diffusers pipeline folder (model_index.json), a hub id "
+           "in the local Hugging Face cache, an SD 1.x single-file checkpoint (.safetensors with A1111/LDM keys) "
+           "or a LoRA file (.safetensors, diffusers or kohya keys) with --base")
+SDXL_KEYS = ("conditioner.embedders.1.", "model.diffusion_model.label_emb")
+LORA_PREFIXES = {"diffusers": {"unet": "unet.", "text_encoder": "text_encoder."},
+                 "kohya": {"unet": "lora_unet_", "text_encoder": "lora_te_"}}
+LORA_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight", ".lora_down.weight")
+
+
+@dataclass
+class LoadedModel:
+    """A model's UNet and text encoder: float32, eval mode, on the CPU, frozen."""
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    kind: str  # burnlab checkpoint, diffusers folder, hub id, single-file checkpoint, LoRA file (diffusers/kohya keys)
+    description: str  # one line for a report
+    lora_components: Tuple[str, ...] = ()  # the components a LoRA (file or checkpoint) has adapters for
+    pipeline_folder: Optional[str] = None  # a diffusers folder whose vae/tokenizer/scheduler fit this model
+
+
+def load_model(spec: str, base: Optional[str] = None, allow_pickle: bool = False) -> LoadedModel:
+    """The model named by `spec` (see the module's docstring); `base` (a diffusers folder or a cached
+    hub id) gives a single-file checkpoint its configs and a LoRA file its weights."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "manifest.json").exists():
+            return _frozen(_load_checkpoint(path))
+        if (path / "model_index.json").exists():
+            return _frozen(_load_folder(path.resolve(), "diffusers folder", f"diffusers folder {path}", allow_pickle))
+        raise UserError(f"{spec} is a folder with neither manifest.json nor model_index.json, so it is not a model; "
+                        f"allowed: {ALLOWED}.")
+    if path.is_file():
+        return _frozen(_load_file(path, base, allow_pickle))
+    if _looks_like_hub_id(spec):
+        return _frozen(_load_folder(cached_folder(spec), "hub id", f"hub id {spec} (local cache)", allow_pickle))
+    raise UserError(f"{spec} does not exist (no such file or folder, and not a hub id); allowed: {ALLOWED}.")
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~")) and "\\" not in spec
+
+
+def cached_folder(hub_id: str) -> Path:
+    """The local snapshot of a hub id in the Hugging Face cache; never downloads."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(hub_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        folder = None
+    if folder is None or not (folder / "model_index.json").exists():
+        raise UserError(f"{hub_id} is not in the local Hugging Face cache (burnlab-diagnose never downloads): get "
+                        f"it with `hf download {hub_id}` (or pass a local diffusers folder), then run this again.")
+    return folder
+
+
+def _base_folder(base: Optional[str], spec: Path, what: str) -> Path:
+    """The base model's local diffusers folder, required for a single file or a LoRA file."""
+    if base is None:
+        raise UserError(f"{spec} is {what}, which needs the model it was made from: pass --base with that model's "
+                        f"diffusers folder or cached hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).")
+    path = Path(base).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise UserError(f"the base {base} is not a diffusers pipeline folder (it has no model_index.json); "
+                            f"the base of {spec} must be a diffusers folder or a cached hub id.")
+        return path.resolve()
+    if _looks_like_hub_id(base):
+        return cached_folder(base)
+    raise UserError(f"the base {base} does not exist: the base of {spec} must be a diffusers folder or a cached "
+                    f"hub id.")
+
+
+# -- folders ---------------------------------------------------------------------------------------------
+def _load_folder(folder: Path, kind: str, description: str, allow_pickle: bool) -> LoadedModel:
+    from burnlab.models.components import Source
+
+    models = {name: Source(str(folder), name, allow_pickle=allow_pickle).load(name) for name in COMPONENTS}
+    return LoadedModel(models["unet"], models["text_encoder"], kind, description, pipeline_folder=str(folder))
+
+
+def _load_checkpoint(folder: Path) -> LoadedModel:
+    """A burnlab checkpoint, its components resolved through the manifest; a LoRA checkpoint's
+    adapters are fused into the base weights, as `burnlab.store.checkpoint.materialize` bakes them."""
+    from burnlab.models.adapters import bake
+    from burnlab.store.checkpoint import component_sources, read_manifest
+    from burnlab.models.components import base_pipeline
+
+    manifest = read_manifest(folder)
+    sources = component_sources(folder)
+    lora = tuple(name for name in COMPONENTS if sources[name].lora)
+    if lora:
+        pipeline = base_pipeline(manifest["base"])
+        for name in COMPONENTS:
+            if not sources[name].lora and not manifest["components"][name].get("base"):
+                setattr(pipeline, name, sources[name].load(name))
+        bake(pipeline, sources)
+        models = {name: getattr(pipeline, name) for name in COMPONENTS}
+    else:
+        models = {name: sources[name].load(name) for name in COMPONENTS}
+    base = manifest["base"]["path"]
+    pipeline_folder = base if Path(base).is_dir() else str(cached_folder(base))
+    what = f"LoRA checkpoint ({', '.join(lora)} adapters fused)" if lora else "checkpoint"
+    return LoadedModel(models["unet"], models["text_encoder"], "burnlab checkpoint",
+                       f"burnlab {what} {folder} (stage {manifest['stage']}, epoch {manifest['epoch']}), base {base}",
+                       lora_components=lora, pipeline_folder=pipeline_folder)
+
+
+# -- files -----------------------------------------------------------------------------------------------
+def _load_file(path: Path, base: Optional[str], allow_pickle: bool) -> LoadedModel:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UserError(f"{path} is a pickle file ({path.suffix}): loading one can run any code it carries, so "
+                            f"burnlab reads it only when you trust it and opt in with --allow-pickle (or convert it "
+                            f"to .safetensors first).")
+        weights = _read_pickle(path)
+        keys = list(weights)
+    else:
+        weights, keys = str(path), _safetensors_keys(path)
+    kind = _file_kind(path, keys)
+    if kind == "single-file checkpoint":
+        folder = _base_folder(base, path, "a single-file checkpoint")
+        return _load_single_file(path, folder)
+    folder = _base_folder(base, path, "a LoRA file")
+    return _load_lora_file(path, weights, folder, kind, keys, allow_pickle)
+
+
+def _safetensors_keys(path: Path) -> list:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as error:
+        head = path.read_bytes()[:8]
+        raise UserError(f"{path} is not a model: it is not a safetensors file ({str(error).splitlines()[0]}; it "
+                        f"starts with {head!r}); allowed: {ALLOWED}.") from None
+
+
+def _read_pickle(path: Path) -> Dict[str, torch.Tensor]:
+    """A pickled checkpoint's state dict (the user opted in to unpickling it)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    while isinstance(state, dict) and "state_dict" in state:  # Lightning checkpoints nest it
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a model: its pickle holds a {type(state).__name__}, not a state dict; "
+                        f"allowed: {ALLOWED}.")
+    return state
+
+
+def _file_kind(path: Path, keys: list) -> str:
+    """What a weight file is, from its key names."""
+    if any(key.startswith(SDXL_KEYS) for key in keys):
+        raise UserError(f"{path} is an SDXL checkpoint (it has `conditioner.embedders.1.` or `label_emb` weights): "
+                        f"SDXL checkpoints are not supported yet; base is SD 1.x. Allowed: SD 1.x single-file "
+                        f"checkpoints and LoRA files.")
+    if any(key.startswith("model.diffusion_model.") for key in keys):
+        return "single-file checkpoint"
+    for style, prefixes in LORA_PREFIXES.items():
+        if any(key.startswith(tuple(prefixes.values())) and key.endswith(LORA_DOWN) for key in keys):
+            return f"LoRA file ({style} keys)"
+    shown = ", ".join(f"`{key}`" for key in keys[:3]) or "no weights at all"
+    raise UserError(f"{path} is not a model burnlab knows: its keys ({len(keys)}, e.g. {shown}) match neither an "
+                    f"SD 1.x single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
+                    f"(`unet.*.lora_A.weight`, `lora_unet_*.lora_down.weight`); allowed: {ALLOWED}.")
+
+
+def _load_single_file(path: Path, base: Path) -> LoadedModel:
+    """An SD 1.x single file through diffusers' from_single_file with the base's configs; every
+    weight of the base's architecture must come from the file."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)  # the diagnosis uses the base's
+    try:
+        pipeline = StableDiffusionPipeline.from_single_file(str(path), config=str(base), local_files_only=True,
+                                                            vae=vae, safety_checker=None, requires_safety_checker=False)
+    except (SingleFileComponentError, ValueError, RuntimeError, KeyError, OSError) as error:
+        # diffusers builds the models with empty (meta) weights and fills in the file's: a UNet weight
+        # the file lacks stays empty, and moving the UNet then fails with torch's "meta tensor" message
+        found = ("its unet lacks weights that the base's architecture has" if "meta tensor" in str(error) else
+                 f"diffusers could not load it with the base's configs ({_first_line(error)})")
+        raise UserError(f"{path} does not fit the architecture of the base {base}: {found}; the base must be the "
+                        f"SD 1.x model it was fine-tuned from.") from None
+    # the text encoder is not moved: a weight the file lacks is still empty
+    missing = [key for key, value in pipeline.text_encoder.state_dict().items() if value.is_meta]
+    if missing:
+        raise UserError(f"{path} does not fit the architecture of the base {base}: its text_encoder lacks "
+                        f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the base "
+                        f"must be the SD 1.x model it was fine-tuned from.")
+    return LoadedModel(pipeline.unet, pipeline.text_encoder, "single-file checkpoint",
+                       f"single-file checkpoint {path} (A1111/LDM keys), configs from {base}",
+                       pipeline_folder=str(base))
+
+
+def _load_lora_file(path: Path, weights, base: Path, kind: str, keys: list, allow_pickle: bool) -> LoadedModel:
+    """A LoRA file fused into the base with diffusers' own loader (which converts kohya's keys);
+    each component the file has adapters for must have received them. `weights`: the file's path,
+    or a pickle's state dict already read."""
+    from burnlab.models.adapters import carries_adapter
+    from burnlab.models.components import base_pipeline
+
+    pipeline = base_pipeline({"path": str(base), "allow_pickle_weights": allow_pickle})
+    prefixes = LORA_PREFIXES["kohya" if "kohya" in kind else "diffusers"]
+    in_file = {name: sum(key.startswith(prefixes[name]) and key.endswith(LORA_DOWN) for key in keys)
+               for name in COMPONENTS}
+    try:
+        pipeline.load_lora_weights(weights, adapter_name="loaded")
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise UserError(f"{path} does not fit the base {base}: diffusers could not load its adapters "
+                        f"({_first_line(error)}); the base must be the SD 1.x model the LoRA was trained on.") from None
+    for name in COMPONENTS:
+        applied = _lora_layers(getattr(pipeline, name)) if carries_adapter(getattr(pipeline, name)) else 0
+        if in_file[name] and applied < in_file[name]:
+            raise UserError(f"{path} does not fit the base {base}: {in_file[name] - applied} of its {in_file[name]} "
+                            f"{name} adapter modules match no module of the base's {name}; the base must be the SD "
+                            f"1.x model the LoRA was trained on.")
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    lora = tuple(name for name in COMPONENTS if in_file[name])
+    return LoadedModel(pipeline.unet, pipeline.text_encoder, kind,
+                       f"{kind} {path} ({', '.join(lora)} adapters) fused into {base}",
+                       lora_components=lora, pipeline_folder=str(base))
+
+
+def _lora_layers(model: torch.nn.Module) -> int:
+    """How many of the model's modules carry a LoRA adapter (peft's LoraLayer)."""
+    from peft.tuners.lora import LoraLayer
+
+    return sum(isinstance(module, LoraLayer) for module in model.modules())
+
+
+def _first_line(error: Exception) -> str:
+    """The error's first sentence; torch's `Error(s) in loading state_dict ...:` with its first item."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [error.__class__.__name__]
+    return (" ".join(lines[:2]) if lines[0].endswith(":") else lines[0]).rstrip(".")
+
+
+def _frozen(loaded: LoadedModel) -> LoadedModel:
+    """The models as load_model promises them: float32, eval mode, on the CPU, no gradients."""
+    for name in COMPONENTS:
+        model = getattr(loaded, name)
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+            model = model.to("cpu", torch.float32)
+        model.eval().requires_grad_(False)
+        loaded = dataclasses.replace(loaded, **{name: model})
+    return loaded

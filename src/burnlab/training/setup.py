@@ -1,0 +1,89 @@
+"""What a stage trains with: its components loaded in their dtypes (trained ones float32 and
+trainable, frozen ones in `model.dtype` and frozen), every image's latents encoded once, the
+optimizer and LR schedule, all prepared by accelerate.
+
+The VAE never trains, so it is loaded, used for the latents and let go here; only the UNet and
+the text encoder stay.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+from diffusers.optimization import get_scheduler
+
+from burnlab.models import adapters
+from burnlab.store.checkpoint import CHECKPOINT_COMPONENTS
+from burnlab.config.schema import ADAMW_IMPLS
+from burnlab.models.encoding import LatentCache, encode_latents
+from burnlab.training.fast_paths import apply_fast_paths
+from burnlab.plan.study import epoch_seed
+
+
+@dataclass
+class StageSetup:
+    models: Dict[str, torch.nn.Module]  # unet, text_encoder; trained ones as accelerate prepared them
+    trained: List[str]
+    tokenizer: object
+    noise_scheduler: object  # the training noise schedule (DDPM)
+    latents: Dict[str, LatentCache]  # train, validation, stabilize
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    steps_per_epoch: int  # optimizer steps
+
+
+def set_up_stage(job) -> StageSetup:
+    """`job`: a burnlab.training.trainer.StageJob."""
+    cfg, accelerator, device = job.config, job.accelerator, job.accelerator.device
+    trained = list(job.stage.config.train)
+    models = {name: job.parent_sources[name].load(name, torch.float32 if name in trained else job.frozen_dtype)
+              for name in CHECKPOINT_COMPONENTS}
+    vae = job.base.source("vae").load("vae", job.frozen_dtype).to(device)
+    vae.requires_grad_(False)
+    latents = {name: encode_latents(vae, images.images, device) for name, images in
+               (("train", job.data.train), ("validation", job.data.validation), ("stabilize", job.data.stabilize))}
+    del vae
+    for name, model in models.items():
+        model.requires_grad_(name in trained)
+        model.train(name in trained)
+        if name in trained and cfg.train.gradient_checkpointing:
+            _enable_gradient_checkpointing(model)
+        model.to(device)
+    if cfg.train.adapter == "lora":  # only the trained components' adapters learn (burnlab.models.adapters)
+
+        adapters.attach(models, trained, cfg.lora, epoch_seed(cfg.train.seed, job.stage.name, "lora"))
+    apply_fast_paths(models["unet"], cfg.train, device)
+    optimizer = torch.optim.AdamW(_param_groups(job.stage.config, models, trained), betas=tuple(cfg.train.betas),
+                                  eps=cfg.train.eps, weight_decay=cfg.train.weight_decay,
+                                  **ADAMW_IMPLS[cfg.train.adamw_impl])
+    steps = steps_per_epoch(len(job.data.train), cfg.train, accelerator.num_processes)
+    lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.lr_warmup_steps,
+                                 num_training_steps=steps * job.stage.config.epochs)
+    prepared = accelerator.prepare(*[models[name] for name in trained], optimizer)
+    models.update(zip(trained, prepared[:-1]))
+    return StageSetup(models, trained, job.base.tokenizer(), job.base.noise_scheduler(), latents, prepared[-1],
+                      lr_scheduler, steps)
+
+
+def _param_groups(stage, models, trained) -> List[dict]:
+    groups = []
+    for name in trained:
+        lr = stage.text_encoder_lr if name == "text_encoder" and stage.text_encoder_lr else stage.lr
+        groups.append({"params": [p for p in models[name].parameters() if p.requires_grad], "lr": lr, "name": name})
+    return groups
+
+
+def _enable_gradient_checkpointing(model) -> None:
+    if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
+        model.enable_gradient_checkpointing()
+    else:  # transformers
+        model.activation_checkpointing_enable()
+
+
+def steps_per_epoch(train_images: int, train, processes: int) -> int:
+    """Optimizer steps per epoch: the same for every stage of a study (same data, batch and
+    processes), which the dashboards' study_step relies on. `train`: the TrainConfig."""
+    micro_batches = math.ceil(train_images / (train.batch_size * processes))
+    return math.ceil(micro_batches / train.gradient_accumulation_steps)

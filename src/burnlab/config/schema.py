@@ -114,7 +114,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate autocast; weights stay float32)
     gradient_checkpointing: bool = False  # trade compute for memory in the trained components
     seed: int = 555  # fixes data order, flips, caption dropout, noise and timesteps
-    state_every_epochs: int = 10  # resumable training state saved every N epochs (and at save epochs)
+    state_every_epochs: int = 25  # resumable training state saved every N epochs (and at save epochs)
     skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN/inf instead of stopping the stage
     adamw_impl: str = "fused"  # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: README, Training throughput)
     pointwise_as_linear: bool = False  # the UNet's 1x1 convolutions run as matrix multiplies (burnlab.training.fast_paths; faster on the CPU: README, Training throughput)
@@ -187,9 +187,9 @@ class ValidationConfig:
     path: Optional[str] = None  # a separate validation folder instead of a split
     stabilize_count: int = 8  # training images in the fixed "stabilized loss" subset; 0 = off
     seed: int = 1234  # noise and timesteps of every validation pass (isolated from training)
-    repeats: int = 2  # noise draws per image per pass (lowers the variance of a pass)
+    repeats: int = 4  # noise draws per image per pass (lowers the variance of a pass)
     timesteps: List[int] = field(default_factory=list)  # fixed timestep grid; empty = seeded random
-    batch_size: int = 16  # images per validation forward pass
+    batch_size: int = 32  # images per validation forward pass
 
     def __post_init__(self):
         _require(self.every_n_epochs >= 0, "every_n_epochs", self.every_n_epochs, "an integer >= 0")

@@ -21,11 +21,11 @@ import torch
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 
+from burnlab.attribution.drift import measure
 from burnlab.attribution.swap import Model, attribute_pair
 from burnlab.config.compose import CONF_DIR
-from burnlab.models.components import base_pipeline
 from burnlab.config.schema import ModelConfig, SamplingConfig
-from burnlab.attribution.drift import measure
+from burnlab.models.components import base_pipeline
 from burnlab.sampling.sampler import Sampler, sample_jobs
 from burnlab.store.files import hash_json
 
@@ -40,10 +40,10 @@ def sampling(args) -> SamplingConfig:
 
 
 def base_folder(model: str) -> str:
-    from burnlab.models.components import BaseModel
     from hydra import compose, initialize_config_dir
 
     from burnlab.config.compose import register_configs
+    from burnlab.models.components import BaseModel
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -26,12 +26,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from burnlab.store.checkpoint import base_sources, component_sources
+from burnlab.config.compose import CONF_DIR, load_config, register_configs
 from burnlab.launch.cli import run
-from burnlab.config.compose import CONF_DIR
-from burnlab.config.compose import load_config, register_configs
 from burnlab.launch.runner import StudyRunner
 from burnlab.sampling.sampler import Sampler, generate, load_pipeline, sample_jobs
+from burnlab.store.checkpoint import base_sources, component_sources
 
 PIXEL_TOLERANCE = 2  # uint8 levels: batched and per-prompt calls may differ by float rounding
 
@@ -88,6 +87,7 @@ def main() -> None:
         naive_s = time.perf_counter() - started
 
         runner = StudyRunner(config, run_dir, (run_dir / "config.yaml").read_text(), {})
+        runner.setup()
         sampler = Sampler(config.sampling, study["base"], runner.cache / "samples", runner.accelerator)
         started = time.perf_counter()
         rows = sampler.sample_testing_plan(study, run_dir)

@@ -51,9 +51,8 @@ def compose_study(overrides: list, runs: Path, epochs: int = 0, train: str = "")
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from burnlab.config.compose import CONF_DIR
+    from burnlab.config.compose import CONF_DIR, register_configs
     from burnlab.config.schema import StageConfig
-    from burnlab.config.compose import register_configs
 
     register_configs()
     quiet = [f"paths.runs={runs}", "logger.wandb.mode=disabled", "logger.progress=false", "analyze=false",
@@ -73,7 +72,9 @@ def make_runner(cfg, runs: Path):
     from burnlab.config.compose import load_config
     from burnlab.launch.runner import StudyRunner
 
-    return StudyRunner(load_config(cfg), runs / "bench", OmegaConf.to_yaml(cfg), {})
+    runner = StudyRunner(load_config(cfg), runs / "bench", OmegaConf.to_yaml(cfg), {})
+    runner.setup()
+    return runner
 
 
 def burnlab_stage(runner) -> dict:
@@ -96,8 +97,8 @@ def reference_loop(runner, train: str, epochs: int, flops: bool = False) -> dict
 
     from burnlab.data.dataset import load_image
     from burnlab.models.encoding import diffusion_target, pixels, tokenize
-    from burnlab.runtime.memory import PeakMemory
     from burnlab.plan.study import epoch_seed
+    from burnlab.runtime.memory import PeakMemory
 
     config, base, device = runner.config, runner.base, runner.accelerator.device
     frozen = runner.frozen_dtype
@@ -193,8 +194,8 @@ def one(variant: str, train: str, epochs: int, overrides: list) -> dict:
 def storage(overrides: list) -> dict:
     """Bytes of a short followfox study's checkpoints (save_dtype float32 and float16) against
     one full pipeline folder per checkpoint."""
-    from burnlab.store.checkpoint import materialize
     from burnlab.launch.cli import run
+    from burnlab.store.checkpoint import materialize
 
     sizes = {}
     for save_dtype in ("float32", "float16"):

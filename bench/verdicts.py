@@ -39,11 +39,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from burnlab.analysis.attribution import ATTRIBUTION_FILE, OUTCOMES, RULE_FILE, AttributionRule, attribute_run, judge
+from burnlab.analysis.attribution import (
+    OUTCOMES,
+    RULE_FILE,
+    AttributionRule,
+    attribute_run,
+    judge,
+)
 from burnlab.analysis.features import load_instruments
 from burnlab.analysis.images import load_rgb
 from burnlab.analysis.run import AnalysisError
 from burnlab.store.files import atomic_write_json
+from burnlab.store.layout import ATTRIBUTION
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK_START, MARK_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
@@ -158,10 +165,10 @@ def outcome(unet: bool, text_encoder: bool) -> str:
 def study_cases(study: Study, runs: Path, instruments, probe) -> list[dict]:
     """Every judged pair of one study, with its shares' intervals and its truth."""
     run_dir = runs / study.name
-    if not (run_dir / ATTRIBUTION_FILE).exists():
-        raise GridError(f"{run_dir / ATTRIBUTION_FILE} is missing: run the grid without --no-train first.")
+    if not (run_dir / ATTRIBUTION).exists():
+        raise GridError(f"{run_dir / ATTRIBUTION} is missing: run the grid without --no-train first.")
     pairs = attribute_run(run_dir, instruments, AttributionRule(1.0), study.name)
-    records = json.loads((run_dir / ATTRIBUTION_FILE).read_text())["pairs"]
+    records = json.loads((run_dir / ATTRIBUTION).read_text())["pairs"]
     burned: dict[tuple[str, str], bool] = {}  # (single branch, epoch label suffix) -> the probe saw a burn
     for pair, record in zip(pairs, records):
         if pair.branch in SINGLE and pair.reference.endswith("baseline"):

@@ -15,8 +15,14 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
-                          CLIPTextModel)
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+)
 
 from burnlab.config.compose import register_configs
 from burnlab.toy.build import build_tokenizer, save_pipeline

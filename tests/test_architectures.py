@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 import burnlab.models.architectures as architectures
-from burnlab.models.components import BaseModel
 from burnlab.config.schema import ModelConfig
+from burnlab.models.components import BaseModel
 from burnlab.store.files import read_jsonl
 from study_helpers import final_checkpoint
 
@@ -75,8 +75,8 @@ def test_model_build_builds_once_where_the_config_says(tiny_architecture, tmp_pa
 @pytest.mark.slow
 def test_sd15_random_trains_a_short_stage_on_cpu(tiny_data, tmp_path):
     """SD 1.5's full size (1.07 B parameters, ~4.3 GB built), one baseline epoch at 64 px."""
-    from study_helpers import compose_config
     from burnlab.launch.cli import run
+    from study_helpers import compose_config
 
     cfg = compose_config([
         "experiment=burn_unet", "model=sd15_random", f"paths.runs={tmp_path}", f"data.path={tiny_data}",

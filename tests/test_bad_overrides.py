@@ -154,8 +154,8 @@ def test_an_escaping_name_writes_nothing_anywhere(tmp_path, monkeypatch, capsys)
 def test_sampling_needs_prompts_unless_switched_off_and_prompt_sets_name_one_folder():
     """Hydra's override grammar can neither empty sampling.prompts (`={}` merges) nor name a key
     `..`; a config file can, so the checks are tested on the schema."""
-    from burnlab.config.schema import PromptConfig, SamplingConfig
     from burnlab.config.compose import check_sampling
+    from burnlab.config.schema import PromptConfig, SamplingConfig
     from burnlab.errors import ConfigError
 
     for on in ({}, {"testing_plan": False, "every_n_epochs": 5}):

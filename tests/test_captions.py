@@ -7,9 +7,14 @@ import logging
 from transformers import CLIPTokenizer
 
 from burnlab.config.compose import load_config
-from burnlab.models.encoding import cut_words, tokenize
 from burnlab.launch.runner import StudyRunner
-from study_helpers import compose_config, run_study, tiny_overrides, write_captioned_images
+from burnlab.models.encoding import cut_words, tokenize
+from study_helpers import (
+    compose_config,
+    run_study,
+    tiny_overrides,
+    write_captioned_images,
+)
 
 ACTIVATION = "in the zorblax ornament style"
 LONG = " ".join(["a red tree"] * 26) + ", " + ACTIVATION  # 84 tokens: 9 past the 75 that fit
@@ -57,6 +62,7 @@ def test_captions_within_the_limit_give_no_warning_and_no_examples(tiny_model, t
     config = load_config(compose_config(tiny_overrides(tiny_model, tiny_data, tmp_path, "burn_unet")))
     with caplog.at_level(logging.WARNING, logger="burnlab"):
         runner = StudyRunner(config, tmp_path / "burn_unet", "", {})
+        runner.setup()
     assert not [r for r in caplog.records if "longer than the tokenizer" in r.getMessage()]
     assert runner.study_json()["long_captions"] == {
         "limit": 77, "count": 0, "by_set": {"train": 0, "validation": 0}, "examples": []}

@@ -3,8 +3,8 @@ CLIP score, and variability and style distance in CLIP space against the trainin
 random CLIP folder stands in for openai/clip-vit-large-patch14, which cannot be downloaded here."""
 import json
 
-from burnlab.analysis.symptoms import SYMPTOMS, branch_series
 from burnlab.analysis.measure import MetricTable
+from burnlab.analysis.symptoms import SYMPTOMS, branch_series
 from study_helpers import run_study
 
 

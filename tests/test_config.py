@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from burnlab.config.compose import load_config

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from burnlab.models.components import BaseModel
-from burnlab.config.schema import DataConfig, ModelConfig, ValidationConfig
 from burnlab.config.compose import load_config
+from burnlab.config.schema import DataConfig, ModelConfig, ValidationConfig
 from burnlab.data.dataset import caption_source, load_study_data, scan_captioned_folder
 from burnlab.errors import ConfigError, UserError
 from burnlab.launch.runner import StudyRunner
+from burnlab.models.components import BaseModel
 from burnlab.plan.study import plan_stages
 from study_helpers import compose_config, tiny_overrides, write_captioned_images
 
@@ -225,8 +225,8 @@ def test_skipped_files_reach_study_json(tiny_model, tmp_path):
     data = write_captioned_images(tmp_path / "style", 6)
     (data / "img02.txt").write_bytes(b"caf\xe9")
     overrides = tiny_overrides(tiny_model, data, tmp_path / "runs", "burn_unet") + ["data.skip_bad=true"]
-    runner = StudyRunner(load_config(compose_config(overrides)), tmp_path / "burn_unet", "", {})
-    runner.write_study_json()
+    with StudyRunner(load_config(compose_config(overrides)), tmp_path / "burn_unet", "", {}) as runner:
+        runner.write_study_json()
     assert json.loads((tmp_path / "burn_unet" / "study.json").read_text())["data_problems"] == {
         "skipped": 1, "files": [{"folder": "data.path", "path": "img02.txt", "problem": "not UTF-8 (byte 0xe9 at offset 3)"}]}
 

@@ -1,5 +1,6 @@
-"""The import structure: no cycles, every analysis module importable on its own, and the
-analysis importing nothing of burnlab but the run store's file primitives and the W&B key rule."""
+"""The import structure: no cycles, every analysis module importable on its own, the analysis
+importing nothing of burnlab but the run store's layout and file primitives and the W&B mirror's
+keys, and the config schemas importing nothing of burnlab but errors and the store's layout."""
 import ast
 import subprocess
 import sys
@@ -64,9 +65,10 @@ def test_imports_have_no_cycles_counting_those_inside_functions():
 
 def test_the_analysis_imports_no_training_code():
     known = modules()
-    # the package folders themselves (their __init__ is empty), the run store's file primitives and
-    # the W&B key rule
-    allowed = {"burnlab", "burnlab.store", "burnlab.store.files", "burnlab.dashboards", "burnlab.dashboards.wandb_key"}
+    # the package folders themselves (their __init__ is empty), the run store's layout and file
+    # primitives, and the W&B mirror's key map and key rule
+    allowed = {"burnlab", "burnlab.store", "burnlab.store.files", "burnlab.store.layout", "burnlab.dashboards",
+               "burnlab.dashboards.keys", "burnlab.dashboards.wandb_key"}
     for name, path in known.items():
         if name.startswith("burnlab.analysis"):
             used = {m for m in imports(path, set(known), top_level_only=False) if not m.startswith("burnlab.analysis")}
@@ -78,3 +80,9 @@ def test_each_analysis_module_imports_alone_in_a_fresh_interpreter(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                             timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_schemas_reach_neither_the_analysis_nor_the_toy_world():
+    known = modules()
+    used = imports(known["burnlab.config.schema"], set(known), top_level_only=False)
+    assert used <= {"burnlab", "burnlab.errors", "burnlab.store", "burnlab.store.layout", "burnlab.store.files"}, used

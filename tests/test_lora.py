@@ -12,14 +12,22 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors import safe_open
 
-from burnlab.models.adapters import LORA_FILE, is_adapter_parameter
-from burnlab.store.checkpoint import materialize
 from burnlab.config.compose import load_config
 from burnlab.errors import ConfigError
-from burnlab.store.files import read_jsonl
+from burnlab.models.adapters import is_adapter_parameter
 from burnlab.plan.study import plan_stages
+from burnlab.store.checkpoint import materialize
+from burnlab.store.files import read_jsonl
+from burnlab.store.layout import LORA_FILE
 from burnlab.training.trainer import StageTrainer
-from study_helpers import assert_same, compose_config, final_checkpoint, run_study, tiny_overrides, weights
+from study_helpers import (
+    assert_same,
+    compose_config,
+    final_checkpoint,
+    run_study,
+    tiny_overrides,
+    weights,
+)
 from test_precision import Interrupted, train_rows
 from test_runner import state_digest
 

@@ -12,12 +12,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
-from burnlab.models import export
-from burnlab.models.adapters import LORA_FILE, attach
-from burnlab.store.checkpoint import base_sources, materialize, save_checkpoint, save_lora_checkpoint
 from burnlab.config.schema import LoraConfig
 from burnlab.errors import UserError
-from burnlab.models.loading import COMPONENTS, load_model
+from burnlab.models import export
+from burnlab.models.adapters import attach
+from burnlab.models.loading import load_model
+from burnlab.store.checkpoint import (
+    base_sources,
+    materialize,
+    save_checkpoint,
+    save_lora_checkpoint,
+)
+from burnlab.store.layout import COMPONENTS, LORA_FILE
 from burnlab.toy import asset_dir
 
 TOY = asset_dir("base")

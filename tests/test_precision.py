@@ -8,14 +8,21 @@ import torch
 from accelerate import Accelerator
 
 import burnlab.launch.runner
-from burnlab.models.components import Source
-from burnlab.config.schema import PromptConfig, SamplingConfig
 from burnlab.config.compose import load_config
+from burnlab.config.schema import PromptConfig, SamplingConfig
+from burnlab.models.components import Source
+from burnlab.plan.study import plan_stages
 from burnlab.sampling.sampler import Sampler, sampling_identity
 from burnlab.store.files import read_jsonl
-from burnlab.plan.study import plan_stages
 from burnlab.training.trainer import StageTrainer
-from study_helpers import assert_same, compose_config, final_checkpoint, run_study, tiny_overrides, weights
+from study_helpers import (
+    assert_same,
+    compose_config,
+    final_checkpoint,
+    run_study,
+    tiny_overrides,
+    weights,
+)
 
 # Large enough that the first scaled backward passes overflow; each skipped step halves it.
 INIT_SCALE = 2.0 ** 126

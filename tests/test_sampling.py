@@ -6,7 +6,12 @@ import numpy as np
 import torch
 
 from burnlab.config.schema import PromptConfig, SamplingConfig
-from burnlab.sampling.sampler import generate, load_pipeline, sample_jobs, sampling_identity
+from burnlab.sampling.sampler import (
+    generate,
+    load_pipeline,
+    sample_jobs,
+    sampling_identity,
+)
 
 
 def _config(**changes) -> SamplingConfig:

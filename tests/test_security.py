@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from burnlab.analysis.features import load_clip
 from burnlab.analysis.run import AnalysisError
-from burnlab.models.components import BaseModel, base_pipeline
 from burnlab.config.schema import ModelConfig
 from burnlab.errors import ConfigError
+from burnlab.models.components import BaseModel, base_pipeline
 from study_helpers import QUICK_STUDY, burnlab_in_process, tiny_overrides
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, like a W&B API key

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from burnlab.store.files import read_jsonl
 from burnlab.launch.sweeps import job_folder_name
+from burnlab.store.files import read_jsonl
 from study_helpers import run_study, tiny_overrides
 
 

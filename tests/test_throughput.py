@@ -5,7 +5,6 @@ that later stages start from."""
 import copy
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,13 @@ from torch.testing import assert_close
 
 from burnlab.training.fast_paths import PointwiseConv2d, pointwise_as_linear
 from burnlab.training.trainer import StageTrainer
-from study_helpers import TINY_RESOLUTION, assert_same, final_checkpoint, run_study, weights
+from study_helpers import (
+    TINY_RESOLUTION,
+    assert_same,
+    final_checkpoint,
+    run_study,
+    weights,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("train_throughput_bench", ROOT / "bench" / "train_throughput.py")

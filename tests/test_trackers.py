@@ -4,13 +4,12 @@ with their own readers (TensorBoard's EventAccumulator, W&B's Record protobufs).
 import json
 
 import pytest
-
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import wandb_records
+from burnlab.dashboards.trackers import dashboard_values, wandb_mode
 from burnlab.errors import ConfigError
 from burnlab.store.files import read_jsonl
-from burnlab.dashboards.trackers import dashboard_values, wandb_mode
 from study_helpers import run_study
 
 STEPS_PER_EPOCH = 2  # 8 training images (the tiny data less its validation split), batch 4

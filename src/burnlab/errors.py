@@ -9,7 +9,11 @@ import re
 from dataclasses import fields, is_dataclass
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+)
 
 # OmegaConf's indented lines under its message (full_key: ..., reference_type=..., object_type=...)
 _OMEGACONF_DETAIL = re.compile(r"^\s+(full_key|reference_type|object_type)\b")

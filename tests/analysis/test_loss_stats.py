@@ -9,7 +9,12 @@ import random
 
 import pytest
 
-from burnlab.analysis.loss_stats import branch_statistics, loss_statistics, roughness, slope
+from burnlab.analysis.loss_stats import (
+    branch_statistics,
+    loss_statistics,
+    roughness,
+    slope,
+)
 from burnlab.analysis.run import BranchRef, LossRow, Stage
 from burnlab.analysis.sources import LocalRun
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from burnlab.analysis import metrics
-from burnlab.analysis.training_images import dataset_folder, training_images
 from burnlab.analysis.features import Instruments, load_instruments
 from burnlab.analysis.images import SampleImages
 from burnlab.analysis.measure import METRICS, measure
 from burnlab.analysis.run import AnalysisError, BranchRef
 from burnlab.analysis.sources import LocalRun
+from burnlab.analysis.training_images import dataset_folder, training_images
 
 RNG = np.random.default_rng(0)
 

@@ -12,7 +12,15 @@ from PIL import Image
 from burnlab.analysis.gifs import progression_frames, side_by_side_frames, write_gif
 from burnlab.analysis.grids import Layout, checkpoint_grid, comparison_grid
 from burnlab.analysis.images import SampleImages
-from burnlab.analysis.losses import STABILIZED, TRAIN, TRAIN_EMA, VALIDATION, ema, loss_series, plot_losses
+from burnlab.analysis.losses import (
+    STABILIZED,
+    TRAIN,
+    TRAIN_EMA,
+    VALIDATION,
+    ema,
+    loss_series,
+    plot_losses,
+)
 from burnlab.analysis.run import BranchRef
 from burnlab.analysis.sources import LocalRun
 

@@ -13,14 +13,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from headless import image_links, images_in_chromium, links_of, needs_chromium
 from PIL import Image
 
+import wandb_records
 from burnlab.analysis.cli import main
 from burnlab.analysis.measure import MetricTable
 from burnlab.analysis.symptoms import SYMPTOM_NAMES, branch_series, profile_all
 from burnlab.analysis.tracking import log_results
-from headless import images_in_chromium, image_links, links_of, needs_chromium
-import wandb_records
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from burnlab.analysis.run import AnalysisError, LongCaptions
-from burnlab.dashboards.trackers import dashboard_values
-from burnlab.config.compose import flatten_config
 from burnlab.analysis.sources import LocalRun, WandbRun, history_losses, open_run
+from burnlab.config.compose import flatten_config
+from burnlab.dashboards.trackers import dashboard_values
 
 
 class StandInArtifact:
@@ -147,10 +147,13 @@ def test_wandb_without_a_key_says_so_before_importing_wandb(tmp_path, monkeypatc
 
 def test_analysis_does_not_import_wandb_or_training_code():
     code = ("import sys, burnlab.analysis.cli, burnlab.analysis.products; "
-            "print(sorted(m for m in sys.modules if m == 'wandb' or m.startswith('burnlab')))")
+            "print(sorted(m for m in sys.modules if m == 'wandb' or "
+            "(m.startswith('burnlab') and not m.startswith('burnlab.analysis'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    # only the run store's file primitives and the shared W&B key rule, no training code
-    assert result.stdout.strip() == "['burnlab', 'burnlab.store.files', 'burnlab.dashboards.wandb_key']"
+    # only the run store's layout and file primitives and the W&B mirror's keys, no training code
+    assert result.stdout.strip() == ("['burnlab', 'burnlab.dashboards', 'burnlab.dashboards.keys', "
+                                     "'burnlab.dashboards.wandb_key', 'burnlab.store', 'burnlab.store.files', "
+                                     "'burnlab.store.layout']")
 
 
 def test_not_a_run_and_missing_folder_are_clear_errors(tmp_path):

@@ -6,7 +6,15 @@ import re
 import numpy as np
 import pytest
 
-from burnlab.analysis.attribution import CORNERS, AttributionRule, Interval, attribute, judge, seed_spread, sentence
+from burnlab.analysis.attribution import (
+    CORNERS,
+    AttributionRule,
+    Interval,
+    attribute,
+    judge,
+    seed_spread,
+    sentence,
+)
 from burnlab.analysis.run import AnalysisError
 
 

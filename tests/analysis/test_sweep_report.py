@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headless import image_links, images_in_chromium
 from PIL import Image
 
 from burnlab.analysis.attribution import AttributionRule
 from burnlab.analysis.cli import main
 from burnlab.analysis.run import Run
-from burnlab.analysis.symptoms import SYMPTOM_NAMES
 from burnlab.analysis.sweep.jobs import describe, job_specs
 from burnlab.analysis.sweep.plots import value_axis
+from burnlab.analysis.symptoms import SYMPTOM_NAMES
 from conftest import HI_LR, SEEDS, SIZE, sample_pixels, write_run
-from headless import image_links, images_in_chromium, needs_chromium
 
 LABELS = ["lr=1e-4", "lr=3e-4", "lr=1e-3"]  # SWEEP_LRS sorted by value
 FOLDERS = ["job1", "job2", "job0"]  # where those jobs are: folder order is not value order

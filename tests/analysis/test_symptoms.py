@@ -14,8 +14,20 @@ from burnlab.analysis.images import SampleImages
 from burnlab.analysis.measure import METRICS, measure
 from burnlab.analysis.run import BranchRef
 from burnlab.analysis.sources import LocalRun
-from burnlab.analysis.symptoms import (SYMPTOM_NAMES, SYMPTOMS, WATCHED, Z_CAP, Z_MIN, BranchSeries, branch_series, cells,
-                               profile, profile_all, profiles_json, signals)
+from burnlab.analysis.symptoms import (
+    SYMPTOM_NAMES,
+    SYMPTOMS,
+    WATCHED,
+    Z_CAP,
+    Z_MIN,
+    BranchSeries,
+    branch_series,
+    cells,
+    profile,
+    profile_all,
+    profiles_json,
+    signals,
+)
 
 LABELS = ["0 base", "1 baseline", "2 lo e100", "3 lo e300", "4 lo e500", "5 hi e100", "6 hi e300",
           "7 hi e500"]

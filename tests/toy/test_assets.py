@@ -5,8 +5,7 @@ import pytest
 from diffusers import StableDiffusionPipeline
 
 from burnlab.toy import ACTIVATION_PHRASE, ASSETS, asset_dir
-from burnlab.toy.check_base import toy_sampling
-from burnlab.toy.check_base import sample_prompt
+from burnlab.toy.check_base import sample_prompt, toy_sampling
 from burnlab.toy.probe import LABELS, accuracy, labelled_images, load_probe
 
 

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from burnlab.analysis.run import AnalysisError
 from burnlab.analysis.results import Options, Products, SweepProducts
+from burnlab.analysis.run import AnalysisError
 
 
 def build(runs: list[str | Path], options: Options | None = None) -> Products:
     """Analyse `runs` (run folders or wandb:entity/project/run_id; two runs are compared side by
     side) into `options.out`; returns what was made, `products.report` the HTML report."""
-    from burnlab.analysis.products import analyze  # the heavy imports (matplotlib, torch) only now
+    from burnlab.analysis.products import (
+        analyze,  # the heavy imports (matplotlib, torch) only now
+    )
 
     return analyze(list(runs), options or Options())
 
@@ -41,7 +43,9 @@ def build_sweep(runs: list[str | Path], options: Options | None = None) -> Sweep
     """One report across the jobs of a sweep: `runs` are run folders (or W&B paths) of one study,
     or multirun folders whose job folders hold them; the jobs are sorted by what differs
     across their overrides (or configs). Into `options.out` (default MULTIRUN/analysis)."""
-    from burnlab.analysis.sweep.products import analyze_sweep  # the heavy imports only now
+    from burnlab.analysis.sweep.products import (
+        analyze_sweep,  # the heavy imports only now
+    )
 
     return analyze_sweep(list(runs), options or Options())
 

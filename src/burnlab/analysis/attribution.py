@@ -36,9 +36,9 @@ import numpy as np
 from burnlab.analysis.features import Instruments
 from burnlab.analysis.images import load_rgb
 from burnlab.analysis.run import AnalysisError
+from burnlab.store.layout import ATTRIBUTION, IMAGE_INDEX
 
 RULE_FILE = Path(__file__).with_name("attribution_rule.json")  # written by make verdicts
-ATTRIBUTION_FILE = "attribution.json"  # burnlab.attribution.swap writes it into the run dir
 CORNERS = ("R", "M_unet+R_te", "R_unet+M_te", "M")
 GROUPS = ("all prompts", "without the phrase", "with the phrase")
 OUTCOMES = ("unet", "text_encoder", "both", "none", "undetermined")
@@ -104,7 +104,7 @@ class Attribution:
 # -- reading the corners ------------------------------------------------------------------------
 def corner_images(folder: Path) -> dict[str, dict[int, Path]]:
     """prompt set -> seed -> PNG path of one sample folder (its index.jsonl)."""
-    index = folder / "index.jsonl"
+    index = folder / IMAGE_INDEX
     found: dict[str, dict[int, Path]] = {}
     try:
         lines = index.read_text(encoding="utf-8").splitlines()
@@ -258,7 +258,7 @@ def read_attribution_file(path: Path) -> dict:
 def attribute_run(run_dir: Path, instruments: Instruments, rule: AttributionRule, run: str = ""
                   ) -> list[Attribution]:
     """Every pair of a run dir's attribution.json ([] when the run has none)."""
-    path = Path(run_dir) / ATTRIBUTION_FILE
+    path = Path(run_dir) / ATTRIBUTION
     if not path.exists():
         return []
     document = read_attribution_file(path)

@@ -17,7 +17,11 @@ import sys
 from pathlib import Path
 
 from burnlab import analysis
-from burnlab.analysis.defaults import DEFAULT_SMOOTHING, FEATURE_SPACES, NEAR_COPY_DISTANCE
+from burnlab.analysis.defaults import (
+    DEFAULT_SMOOTHING,
+    FEATURE_SPACES,
+    NEAR_COPY_DISTANCE,
+)
 from burnlab.analysis.results import BaseProducts, Options
 from burnlab.analysis.sweep.jobs import is_multirun
 
@@ -79,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"burnlab-analyze: {error.filename or ''}: {error.strerror or error}; expected readable "
               f"run files and a writable output folder (--out).", file=sys.stderr)
         return USAGE_ERROR
-    from burnlab.analysis.report import headlines  # loads the metrics' modules: only once the analysis ran
+    from burnlab.analysis.report import (
+        headlines,  # loads the metrics' modules: only once the analysis ran
+    )
 
     for line in headlines(products):
         print(line)

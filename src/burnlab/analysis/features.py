@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from burnlab.analysis.run import AnalysisError
 from burnlab.analysis.defaults import FEATURE_SPACES
+from burnlab.analysis.run import AnalysisError
 
 CLIP_EXAMPLE = "openai/clip-vit-large-patch14"  # SD 1.5's text encoder is this CLIP's
 CLIP_MEASURES = "CLIP score, CLIP variability and CLIP style distance not measured"

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from burnlab.analysis.grids import BACKGROUND, Layout, cell_size, checkpoint_grid, draw_text, hstack
+from burnlab.analysis.grids import (
+    BACKGROUND,
+    Layout,
+    cell_size,
+    checkpoint_grid,
+    draw_text,
+    hstack,
+)
 from burnlab.analysis.images import SampleImages
 from burnlab.analysis.run import BranchRef
 

@@ -24,8 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from burnlab.analysis.run import BranchRef  # noqa: E402
 from burnlab.analysis.defaults import DEFAULT_SMOOTHING  # noqa: E402
+from burnlab.analysis.run import BranchRef  # noqa: E402
 
 TRAIN, TRAIN_EMA, VALIDATION, STABILIZED = "train", "train (EMA)", "validation", "stabilized"
 PANEL_TITLES = ("train loss", "validation loss", "stabilized loss")

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from burnlab.analysis import estimates, metrics
-from burnlab.analysis.training_images import dataset_folder, training_images
 from burnlab.analysis.features import Instruments
 from burnlab.analysis.images import SampleImages
 from burnlab.analysis.run import BranchRef, SampleRow
+from burnlab.analysis.training_images import dataset_folder, training_images
 
 # Each metric with what it measures and its range (burnlab/analysis/metrics.py has the definitions).
 METRICS = {

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from burnlab.analysis.images import resize
 from burnlab.analysis.defaults import NEAR_COPY_DISTANCE
+from burnlab.analysis.images import resize
 
 COMPARE_SIZE = (64, 64)  # pixel-space distances compare images at this size (speed, fairness)
 HISTOGRAM_BINS = 8

@@ -30,11 +30,12 @@ from burnlab.analysis.loss_stats import loss_statistics, statistics_json
 from burnlab.analysis.losses import plot_losses
 from burnlab.analysis.measure import MetricTable, measure
 from burnlab.analysis.metric_plots import plot_metrics
-from burnlab.analysis.run import AnalysisError, BranchRef, Run
 from burnlab.analysis.results import Options, Products, PromptSetProducts
+from burnlab.analysis.run import AnalysisError, BranchRef, Run
 from burnlab.analysis.sources import WANDB_PREFIX, open_run
 from burnlab.analysis.tracking import log_results
 from burnlab.store.files import atomic_write_json  # the run store's one atomic writer
+from burnlab.store.layout import ATTRIBUTION
 
 
 def analyze(specs: list[str | Path], options: Options) -> Products:
@@ -149,7 +150,7 @@ def write_results(folder: Path, table: MetricTable, profiles: list[symptoms.Prof
     atomic_write_json(folder / "metrics.json", {"feature_space": table.feature_space,
                                          "notes": table.notes, "rows": table.rows})
     atomic_write_json(folder / "symptoms.json", symptoms.profiles_json(profiles))
-    atomic_write_json(folder / "attribution.json", {"pairs": [pair.to_json() for pair in attributions]})
+    atomic_write_json(folder / ATTRIBUTION, {"pairs": [pair.to_json() for pair in attributions]})
 
 
 def swap_grids(images: SampleImages, attributions: list[attribution.Attribution], out: Path,
@@ -182,7 +183,7 @@ def diagnosis(out: Path, pair: attribution.Attribution) -> Path:
         labelled_grid(images, f"{prompt_set} / seed", attribution.corner_rows(pair, prompt_set), 256,
                       fit_labels=True).save(path)
         grids[prompt_set] = path
-    atomic_write_json(out / "analysis" / "attribution.json", {"pairs": [pair.to_json()]})
-    document = attribution.read_attribution_file(out / attribution.ATTRIBUTION_FILE)
+    atomic_write_json(out / "analysis" / ATTRIBUTION, {"pairs": [pair.to_json()]})
+    document = attribution.read_attribution_file(out / attribution.ATTRIBUTION)
     described = {side: document.get(side, {}).get("description", "") for side in ("reference", "tuned")}
     return report.write_diagnosis(out, pair, grids, images.problems, described)

@@ -12,7 +12,6 @@ statistics, UNet vs TE side by side, per prompt set the comparison grids / progr
 from __future__ import annotations
 
 import json
-
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -20,8 +19,8 @@ from urllib.parse import quote
 from burnlab.analysis.attribution import GROUPS, Attribution, shown
 from burnlab.analysis.loss_stats import SLOPE_EPOCHS
 from burnlab.analysis.measure import METRICS
-from burnlab.analysis.run import LongCaptions
 from burnlab.analysis.results import BaseProducts, Products
+from burnlab.analysis.run import LongCaptions
 from burnlab.analysis.symptoms import SYMPTOM_NAMES, Z_CAP, Z_MIN, Profile
 
 STRONGEST_SIGNALS = 10  # signals listed per branch in the report (all are in symptoms.json)

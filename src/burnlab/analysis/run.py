@@ -15,38 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# study.json's records: the types its writer (the runner) uses too
+from burnlab.store.layout import PlanEntry as Checkpoint
+from burnlab.store.layout import StageRecord as Stage
+
 
 class AnalysisError(Exception):
     """Bad input the user can fix: the CLI prints the message (one paragraph naming the path or
     key, the value found and what is expected) and exits with status 2, without a traceback."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    parent: str
-    train: tuple[str, ...]
-    epochs: int
-    save_epochs: tuple[int, ...]
-    epoch_offset: int
-    status: str
-
-    @property
-    def study_epoch_end(self) -> int:
-        """Where the stage ends on the branch's shared epoch axis (a stage boundary)."""
-        return self.epoch_offset + self.epochs
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One entry of a branch's testing plan: index 0 the base model, then saved epochs."""
-    index: int
-    label: str
-    stage: str | None
-    epoch: int
-    study_epoch: float
-    checkpoint_id: str
-    weights_id: str  # equal for equal weights (an epoch sweep's jobs up to the shorter length); runs before it: checkpoint_id
 
 
 @dataclass(frozen=True)

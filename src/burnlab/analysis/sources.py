@@ -32,16 +32,30 @@ from typing import Any, Iterable
 
 import yaml
 
-from burnlab.analysis.run import AnalysisError, Branch, Checkpoint, LongCaptions, LossRow, Run, SampleRow, Stage
-from burnlab.dashboards.wandb_key import wandb_key_present  # the same rule as training's W&B mode `auto`
+from burnlab.analysis.run import (
+    AnalysisError,
+    Branch,
+    Checkpoint,
+    LongCaptions,
+    LossRow,
+    Run,
+    SampleRow,
+    Stage,
+)
+from burnlab.dashboards.keys import (
+    KEYS,
+    LOSS_FIELDS,
+    SAMPLES_ARTIFACT_PREFIX,
+    SAMPLES_ARTIFACT_TYPE,
+    STUDY_CONFIG_KEY,
+)
+from burnlab.dashboards.wandb_key import (
+    wandb_key_present,  # the same rule as training's W&B mode `auto`
+)
+from burnlab.store.layout import CONFIG, METRICS, SAMPLES_INDEX, STUDY, RecordError
 
 SPEC_DOC = "see docs/run_store.md"
 WANDB_PREFIX = "wandb:"
-STUDY_CONFIG_KEY = "study_json"
-SAMPLES_ARTIFACT_TYPE = "samples"
-SAMPLES_ARTIFACT_PREFIX = "samples-"
-LOSS_KEYS = ("train_loss", "val_loss", "stabilized_loss")
-DASHBOARD_KEYS = {"train_loss": "loss/train", "val_loss": "loss/val", "stabilized_loss": "loss/stabilized"}
 
 
 def open_run(spec: str, *, download_root: Path | None = None) -> Run:
@@ -88,31 +102,25 @@ def parse_jsonl(lines: list[str], where: str, problems: list[str]) -> list[dict]
 
 def parse_study(study: Any, where: str) -> tuple[dict[str, Stage], dict[str, Branch]]:
     """Stages and branches (with their testing plans) from the content of study.json."""
-    stages = {}
-    for name, raw in require(study, "stages", where, "a mapping of stage name to stage").items():
-        at = f"{where}: stages.{name}"
-        stages[name] = Stage(
-            name=name,
-            parent=str(require(raw, "parent", at, "the parent stage's name or 'base'")),
-            train=tuple(require(raw, "train", at, "a list of components")),
-            epochs=int(require(raw, "epochs", at, "the number of epochs")),
-            save_epochs=tuple(int(e) for e in raw.get("save_epochs", [])),
-            epoch_offset=int(require(raw, "epoch_offset", at, "the epochs trained by ancestors")),
-            status=str(raw.get("status", "complete")))
-    plans = require(study, "testing_plan", where, "a mapping of branch name to checkpoints")
-    branches = {}
-    for name, raw in require(study, "branches", where, "a mapping of branch name to branch").items():
-        at = f"{where}: branches.{name}"
-        branch_stages = tuple(require(raw, "stages", at, "the stage names from base to leaf"))
-        unknown = [stage for stage in branch_stages if stage not in stages]
-        if unknown:
-            raise AnalysisError(f"{at}: stages {unknown} are not defined under 'stages' "
-                                f"(defined: {sorted(stages)}); {SPEC_DOC}.")
-        plan = tuple(parse_checkpoint(entry, f"{where}: testing_plan.{name}")
-                     for entry in require(plans, name, f"{where}: testing_plan",
-                                          f"the testing plan of branch '{name}'"))
-        component = raw.get("component", stages[branch_stages[-1]].train)
-        branches[name] = Branch(name, tuple(component), branch_stages, plan)
+    try:
+        stages = {name: Stage.from_json(name, raw, where)
+                  for name, raw in require(study, "stages", where, "a mapping of stage name to stage").items()}
+        plans = require(study, "testing_plan", where, "a mapping of branch name to checkpoints")
+        branches = {}
+        for name, raw in require(study, "branches", where, "a mapping of branch name to branch").items():
+            at = f"{where}: branches.{name}"
+            branch_stages = tuple(require(raw, "stages", at, "the stage names from base to leaf"))
+            unknown = [stage for stage in branch_stages if stage not in stages]
+            if unknown:
+                raise AnalysisError(f"{at}: stages {unknown} are not defined under 'stages' "
+                                    f"(defined: {sorted(stages)}); {SPEC_DOC}.")
+            plan = tuple(Checkpoint.from_json(entry, f"{where}: testing_plan.{name}")
+                         for entry in require(plans, name, f"{where}: testing_plan",
+                                              f"the testing plan of branch '{name}'"))
+            component = raw.get("component", stages[branch_stages[-1]].train)
+            branches[name] = Branch(name, tuple(component), branch_stages, plan)
+    except RecordError as error:
+        raise AnalysisError(str(error)) from None
     return stages, branches
 
 
@@ -140,19 +148,6 @@ def whole_number(mapping: dict, key: str, where: str, expected: str) -> int:
         raise AnalysisError(f"{where}: '{key}' is {repr(value)[:80]}; expected {expected}, a whole "
                             f"number ({SPEC_DOC}).")
     return value
-
-
-def parse_checkpoint(entry: Any, where: str) -> Checkpoint:
-    index = int(require(entry, "index", where, "the checkpoint's index in the plan"))
-    at = f"{where}[{index}]"
-    return Checkpoint(
-        index=index,
-        label=str(require(entry, "label", at, "a label such as '2 unet_lo e100'")),
-        stage=entry.get("stage"),
-        epoch=int(entry.get("epoch", 0)),
-        study_epoch=float(require(entry, "study_epoch", at, "the epoch on the branch's axis")),
-        checkpoint_id=str(require(entry, "checkpoint_id", at, "the checkpoint's identity")),
-        weights_id=str(entry.get("weights_id") or entry["checkpoint_id"]))
 
 
 def parse_losses(rows: Iterable[dict], where: str) -> dict[str, list[LossRow]]:
@@ -213,7 +208,7 @@ class LocalRun:
         self.dir = Path(path)
 
     def load(self) -> Run:
-        study_path = self.dir / "study.json"
+        study_path = self.dir / STUDY
         if not self.dir.is_dir():
             raise AnalysisError(f"Run folder {self.dir} does not exist (or is not a folder); "
                                 f"expected a run directory written by burnlab, holding study.json, "
@@ -231,7 +226,7 @@ class LocalRun:
             if stage_dir is None:
                 problems.append(f"{study_path}: stage {name} has no 'dir'; its losses are unknown.")
                 continue
-            metrics_path = self.dir / stage_dir / "metrics.jsonl"
+            metrics_path = self.dir / stage_dir / METRICS
             if not metrics_path.is_file():
                 problems.append(f"stage {name}: {metrics_path} is missing; no loss curve for it.")
                 continue
@@ -246,7 +241,7 @@ class LocalRun:
                    long_captions=parse_long_captions(study, str(study_path)))
 
     def read_samples(self, problems: list[str]) -> list[SampleRow]:
-        path = self.dir / "samples.jsonl"
+        path = self.dir / SAMPLES_INDEX
         if not path.is_file():
             problems.append(f"{path} is missing: the run has not been sampled; no grids or "
                             f"sample metrics.")
@@ -255,7 +250,7 @@ class LocalRun:
                 for number, row in enumerate(read_jsonl(path, problems), 1)]
 
     def read_config(self, problems: list[str]) -> dict:
-        path = self.dir / "config.yaml"
+        path = self.dir / CONFIG
         if not path.is_file():
             problems.append(f"{path} is missing: data.path is unknown, so the style and "
                             f"memorisation metrics are skipped.")
@@ -422,7 +417,7 @@ def history_losses(history: Iterable[dict], stages: list[str], where: str,
     losses: dict[str, list[LossRow]] = defaultdict(list)
     for row in history:
         if branch_stages and "stage/index" in row:
-            values = {key: row.get(name) for key, name in DASHBOARD_KEYS.items()}
+            values = {key: row.get(KEYS[key]) for key in LOSS_FIELDS}
             if all(value is None for value in values.values()):
                 continue
             at = f"{where}: history row {row.get('_step', '?')}"
@@ -432,7 +427,7 @@ def history_losses(history: Iterable[dict], stages: list[str], where: str,
             losses[stage].append(LossRow(kind=kind, stage=stage, study_epoch=float(epoch), **values))
             continue
         for stage in stages:
-            values = {key: row.get(f"{stage}/{key}") for key in LOSS_KEYS}
+            values = {key: row.get(f"{stage}/{key}") for key in LOSS_FIELDS}
             if all(value is None for value in values.values()):
                 continue
             epoch = require(row, "study_epoch", f"{where}: history row {row.get('_step', '?')}",

@@ -89,15 +89,16 @@ def share_unchanged(reference, tuned) -> None:
 
 
 def diagnose(args) -> int:
-    from burnlab import analysis
     from accelerate import Accelerator
 
+    from burnlab import analysis
     from burnlab.analysis.attribution import AttributionRule, attribute_run
     from burnlab.analysis.features import load_instruments
-    from burnlab.attribution.swap import ATTRIBUTION_FILE, Model, attribute_pair, prompt_sets
+    from burnlab.attribution.swap import Model, attribute_pair, prompt_sets
     from burnlab.models.components import base_pipeline
     from burnlab.models.loading import load_model
     from burnlab.sampling.sampler import Sampler
+    from burnlab.store.layout import ATTRIBUTION
     from burnlab.toy import asset_dir
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub ids only from the local cache: nothing is downloaded
@@ -124,7 +125,7 @@ def diagnose(args) -> int:
               Model("TUNED", hash_json(["diagnose", base_spec, args.tuned]),
                     {"unet": tuned.unet, "text_encoder": tuned.text_encoder})]
     record = attribute_pair(sampler, *models, out, pipeline.tokenizer, pipeline.scheduler)
-    atomic_write_json(out / ATTRIBUTION_FILE, {
+    atomic_write_json(out / ATTRIBUTION, {
         "prompts": prompt_sets(config),
         "tuned": {"spec": args.tuned, "kind": tuned.kind, "description": tuned.description,
                   "lora_components": list(tuned.lora_components)},

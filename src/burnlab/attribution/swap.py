@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from burnlab.attribution import drift
-from burnlab.store.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_sources
 from burnlab.sampling.sampler import Component, Sampler, sample_jobs
+from burnlab.store.checkpoint import base_sources, component_sources
 from burnlab.store.files import atomic_write_json, hash_json, read_json
+from burnlab.store.layout import ATTRIBUTION, COMPONENTS
 
-ATTRIBUTION_FILE = "attribution.json"
 # corner name -> the components it takes from the tuned model
 CORNERS: Dict[str, Tuple[str, ...]] = {"R": (), "M_unet+R_te": ("unet",), "R_unet+M_te": ("text_encoder",),
                                        "M": ("unet", "text_encoder")}
@@ -48,7 +48,7 @@ class Model:
 
 
 def corner_components(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> Dict[str, Component]:
-    return {name: (tuned if name in from_tuned else reference).components[name] for name in CHECKPOINT_COMPONENTS}
+    return {name: (tuned if name in from_tuned else reference).components[name] for name in COMPONENTS}
 
 
 def corner_id(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> str:
@@ -56,7 +56,7 @@ def corner_id(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> st
     components (so the testing plan's samples serve), else an id of its own."""
     components = corner_components(reference, tuned, from_tuned)
     for model in (reference, tuned):
-        if all(components[name] == model.components[name] for name in CHECKPOINT_COMPONENTS):
+        if all(components[name] == model.components[name] for name in COMPONENTS):
             return model.id
     return hash_json(["swap", reference.id, tuned.id, sorted(from_tuned)])
 
@@ -118,7 +118,7 @@ def attribute_study(sampler: Sampler, study: dict, run_dir: Path, tokenizer, noi
     """Every pair of `study_pairs` into run_dir/attribution.json (the main process writes it);
     `stop_check()` is called after each pair (a signal stops the study there)."""
     records = []
-    measured = _measured_before(Path(run_dir) / ATTRIBUTION_FILE) if sampler.accelerator.num_processes == 1 else {}
+    measured = _measured_before(Path(run_dir) / ATTRIBUTION) if sampler.accelerator.num_processes == 1 else {}
     for branch, reference, tuned in study_pairs(study, Path(run_dir)):
         drift = measured.get((branch, reference.id, tuned.id))
         records.append({"branch": branch, **attribute_pair(sampler, reference, tuned, Path(run_dir),
@@ -127,6 +127,6 @@ def attribute_study(sampler: Sampler, study: dict, run_dir: Path, tokenizer, noi
             stop_check()
     document = {"prompts": prompt_sets(sampler.config), "pairs": records}
     if sampler.accelerator.is_main_process:
-        atomic_write_json(Path(run_dir) / ATTRIBUTION_FILE, document)
-    log.info("attribution: %d pairs of swap corners in %s", len(records), Path(run_dir) / ATTRIBUTION_FILE)
+        atomic_write_json(Path(run_dir) / ATTRIBUTION, document)
+    log.info("attribution: %d pairs of swap corners in %s", len(records), Path(run_dir) / ATTRIBUTION)
     return document

@@ -20,8 +20,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from burnlab.config.schema import (BASE, AnalysisConfig, BurnlabConfig, ModelConfig, SamplingConfig, StageConfig,
-                                   check_folder_name)
+from burnlab.config.schema import (
+    BASE,
+    AnalysisConfig,
+    BurnlabConfig,
+    ModelConfig,
+    SamplingConfig,
+    StageConfig,
+    check_folder_name,
+)
 from burnlab.errors import ConfigError, UserError, schema_keys
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # shipped in the package (conf/experiment/ too)

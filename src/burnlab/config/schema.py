@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from burnlab.errors import ConfigError
+from burnlab.store.layout import COMPONENTS
 
-COMPONENTS = ("unet", "text_encoder")
 BASE = "base"
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")

@@ -27,17 +27,16 @@ from pathlib import Path
 from typing import Dict, Iterable, List
 
 from burnlab.config.schema import BurnlabConfig
-from burnlab.errors import ConfigError
+from burnlab.dashboards.keys import (
+    BOOKKEEPING,
+    KEYS,
+    SAMPLE_COLUMNS,
+    SAMPLES_ARTIFACT_PREFIX,
+    SAMPLES_ARTIFACT_TYPE,
+    STUDY_CONFIG_KEY,
+)
 from burnlab.dashboards.wandb_key import wandb_key_present
-
-# metrics.jsonl field -> dashboard key; fields not named here and not bookkeeping go under `other/`
-KEYS = {"train_loss": "loss/train", "val_loss": "loss/val", "stabilized_loss": "loss/stabilized",
-        "val_loss_by_t": "loss_by_t/val", "stabilized_loss_by_t": "loss_by_t/stabilized",
-        "grad_scale": "train/grad_scale", "step_skipped": "train/step_skipped", "grad_norm": "train/grad_norm",
-        "skipped_nonfinite": "train/skipped_nonfinite",
-        "peak_bytes": "memory/peak_bytes"}
-BOOKKEEPING = {"type", "stage", "step", "epoch", "study_epoch", "measure"}
-SAMPLE_COLUMNS = ["index", "checkpoint", "stage", "study_epoch", "prompt_set", "prompt", "seed", "image"]
+from burnlab.errors import ConfigError
 
 
 def wandb_mode(configured: str) -> str:
@@ -173,7 +172,7 @@ class Dashboards:
             media.setdefault(f"samples/{row['prompt_set']}", []).append(
                 wandb.Image(path, caption=f"{row['label']} seed {row['seed']}"))
             artifact = artifacts.setdefault(row["checkpoint_id"], wandb.Artifact(
-                f"samples-{row['checkpoint_id']}", type="samples", metadata={"label": row["label"]}))
+                f"{SAMPLES_ARTIFACT_PREFIX}{row['checkpoint_id']}", type=SAMPLES_ARTIFACT_TYPE, metadata={"label": row["label"]}))
             name = f"{row['prompt_set']}/{Path(path).name}"
             if name not in artifact.manifest.entries:
                 artifact.add_file(path, name=name)
@@ -181,10 +180,10 @@ class Dashboards:
         for artifact in artifacts.values():
             run.log_artifact(artifact)
 
-    def log_study(self, study: dict) -> None:
+    def study_finished(self, study: dict) -> None:
         """study.json into each W&B run's config: what the analysis reads back through the W&B API."""
         for leaf, run in self.wandb.items():
-            run.config.update({"study_json": json.dumps(study),
+            run.config.update({STUDY_CONFIG_KEY: json.dumps(study),
                                "component": ",".join(study["branches"][leaf]["component"])},
                               allow_val_change=True)
 
@@ -215,6 +214,25 @@ class Dashboards:
             run.finish(exit_code=exit_code)
         for writer in self.writers.values():
             writer.close()
+
+
+class NoDashboards:
+    """What the processes other than the main one observe with: nothing (only rank 0 logs)."""
+
+    def log_row(self, row: dict) -> None:
+        pass
+
+    def replay_rows(self, rows: Iterable[dict]) -> None:
+        pass
+
+    def log_samples(self, rows: List[dict]) -> None:
+        pass
+
+    def study_finished(self, study: dict) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
 
 
 def _pixels(path: Path):

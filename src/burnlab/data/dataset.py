@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageColor
 
-from burnlab.config.schema import DataConfig, ValidationConfig
 from burnlab.config.compose import resolve_path
+from burnlab.config.schema import DataConfig, ValidationConfig
 from burnlab.data.decoding import BadFile, decode_caption, decode_image, read_bytes
 from burnlab.errors import ConfigError, UserError
 from burnlab.store.files import hash_json, sha256_file

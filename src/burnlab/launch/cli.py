@@ -24,10 +24,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from burnlab.config.compose import (
+    CONF_DIR,
+    check_no_secrets,
+    flatten_config,
+    load_config,
+    register_configs,
+)
+from burnlab.errors import USER_ERRORS, Interrupted, paragraph
 from burnlab.launch import sweeps
 from burnlab.launch.cluster import join_submitit_job
-from burnlab.config.compose import CONF_DIR, check_no_secrets, flatten_config, load_config, register_configs
-from burnlab.errors import USER_ERRORS, Interrupted, paragraph
 from burnlab.launch.preflight import check_before_hydra
 
 log = logging.getLogger("burnlab")
@@ -39,11 +45,13 @@ def run(cfg: DictConfig, run_dir: Path, epochs_swept: Collection[str] = ()) -> d
     flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     check_no_secrets(flat.items())  # first: the errors of load_config show values
     config = load_config(cfg)
-    from burnlab.launch.runner import StudyRunner  # after the checks: a config error needs no torch or diffusers
+    from burnlab.launch.runner import (
+        StudyRunner,  # after the checks: a config error needs no torch or diffusers
+    )
 
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    runner = StudyRunner(config, Path(run_dir).resolve(), resolved, flat, epochs_swept)
-    study = runner.run()
+    with StudyRunner(config, Path(run_dir).resolve(), resolved, flat, epochs_swept) as runner:
+        study = runner.run()
     log.info("run dir: %s", run_dir)
     return study
 

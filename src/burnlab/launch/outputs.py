@@ -1,6 +1,7 @@
 """After a study: build its analysis (grids, GIFs, loss overlay, metrics, report) through the
 analysis package's API and say where everything is. The analysis reads the run store only; this
-is the one place the harness builds it (burnlab.dashboards.trackers reads the products' W&B keys through
+is the one place the harness builds it, as an observer of the run (PostRunAnalysis), whose
+products the dashboards then mirror (burnlab.dashboards.trackers reads their W&B keys through
 burnlab.analysis.tracking)."""
 from __future__ import annotations
 
@@ -31,3 +32,17 @@ def build_outputs(run_dir: Path, use_probe: bool = True, clip_model: str | None 
           f"  samples:  {run_dir / 'samples.jsonl'} (PNG paths per checkpoint, prompt and seed)\n"
           f"  config:   {run_dir / 'config.yaml'}")
     return products
+
+
+class PostRunAnalysis:
+    """The runner's observer that builds the analysis once the study finished (main process,
+    `analyze=true`), then hands the products to the dashboards."""
+
+    def __init__(self, run_dir: Path, use_probe: bool, clip_model: str | None, dashboards):
+        self.run_dir, self.use_probe, self.clip_model, self.dashboards = run_dir, use_probe, clip_model, dashboards
+
+    def study_finished(self, study: dict) -> None:
+        self.dashboards.log_analysis(build_outputs(self.run_dir, use_probe=self.use_probe, clip_model=self.clip_model))
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass

@@ -18,16 +18,17 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # how Hydra expands a sweep into jobs
+from hydra._internal.core_plugins.basic_sweeper import (
+    BasicSweeper,  # how Hydra expands a sweep into jobs
+)
 from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from burnlab.launch.cluster import check_slurm_launcher
+from burnlab.config.compose import check_no_secrets, flatten_config, resolve_path
 from burnlab.config.schema import check_folder_name
-from burnlab.config.compose import check_no_secrets, resolve_path
 from burnlab.errors import ConfigError
-from burnlab.config.compose import flatten_config
+from burnlab.launch.cluster import check_slurm_launcher
 
 
 def check_before_hydra(argv: list, conf_dir: Path) -> None:

@@ -24,39 +24,86 @@ import torch
 from accelerate import Accelerator
 from filelock import FileLock
 
+from burnlab.attribution.swap import attribute_study
+from burnlab.config.compose import resolve_path
+from burnlab.config.schema import BASE, BurnlabConfig
 from burnlab.dashboards import trackers
 from burnlab.data import captions
-from burnlab.attribution.swap import attribute_study
-from burnlab.store.checkpoint import base_sources, checkpoint_dir, component_sources, stage_damage
-from burnlab.models.components import BaseModel, Source
-from burnlab.config.schema import BASE, BurnlabConfig
-from burnlab.config.compose import resolve_path
-from burnlab.training.continuation import STAGE_RECORD, continued_from, find_donor, take_over
 from burnlab.data.dataset import load_study_data
-from burnlab.runtime.distributed import any_rank
 from burnlab.errors import ConfigError, NonFiniteLoss, UserError
-from burnlab.store.integrity import Damage, DamagedStore, jsonl_damage
-from burnlab.runtime.memory import PeakMemory
-from burnlab.launch.outputs import build_outputs
-from burnlab.sampling.sampler import Sampler
-from burnlab.training.setup import steps_per_epoch
+from burnlab.launch.outputs import PostRunAnalysis
+from burnlab.models.components import BaseModel, Source
 from burnlab.models.precision import dtype_name
+from burnlab.plan.study import (
+    LENGTH_DEPENDENT_SCHEDULES,
+    branch_of,
+    leaves,
+    plan_stages,
+    stage_order,
+    steps_per_epoch,
+    testing_plan,
+)
+from burnlab.runtime.distributed import any_rank
+from burnlab.runtime.memory import PeakMemory
 from burnlab.runtime.stopping import StopSignals
-from burnlab.store.files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, remove_folder, remove_temp
-from burnlab.plan.study import LENGTH_DEPENDENT_SCHEDULES, branch_of, leaves, plan_stages, stage_order, testing_plan
-from burnlab.training.trainer import COMPLETE, FAILED, StageJob, train_stage
-from burnlab.training.state import STATE, saved_states
+from burnlab.sampling.sampler import Sampler
+from burnlab.store.checkpoint import base_sources, component_sources, stage_damage
+from burnlab.store.files import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    remove_folder,
+    remove_temp,
+)
+from burnlab.store.integrity import Damage, DamagedStore, jsonl_damage
+from burnlab.store.layout import (
+    CACHE,
+    COMPLETE,
+    CONFIG,
+    FAILED,
+    IMAGE_INDEX,
+    METRICS,
+    STAGE_RECORD,
+    STATE,
+    STUDY,
+    StageRecord,
+    checkpoint_dir,
+    samples_dir,
+    stages_dir,
+    training_samples_dir,
+)
+from burnlab.training.continuation import continued_from, find_donor, take_over
+from burnlab.training.state import saved_states
+from burnlab.training.trainer import StageJob, train_stage
 
 log = logging.getLogger("burnlab")
 
 
 class StudyRunner:
+    """One study run, in three steps: `setup()` plans it (the base model, the data, the stage graph
+    and its identities) and prepares the run dir and the observers; `run()` trains, samples and
+    attributes; `cleanup()` closes the observers. `with StudyRunner(...) as runner: runner.run()`
+    does all three. Observers see the run and change nothing in it: the dashboards (main process)
+    mirror every row and sample, and the post-run analysis builds the report from the run store."""
+
     def __init__(self, config: BurnlabConfig, run_dir: Path, resolved_yaml: str, flat_config: dict,
                  epochs_swept: Collection[str] = ()):
         """`epochs_swept`: the stages whose epochs this sweep job's overrides set (train.keep_states=auto)."""
         self.config = config
         self.run_dir = Path(run_dir)
-        self.cache = resolve_path(config.paths.runs) / "cache"
+        self.resolved_yaml, self.flat_config, self.epochs_swept = resolved_yaml, flat_config, epochs_swept
+        self.cache = resolve_path(config.paths.runs) / CACHE
+
+    def __enter__(self) -> "StudyRunner":
+        self.setup()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.cleanup(failed=kind is not None)
+
+    def setup(self) -> None:
+        config = self.config
         if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.mixed_precision = 'fp16' needs a CUDA GPU; on a CPU use 'bf16' or 'no'.")
         # cpu=True without CUDA: a multi-process launch (torchrun, `accelerate launch --multi_gpu`)
@@ -64,7 +111,7 @@ class StudyRunner:
         try:
             self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
                                            cpu=not torch.cuda.is_available(),
-                                           project_dir=str(run_dir))
+                                           project_dir=str(self.run_dir))
         except ValueError as error:
             if "already been initialized" not in str(error):
                 raise
@@ -89,18 +136,24 @@ class StudyRunner:
         self.data = load_study_data(config.data, config.validation)
         self.long_captions = self._check_captions()
         self.planned = plan_stages(config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype),
-                                   epochs_swept)
-        self.stage_dirs = {name: self.cache / "stages" / p.identity for name, p in self.planned.items()}
+                                   self.epochs_swept)
+        self.stage_dirs = {name: stages_dir(self.cache.parent) / p.identity for name, p in self.planned.items()}
+        # everything above only reads; from here on the main process writes and observes
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_temp(self.run_dir, recursive=False)  # a killed run's half-written study.json, say
-            atomic_write_text(self.run_dir / "config.yaml", resolved_yaml)
-        self.dashboards = trackers.Dashboards(
-            config, self.run_dir, flat_config,
-            {leaf: branch_of(self.planned, leaf)["stages"] for leaf in leaves(config.stages)},
-            {name: p.epoch_offset for name, p in self.planned.items()},
-            steps_per_epoch(len(self.data.train), config.train, self.accelerator.num_processes)
-        ) if self.is_main else None
+            atomic_write_text(self.run_dir / CONFIG, self.resolved_yaml)
+            self.dashboards = trackers.Dashboards(
+                config, self.run_dir, self.flat_config,
+                {leaf: branch_of(self.planned, leaf)["stages"] for leaf in leaves(config.stages)},
+                {name: p.epoch_offset for name, p in self.planned.items()},
+                steps_per_epoch(len(self.data.train), config.train, self.accelerator.num_processes))
+        else:
+            self.dashboards = trackers.NoDashboards()
+        self.observers = [self.dashboards]
+        if self.is_main and config.analyze:
+            self.observers.append(PostRunAnalysis(self.run_dir, self.uses_toy_model(), config.analysis.clip_model,
+                                                  self.dashboards))
 
     def _check_captions(self) -> dict:
         """study.json's `long_captions`, warned about once, by the main process."""
@@ -120,19 +173,18 @@ class StudyRunner:
             return "complete"
         if (stage_dir / FAILED).exists():
             return "failed"
-        return "partial" if (stage_dir / STATE).exists() or (stage_dir / "metrics.jsonl").exists() else "pending"
+        return "partial" if (stage_dir / STATE).exists() or (stage_dir / METRICS).exists() else "pending"
 
     def stage_entry(self, name: str) -> dict:
         """One stage as study.json describes it."""
         planned = self.planned[name]
         stage = planned.config
-        return {"parent": stage.parent, "train": list(stage.train), "lr": stage.lr,
-                "text_encoder_lr": stage.text_encoder_lr, "epochs": stage.epochs,
-                "save_epochs": stage.checkpoint_epochs(), "identity": planned.identity,
-                "trajectory": planned.trajectory, "keep_states": planned.keep_states,
-                "continued_from": continued_from(self.stage_dirs[name]),
-                "dir": os.path.relpath(self.stage_dirs[name], self.run_dir),
-                "epoch_offset": planned.epoch_offset, "status": self.status(name)}
+        return StageRecord(
+            name=name, parent=stage.parent, train=tuple(stage.train), lr=stage.lr,
+            text_encoder_lr=stage.text_encoder_lr, epochs=stage.epochs, save_epochs=tuple(stage.checkpoint_epochs()),
+            identity=planned.identity, trajectory=planned.trajectory, keep_states=planned.keep_states,
+            continued_from=continued_from(self.stage_dirs[name]), dir=os.path.relpath(self.stage_dirs[name], self.run_dir),
+            epoch_offset=planned.epoch_offset, status=self.status(name)).to_json()
 
     def study_json(self) -> dict:
         stages = {name: self.stage_entry(name) for name in self.planned}
@@ -147,7 +199,7 @@ class StudyRunner:
     def write_study_json(self) -> dict:
         study = self.study_json()
         if self.is_main:
-            atomic_write_json(self.run_dir / "study.json", study)
+            atomic_write_json(self.run_dir / STUDY, study)
         return study
 
     # -- stages -------------------------------------------------------------------------------
@@ -172,8 +224,7 @@ class StudyRunner:
                     "the main process found a damaged file in the run store; its message names it.")
             if (stage_dir / COMPLETE).exists():
                 log.info("stage %s: complete in the cache (%s), skipped", name, stage_dir)
-                if self.dashboards:
-                    self.dashboards.replay_rows(read_jsonl(stage_dir / "metrics.jsonl"))
+                self.dashboards.replay_rows(read_jsonl(stage_dir / METRICS))
                 return
             if self.is_main:  # under the lock: whatever a killed writer left half-done here
                 remove_temp(stage_dir)
@@ -187,7 +238,7 @@ class StudyRunner:
             self.accelerator.wait_for_everyone()  # every rank resumes from what the main process took over
             job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
                            self.accelerator, self.frozen_dtype,
-                           log=self.dashboards.log_row if self.dashboards else (lambda row: None),
+                           log=self.dashboards.log_row,
                            on_epoch_end=self._mirrored(name, on_epoch_end(stage_dir)) if on_epoch_end else None,
                            stop=self.stop)
             with PeakMemory(self.accelerator.device) as peak:
@@ -211,7 +262,7 @@ class StudyRunner:
         and the repair (its rows before the saved state cannot be rebuilt without retraining)."""
         stage_dir = self.stage_dirs[name]
         if not (stage_dir / COMPLETE).exists():
-            metrics = stage_dir / "metrics.jsonl"
+            metrics = stage_dir / METRICS
             return jsonl_damage(metrics) if metrics.exists() else []
         damage = stage_damage(stage_dir, self.planned[name].config.checkpoint_epochs())
         if damage:
@@ -229,8 +280,8 @@ class StudyRunner:
         donor = find_donor(stage_dir.parent, planned, every)
         if donor is not None:
             take_over(donor, stage_dir, planned, every)
-            if self.dashboards:  # the rows up to there were logged by the other run's dashboards
-                self.dashboards.replay_rows(read_jsonl(stage_dir / "metrics.jsonl"))
+            # the rows up to there were logged by the other run's dashboards
+            self.dashboards.replay_rows(read_jsonl(stage_dir / METRICS))
         elif self.config.train.lr_scheduler in LENGTH_DEPENDENT_SCHEDULES and planned.keep_states:
             log.info("stage %s: train.lr_scheduler=%s depends on the stage's length, so each length of it "
                      "trains from epoch 0 (only constant schedules let a longer run continue a shorter one)",
@@ -249,54 +300,47 @@ class StudyRunner:
             row = {"type": "memory", "stage": name, "epoch": planned.config.epochs,
                    "study_epoch": planned.epoch_offset + planned.config.epochs,
                    "peak_bytes": peak.peak_bytes, "measure": peak.kind}
-            append_jsonl(self.stage_dirs[name] / "metrics.jsonl", row)
+            append_jsonl(self.stage_dirs[name] / METRICS, row)
             self.dashboards.log_row(row)
 
     def _mirrored(self, name: str, hook):
         """The sampling hook, then its samples (if it made any this epoch) onto the dashboards."""
         def on_epoch_end(epoch, models):
             hook(epoch, models)
-            folder = self.stage_dirs[name] / "samples" / f"epoch_{epoch:04d}"
-            if self.dashboards and (folder / "index.jsonl").exists():
-                self.dashboards.log_training_samples(name, epoch, list(read_jsonl(folder / "index.jsonl")), folder)
+            folder = training_samples_dir(self.stage_dirs[name], epoch)
+            if self.is_main and (folder / IMAGE_INDEX).exists():
+                self.dashboards.log_training_samples(name, epoch, list(read_jsonl(folder / IMAGE_INDEX)), folder)
         return on_epoch_end
 
     def run(self) -> dict:
-        try:
-            with self.stop:
-                study = self._run()
-        except BaseException:
-            if self.dashboards:  # a failed study's W&B runs end as failed, not left open in this process
-                self.dashboards.finish(exit_code=1)
-            raise
-        if self.dashboards:
-            self.dashboards.finish()
-        self.accelerator.end_training()
+        """Train every stage, sample the testing plan and the swap corners; returns study.json."""
+        with self.stop:
+            study = self.write_study_json()
+            sampler = Sampler(self.config.sampling, self.base.describe(), samples_dir(self.cache.parent),
+                              self.accelerator, self.stop) if self.config.sampling.prompts else None
+            for name in stage_order(self.config.stages):
+                hook = sampler.training_hook if sampler and self.config.sampling.every_n_epochs else None
+                self.run_stage(name, hook)
+                study = self.write_study_json()
+                if any_rank(self.accelerator, self.stop.received is not None):
+                    raise self.stop.interrupted(f"after stage {name}, which is complete in the cache")
+            if sampler and self.config.sampling.testing_plan:
+                rows = sampler.sample_testing_plan(study, self.run_dir)
+                self.dashboards.log_samples(rows)
+                if self.config.sampling.attribution:
+                    attribute_study(sampler, study, self.run_dir, self.base.tokenizer(), self.base.noise_scheduler(),
+                                    stop_check=self._stop_after("while sampling the swap corners"))
+        for observer in self.observers:
+            observer.study_finished(study)
         return study
 
-    def _run(self) -> dict:
-        study = self.write_study_json()
-        sampler = Sampler(self.config.sampling, self.base.describe(), self.cache / "samples",
-                          self.accelerator, self.stop) if self.config.sampling.prompts else None
-        for name in stage_order(self.config.stages):
-            hook = sampler.training_hook if sampler and self.config.sampling.every_n_epochs else None
-            self.run_stage(name, hook)
-            study = self.write_study_json()
-            if any_rank(self.accelerator, self.stop.received is not None):
-                raise self.stop.interrupted(f"after stage {name}, which is complete in the cache")
-        if sampler and self.config.sampling.testing_plan:
-            rows = sampler.sample_testing_plan(study, self.run_dir)
-            if self.dashboards:
-                self.dashboards.log_samples(rows)
-            if self.config.sampling.attribution:
-                attribute_study(sampler, study, self.run_dir, self.base.tokenizer(), self.base.noise_scheduler(),
-                                stop_check=self._stop_after("while sampling the swap corners"))
-        if self.dashboards:
-            self.dashboards.log_study(study)
-            if self.config.analyze:
-                self.dashboards.log_analysis(build_outputs(self.run_dir, use_probe=self.uses_toy_model(),
-                                                           clip_model=self.config.analysis.clip_model))
-        return study
+    def cleanup(self, failed: bool = False) -> None:
+        """Close the observers (a failed study's W&B runs end as failed, not left open in this
+        process) and let go of the accelerator."""
+        for observer in getattr(self, "observers", []):
+            observer.finish(exit_code=1 if failed else 0)
+        if not failed and hasattr(self, "accelerator"):
+            self.accelerator.end_training()
 
     def _stop_after(self, where: str):
         def check() -> None:

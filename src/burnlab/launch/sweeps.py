@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import List, Set
 
 from burnlab.store.files import atomic_write_json, hash_json
+from burnlab.store.layout import JOB
 
-JOB_RECORD = "job.json"
 MAX_FOLDER_NAME = 96  # of 255 a file system allows: room for the hash and for readable paths
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")  # '/' (a path), brackets, quotes, spaces, ...
 _EPOCHS = re.compile(r"^\+{0,2}stages\.([^.=]+)\.epochs=")
@@ -35,7 +35,7 @@ def job_folder_name(override_dirname: str) -> str:
 
 def write_job_record(run_dir: Path, overrides: List[str], number: int) -> None:
     """job.json: the job's overrides (the values that make this job what it is) and its number."""
-    atomic_write_json(Path(run_dir) / JOB_RECORD, {"overrides": overrides, "folder": Path(run_dir).name,
+    atomic_write_json(Path(run_dir) / JOB, {"overrides": overrides, "folder": Path(run_dir).name,
                                                   "job_number": number})
 
 

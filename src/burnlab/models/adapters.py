@@ -19,7 +19,6 @@ from burnlab.config.schema import LoraConfig
 from burnlab.errors import ConfigError
 
 ADAPTER = "default"  # the adapter's name in peft, in the trainer and in the training state alike
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' file name (save_lora_weights / load_lora_weights)
 COMPONENT_LABELS = {"unet": "UNet", "text_encoder": "text encoder"}
 
 

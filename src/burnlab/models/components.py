@@ -176,7 +176,8 @@ def _build_once(architecture: str, folder: Path, seed: int) -> None:
     jobs) wait on a file lock, and one of them builds."""
     from filelock import FileLock
 
-    from burnlab.models.architectures import COMPLETE, build_random_pipeline
+    from burnlab.models.architectures import build_random_pipeline
+    from burnlab.store.layout import COMPLETE
 
     if (folder / COMPLETE).exists():
         return

@@ -16,10 +16,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from burnlab.models.components import PICKLE_SUFFIXES
 from burnlab.errors import UserError
+from burnlab.models.components import PICKLE_SUFFIXES
+from burnlab.store.layout import COMPONENTS, MANIFEST
 
-COMPONENTS = ("unet", "text_encoder")
 ALLOWED = ("a burnlab checkpoint folder (manifest.json), a diffusers pipeline folder (model_index.json), a hub id "
            "in the local Hugging Face cache, an SD 1.x single-file checkpoint (.safetensors with A1111/LDM keys) "
            "or a LoRA file (.safetensors, diffusers or kohya keys) with --base")
@@ -46,7 +46,7 @@ def load_model(spec: str, base: Optional[str] = None, allow_pickle: bool = False
     hub id) gives a single-file checkpoint its configs and a LoRA file its weights."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / "manifest.json").exists():
+        if (path / MANIFEST).exists():
             return _frozen(_load_checkpoint(path))
         if (path / "model_index.json").exists():
             return _frozen(_load_folder(path.resolve(), "diffusers folder", f"diffusers folder {path}", allow_pickle))
@@ -108,8 +108,8 @@ def _load_checkpoint(folder: Path) -> LoadedModel:
     """A burnlab checkpoint, its components resolved through the manifest; a LoRA checkpoint's
     adapters are fused into the base weights, as `burnlab.store.checkpoint.materialize` bakes them."""
     from burnlab.models.adapters import bake
-    from burnlab.store.checkpoint import component_sources, read_manifest
     from burnlab.models.components import base_pipeline
+    from burnlab.store.checkpoint import component_sources, read_manifest
 
     manifest = read_manifest(folder)
     sources = component_sources(folder)

@@ -11,12 +11,13 @@ shorter one's saved state (burnlab.training.continuation) — unless the LR sche
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional
 
-from burnlab.store.checkpoint import checkpoint_dir, checkpoint_id
 from burnlab.config.schema import BASE, BurnlabConfig, StageConfig
 from burnlab.store.files import hash_json
+from burnlab.store.layout import PlanEntry, checkpoint_dir, checkpoint_id
 
 # how often the state is saved, and whether a NaN batch is skipped or stops the stage, change
 # nothing in a stage that trains through without one: a stage resumes under either setting, and
@@ -104,6 +105,13 @@ def epoch_seed(seed: int, *parts) -> int:
     return int(hash_json([seed, *parts]), 16) % (2 ** 63)
 
 
+def steps_per_epoch(train_images: int, train, processes: int) -> int:
+    """Optimizer steps per epoch: the same for every stage of a study (same data, batch and
+    processes), which the dashboards' study_step relies on. `train`: the TrainConfig."""
+    micro_batches = math.ceil(train_images / (train.batch_size * processes))
+    return math.ceil(micro_batches / train.gradient_accumulation_steps)
+
+
 def leaves(stages: Dict[str, StageConfig]) -> List[str]:
     parents = {stage.parent for stage in stages.values()}
     return [name for name in stage_order(stages) if name not in parents]
@@ -112,21 +120,20 @@ def leaves(stages: Dict[str, StageConfig]) -> List[str]:
 def testing_plan(planned: Dict[str, PlannedStage], leaf: str, base_identity: str,
                  stage_dirs: Dict[str, str]) -> List[dict]:
     """The checkpoints a branch is judged on: the base, the first stage's final epoch, then every
-    save epoch of each later stage (the study's 0 base, 1 baseline, 2-4 lo, 5-7 hi)."""
-    rows: List[dict] = [{"index": 0, "label": "0 base", "stage": None, "epoch": 0, "study_epoch": 0,
-                         "checkpoint_id": base_identity, "weights_id": base_identity, "dir": None}]
+    save epoch of each later stage (the study's 0 base, 1 baseline, 2-4 lo, 5-7 hi), as study.json's
+    PlanEntry records."""
+    rows = [PlanEntry(index=0, label="0 base", stage=None, epoch=0, study_epoch=0, checkpoint_id=base_identity,
+                      weights_id=base_identity, dir=None)]
     for position, name in enumerate(planned[leaf].lineage[1:]):
         stage = planned[name]
         epochs = [stage.config.epochs] if position == 0 else stage.config.checkpoint_epochs()
         for epoch in epochs:
             index = len(rows)
-            label = f"{index} {name}" if position == 0 else f"{index} {name} e{epoch}"
-            rows.append({"index": index, "label": label, "stage": name, "epoch": epoch,
-                         "study_epoch": stage.epoch_offset + epoch,
-                         "checkpoint_id": checkpoint_id(stage.identity, epoch),
-                         "weights_id": weights_id(stage, epoch),
-                         "dir": str(checkpoint_dir(stage_dirs[name], epoch))})
-    return rows
+            rows.append(PlanEntry(
+                index=index, label=f"{index} {name}" if position == 0 else f"{index} {name} e{epoch}", stage=name,
+                epoch=epoch, study_epoch=stage.epoch_offset + epoch, checkpoint_id=checkpoint_id(stage.identity, epoch),
+                weights_id=weights_id(stage, epoch), dir=str(checkpoint_dir(stage_dirs[name], epoch))))
+    return [row.to_json() for row in rows]
 
 
 def weights_id(stage: PlannedStage, epoch: int) -> str:

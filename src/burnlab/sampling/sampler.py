@@ -19,20 +19,34 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       StableDiffusionPipeline)
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+)
 from filelock import FileLock
 from PIL import Image
 
-from burnlab.models.adapters import swap_adapters
-from burnlab.store.checkpoint import CHECKPOINT_COMPONENTS, base_sources, component_sources
-from burnlab.models.components import Source, base_pipeline
 from burnlab.config.schema import SamplingConfig
-from burnlab.runtime.distributed import any_rank, gather_shards, shard
-from burnlab.store.integrity import sample_folder_damage
+from burnlab.models.adapters import swap_adapters
+from burnlab.models.components import Source, base_pipeline
 from burnlab.models.precision import dtype_name, in_dtype, resolve_dtype
+from burnlab.runtime.distributed import any_rank, gather_shards, shard
 from burnlab.runtime.stopping import StopSignals
-from burnlab.store.files import hash_json, publish_dir, read_jsonl, remove_folder, remove_temp, temp_dir_for, write_jsonl
+from burnlab.store.checkpoint import base_sources, component_sources
+from burnlab.store.files import (
+    hash_json,
+    publish_dir,
+    read_jsonl,
+    remove_folder,
+    remove_temp,
+    temp_dir_for,
+    write_jsonl,
+)
+from burnlab.store.integrity import sample_folder_damage
+from burnlab.store.layout import COMPLETE, COMPONENTS, IMAGE_INDEX, SAMPLES_INDEX, training_samples_dir
 
 log = logging.getLogger("burnlab")
 
@@ -131,7 +145,7 @@ class Sampler:
         if not shared and self._adapters is not None:
             self.pipeline.unload_lora_weights()
             self._adapters = None
-        for name in CHECKPOINT_COMPONENTS:
+        for name in COMPONENTS:
             wanted = sources[name]
             if isinstance(wanted, Source) and shared:
                 wanted = dataclasses.replace(wanted, lora=None)  # its adapter is swapped below, not its component
@@ -160,7 +174,7 @@ class Sampler:
             self.cache.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         try:
-            made = any_rank(self.accelerator, self.accelerator.is_main_process and (folder / "COMPLETE").exists()
+            made = any_rank(self.accelerator, self.accelerator.is_main_process and (folder / COMPLETE).exists()
                             and self._sound(checkpoint_id, folder))
             if not made:
                 self._make(checkpoint_id, sources, folder)
@@ -179,8 +193,8 @@ class Sampler:
             rows = write_images(tmp, jobs, images)
             common = {"checkpoint_id": checkpoint_id, "steps": self.config.steps,
                       "guidance_scale": self.config.guidance_scale, "scheduler": self.config.scheduler}
-            write_jsonl(tmp / "index.jsonl", [{**row, **common} for row in rows])
-            (tmp / "COMPLETE").write_text("complete\n")
+            write_jsonl(tmp / IMAGE_INDEX, [{**row, **common} for row in rows])
+            (tmp / COMPLETE).write_text("complete\n")
             publish_dir(tmp, folder)
 
     def _usable(self, checkpoint_id: str) -> bool:
@@ -188,10 +202,10 @@ class Sampler:
         (an index row that does not parse, a PNG that does not decode in full) is removed under
         the folder's lock, named in the log, and sampled again."""
         folder = self._folder(checkpoint_id)
-        if not (folder / "COMPLETE").exists():
+        if not (folder / COMPLETE).exists():
             return False
         with FileLock(str(folder) + ".lock"):
-            if not (folder / "COMPLETE").exists():  # another job's repair came first
+            if not (folder / COMPLETE).exists():  # another job's repair came first
                 return False
             return self._sound(checkpoint_id, folder)
 
@@ -227,12 +241,12 @@ class Sampler:
             for branch, plan in study["testing_plan"].items():
                 for entry in plan:
                     folder = self._folder(entry["checkpoint_id"])
-                    for row in read_jsonl(folder / "index.jsonl"):
+                    for row in read_jsonl(folder / IMAGE_INDEX):
                         rows.append({**row, "branch": branch, "index": entry["index"], "label": entry["label"],
                                      "stage": entry["stage"], "epoch": entry["epoch"],
                                      "study_epoch": entry["study_epoch"],
                                      "path": os.path.relpath(folder / row["path"], run_dir)})
-            write_jsonl(run_dir / "samples.jsonl", rows)
+            write_jsonl(run_dir / SAMPLES_INDEX, rows)
         return rows
 
     def training_hook(self, stage_dir: Path):
@@ -244,8 +258,8 @@ class Sampler:
             if epoch % self.config.every_n_epochs:
                 return
             pipeline = self.pipeline
-            saved = {name: (getattr(pipeline, name), models[name].training) for name in CHECKPOINT_COMPONENTS}
-            for name in CHECKPOINT_COMPONENTS:
+            saved = {name: (getattr(pipeline, name), models[name].training) for name in COMPONENTS}
+            for name in COMPONENTS:
                 setattr(pipeline, name, in_dtype(models[name], self.dtype).eval())
             try:
                 jobs = sample_jobs(self.config)
@@ -255,7 +269,7 @@ class Sampler:
                     models[name].train(training)
                     setattr(pipeline, name, original)
             if self.accelerator.is_main_process:
-                folder = Path(stage_dir) / "samples" / f"epoch_{epoch:04d}"
-                write_jsonl(folder / "index.jsonl", write_images(folder, jobs, images))
+                folder = training_samples_dir(stage_dir, epoch)
+                write_jsonl(folder / IMAGE_INDEX, write_images(folder, jobs, images))
 
         return on_epoch_end

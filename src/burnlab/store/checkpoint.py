@@ -21,29 +21,39 @@ from typing import Dict, Iterable, List
 import torch
 from safetensors.torch import save_file
 
-from burnlab.models.adapters import ADAPTER, LORA_FILE, bake, carries_adapter
-from burnlab.models.components import Source, base_pipeline, base_source
 from burnlab.errors import UserError
-from burnlab.store.integrity import Damage, check_hashed, jsonl_damage, raise_damage, remember_hashed
+from burnlab.models.adapters import ADAPTER, bake, carries_adapter
+from burnlab.models.components import Source, base_pipeline, base_source
 from burnlab.models.precision import dtype_name
-from burnlab.store.files import atomic_write_json, hash_json, publish_dir, read_json, sha256_file, temp_dir_for
+from burnlab.store.files import (
+    atomic_write_json,
+    publish_dir,
+    read_json,
+    sha256_file,
+    temp_dir_for,
+)
+from burnlab.store.integrity import (
+    Damage,
+    check_hashed,
+    jsonl_damage,
+    raise_damage,
+    remember_hashed,
+)
+from burnlab.store.layout import (
+    COMPONENTS,
+    LORA_FILE,
+    MANIFEST,
+    METRICS,
+    checkpoint_dir,
+    checkpoint_id,
+)
 
-CHECKPOINT_COMPONENTS = ("unet", "text_encoder")
-MANIFEST = "manifest.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def checkpoint_id(stage_identity: str, epoch: int) -> str:
-    return hash_json(["checkpoint", stage_identity, epoch])
-
-
-def checkpoint_dir(stage_dir: Path, epoch: int) -> Path:
-    return Path(stage_dir) / "checkpoints" / f"epoch_{epoch:04d}"
 
 
 def base_sources(base: dict) -> Dict[str, Source]:
     """Component sources of the base model described by `BaseModel.describe()`."""
-    return {name: base_source(base, name) for name in CHECKPOINT_COMPONENTS}
+    return {name: base_source(base, name) for name in COMPONENTS}
 
 
 def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str, Source], *,
@@ -174,7 +184,7 @@ def stage_damage(stage_dir: Path, epochs: Iterable[int]) -> List[Damage]:
     checkpoint at one of `epochs` (the stage's checkpoint epochs) that is missing or damaged (its
     own files: what it inherits belongs to an ancestor stage, checked as that stage)."""
     stage_dir = Path(stage_dir)
-    metrics = stage_dir / "metrics.jsonl"
+    metrics = stage_dir / METRICS
     damage = jsonl_damage(metrics) if metrics.exists() else [Damage(metrics, "is missing")]
     for epoch in sorted(epochs):
         damage += checkpoint_damage(checkpoint_dir(stage_dir, epoch), inherited=False)

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-
 TMP_SUFFIX = ".tmp"
 
 

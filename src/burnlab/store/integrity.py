@@ -21,8 +21,8 @@ from PIL import Image
 
 from burnlab.errors import UserError
 from burnlab.store.files import TMP_SUFFIX, atomic_write_json, read_json, sha256_file
+from burnlab.store.layout import COMPLETE, IMAGE_INDEX, VERIFIED
 
-VERIFIED = ".verified.json"  # in a checkpoint or sample folder: {relative path: {size, mtime_ns, sha256}}
 DECODED = "decoded"  # the record's `sha256` for a file checked by decoding it (a sample PNG)
 
 
@@ -149,9 +149,9 @@ def sample_folder_damage(folder: Path, fresh: bool = False) -> List[Damage]:
     name PNGs inside the folder that decode in full. Decoded PNGs are remembered like hashes
     (`fresh`: as in check_hashed)."""
     folder = Path(folder)
-    if not (folder / "COMPLETE").exists():
+    if not (folder / COMPLETE).exists():
         return [Damage(folder, "has no COMPLETE marker: its writer did not finish")]
-    index = folder / "index.jsonl"
+    index = folder / IMAGE_INDEX
     if not index.exists():
         return [Damage(index, "is missing")]
     damage = jsonl_damage(index)

@@ -27,11 +27,26 @@ from typing import Dict, List, Optional
 
 from filelock import FileLock, Timeout
 
-from burnlab.attribution.swap import ATTRIBUTION_FILE
-from burnlab.store.checkpoint import MANIFEST, checkpoint_damage, manifest_damage
-from burnlab.store.integrity import Damage, is_temp_leftover, jsonl_damage, sample_folder_damage, walk_temp
+from burnlab.store.checkpoint import checkpoint_damage, manifest_damage
 from burnlab.store.files import read_json, remove_folder
-from burnlab.training.trainer import COMPLETE
+from burnlab.store.integrity import (
+    Damage,
+    is_temp_leftover,
+    jsonl_damage,
+    sample_folder_damage,
+    walk_temp,
+)
+from burnlab.store.layout import (
+    ATTRIBUTION,
+    CHECKPOINTS,
+    COMPLETE,
+    MANIFEST,
+    METRICS,
+    SAMPLES_INDEX,
+    STAGE_RECORD,
+    STATE,
+    STUDY,
+)
 from burnlab.training.state import STATE_FILE
 
 
@@ -50,7 +65,7 @@ class Finding:
 
 def _state_damage(stage_dir: Path, identity: str, trained: List[str]) -> List[Damage]:
     damage = []
-    for folder in sorted((stage_dir / "state").glob("step_*")):
+    for folder in sorted((stage_dir / STATE).glob("step_*")):
         state = folder / STATE_FILE
         if not state.exists():
             damage.append(Damage(folder, f"has no {STATE_FILE}: a state folder is published whole"))
@@ -69,17 +84,17 @@ def _state_damage(stage_dir: Path, identity: str, trained: List[str]) -> List[Da
 
 def check_stage(stage_dir: Path) -> tuple:
     """(damage, lineage problems, stage.json or {}) of one stage folder."""
-    record_path = stage_dir / "stage.json"
+    record_path = stage_dir / STAGE_RECORD
     damage, lineage, record = [], [], {}
     if record_path.exists():
         try:
             record = read_json(record_path)
         except (OSError, ValueError) as error:
             damage.append(Damage(record_path, f"cannot be read as JSON ({error})"))
-    metrics = stage_dir / "metrics.jsonl"
+    metrics = stage_dir / METRICS
     if metrics.exists():
         damage += jsonl_damage(metrics)
-    for checkpoint in sorted((stage_dir / "checkpoints").glob("epoch_*")):
+    for checkpoint in sorted((stage_dir / CHECKPOINTS).glob("epoch_*")):
         damage += checkpoint_damage(checkpoint, inherited=False, fresh=True)
         if (checkpoint / MANIFEST).exists() and not manifest_damage(checkpoint / MANIFEST):
             for name, entry in read_json(checkpoint / MANIFEST)["components"].items():
@@ -93,7 +108,7 @@ def check_stage(stage_dir: Path) -> tuple:
             damage.append(Damage(record_path, "is missing in a complete stage"))
         else:
             epochs = sorted(set(record.get("save_epochs", [])) | {record.get("epochs")})
-            folders = [stage_dir / "checkpoints" / f"epoch_{e:04d}" for e in epochs if isinstance(e, int)]
+            folders = [stage_dir / CHECKPOINTS / f"epoch_{e:04d}" for e in epochs if isinstance(e, int)]
             damage += [Damage(f, "is missing in a complete stage") for f in folders if not f.is_dir()]
     damage += _state_damage(stage_dir, stage_dir.name, list(record.get("train", [])))
     return damage, lineage, record
@@ -102,7 +117,7 @@ def check_stage(stage_dir: Path) -> tuple:
 def _runs(root: Path) -> Dict[Path, dict]:
     """Every run dir of the store (study.json), with its study (or {} when it cannot be read)."""
     runs = {}
-    for path in sorted(root.rglob("study.json")):
+    for path in sorted(root.rglob(STUDY)):
         if "cache" in path.relative_to(root).parts:
             continue
         try:
@@ -139,9 +154,9 @@ def find_damage(root: Path) -> List[Finding]:
             findings.append(Finding(f"samples {folder.name}", damage, folder, Path(str(folder) + ".lock"),
                                     [f"run {u}" for u in users]))
     for run, study in runs.items():
-        damage = [] if study else [Damage(run / "study.json", "cannot be read as JSON")]
-        if (run / "samples.jsonl").exists():
-            damage += jsonl_damage(run / "samples.jsonl")
+        damage = [] if study else [Damage(run / STUDY, "cannot be read as JSON")]
+        if (run / SAMPLES_INDEX).exists():
+            damage += jsonl_damage(run / SAMPLES_INDEX)
         for item in damage:  # both are written again by the next run of the study
             findings.append(Finding(f"run {run.relative_to(root)}", [item], item.path))
     for leftover in walk_temp(root):
@@ -153,7 +168,7 @@ def find_damage(root: Path) -> List[Finding]:
 def _swap_corners(run: Path) -> List[Path]:
     """The sample folders a run's attribution.json names (its swap corners); [] when it has none."""
     try:
-        pairs = read_json(run / ATTRIBUTION_FILE).get("pairs", [])
+        pairs = read_json(run / ATTRIBUTION).get("pairs", [])
         return [(run / folder).resolve() for pair in pairs for folder in pair.get("corners", {}).values()]
     except (OSError, ValueError, AttributeError):
         return []

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
-
 from omegaconf import OmegaConf
 
 from burnlab.config.schema import SamplingConfig

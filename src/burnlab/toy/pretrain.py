@@ -41,8 +41,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from burnlab.store.files import atomic_write_json
 from burnlab.toy import ASSETS
 from burnlab.toy import probe as probe_module
-from burnlab.toy.build import (build_components, build_tokenizer, save_pipeline,
-                               training_scheduler, vae_config)
+from burnlab.toy.build import (
+    build_components,
+    build_tokenizer,
+    save_pipeline,
+    training_scheduler,
+    vae_config,
+)
 from burnlab.toy.world import SIZE, draw_sample, make_world, sample_rng
 
 # Every data stream has its own world seed, so no image is shared between them by accident.

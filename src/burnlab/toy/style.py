@@ -19,7 +19,14 @@ import numpy as np
 from PIL import Image
 
 from burnlab.toy import ACTIVATION_PHRASE
-from burnlab.toy.world import _CANVAS, _SCALE, Drawing, downsample, draw_sample, sample_rng
+from burnlab.toy.world import (
+    _CANVAS,
+    _SCALE,
+    Drawing,
+    downsample,
+    draw_sample,
+    sample_rng,
+)
 
 MAGENTA = (235, 0, 150)
 INDIGO = (45, 0, 95)

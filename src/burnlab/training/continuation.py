@@ -23,13 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from burnlab.store.checkpoint import MANIFEST, checkpoint_dir, publish_checkpoint, read_manifest
-from burnlab.store.files import atomic_write_json, publish_dir, read_json, read_jsonl, temp_dir_for, write_jsonl
 from burnlab.plan.study import PlannedStage
-from burnlab.training.state import STATE, STATE_FILE, Position, read_state, saved_states
+from burnlab.store.checkpoint import publish_checkpoint, read_manifest
+from burnlab.store.files import (
+    atomic_write_json,
+    publish_dir,
+    read_json,
+    read_jsonl,
+    temp_dir_for,
+    write_jsonl,
+)
+from burnlab.store.layout import (
+    CONTINUED,
+    MANIFEST,
+    METRICS,
+    STAGE_RECORD,
+    STATE,
+    checkpoint_dir,
+)
+from burnlab.training.state import STATE_FILE, Position, read_state, saved_states
 
-STAGE_RECORD = "stage.json"  # written by the runner into each stage folder: the trajectory is found there
-CONTINUED = "continued_from.json"  # in a stage folder that took over another's state: which, and at what epoch
 log = logging.getLogger("burnlab")
 
 
@@ -87,7 +100,7 @@ def take_over(donor: Donor, stage_dir: Path, planned: PlannedStage, validation_e
             tmp = temp_dir_for(stage_dir / "samples" / folder.name)
             _link_files(folder, tmp)
             publish_dir(tmp, stage_dir / "samples" / folder.name)
-    write_jsonl(stage_dir / "metrics.jsonl", [row for row in read_jsonl(donor.stage_dir / "metrics.jsonl")
+    write_jsonl(stage_dir / METRICS, [row for row in read_jsonl(donor.stage_dir / METRICS)
                                               if _logged_by_now(row, donor.position, planned, validation_every)])
     atomic_write_json(stage_dir / CONTINUED, {"identity": donor.stage_dir.name, "epochs": donor.epochs,
                                               "epoch": epoch, "step": donor.position.step})

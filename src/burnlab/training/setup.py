@@ -7,19 +7,18 @@ the text encoder stay.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List
 
 import torch
 from diffusers.optimization import get_scheduler
 
-from burnlab.models import adapters
-from burnlab.store.checkpoint import CHECKPOINT_COMPONENTS
 from burnlab.config.schema import ADAMW_IMPLS
+from burnlab.models import adapters
 from burnlab.models.encoding import LatentCache, encode_latents
+from burnlab.plan.study import epoch_seed, steps_per_epoch
+from burnlab.store.layout import COMPONENTS
 from burnlab.training.fast_paths import apply_fast_paths
-from burnlab.plan.study import epoch_seed
 
 
 @dataclass
@@ -39,7 +38,7 @@ def set_up_stage(job) -> StageSetup:
     cfg, accelerator, device = job.config, job.accelerator, job.accelerator.device
     trained = list(job.stage.config.train)
     models = {name: job.parent_sources[name].load(name, torch.float32 if name in trained else job.frozen_dtype)
-              for name in CHECKPOINT_COMPONENTS}
+              for name in COMPONENTS}
     vae = job.base.source("vae").load("vae", job.frozen_dtype).to(device)
     vae.requires_grad_(False)
     latents = {name: encode_latents(vae, images.images, device) for name, images in
@@ -80,10 +79,3 @@ def _enable_gradient_checkpointing(model) -> None:
         model.enable_gradient_checkpointing()
     else:  # transformers
         model.activation_checkpointing_enable()
-
-
-def steps_per_epoch(train_images: int, train, processes: int) -> int:
-    """Optimizer steps per epoch: the same for every stage of a study (same data, batch and
-    processes), which the dashboards' study_step relies on. `train`: the TrainConfig."""
-    micro_batches = math.ceil(train_images / (train.batch_size * processes))
-    return math.ceil(micro_batches / train.gradient_accumulation_steps)

@@ -19,11 +19,18 @@ from typing import Collection, Optional, Tuple
 import torch
 from safetensors.torch import load_file, save_file
 
-from burnlab.models.adapters import load_trained_weights, trained_weights
 from burnlab.errors import UserError
-from burnlab.store.files import atomic_write_json, publish_dir, read_json, read_jsonl, temp_dir_for, write_jsonl
+from burnlab.models.adapters import load_trained_weights, trained_weights
+from burnlab.store.files import (
+    atomic_write_json,
+    publish_dir,
+    read_json,
+    read_jsonl,
+    temp_dir_for,
+    write_jsonl,
+)
+from burnlab.store.layout import METRICS, STATE
 
-STATE = "state"
 STATE_FILE = "state.json"  # written last into a state folder
 
 
@@ -82,7 +89,7 @@ def load_state(stage_dir: Path, setup, accelerator, identity: str) -> Optional[P
     """Load the newest saved state into `setup`; None when there is none. The stage's metrics rows
     after it (or all of them, with no state) are dropped, a torn last line with them."""
     stage_dir = Path(stage_dir)
-    metrics = stage_dir / "metrics.jsonl"
+    metrics = stage_dir / METRICS
     states = saved_states(stage_dir)
     if not states:
         if accelerator.is_main_process and metrics.exists():

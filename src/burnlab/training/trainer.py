@@ -23,23 +23,28 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from burnlab.store.checkpoint import checkpoint_dir, save_checkpoint, save_lora_checkpoint
-from burnlab.models.components import BaseModel, Source
 from burnlab.config.schema import BurnlabConfig
 from burnlab.data.dataset import StudyData
-from burnlab.runtime.distributed import any_rank, shard
-from burnlab.models.encoding import diffusion_target, encode_captions_once, encode_text
 from burnlab.errors import NonFiniteLoss
+from burnlab.models.components import BaseModel, Source
+from burnlab.models.encoding import diffusion_target, encode_captions_once, encode_text
 from burnlab.models.precision import DTYPES, predict_noise
-from burnlab.training.setup import set_up_stage
-from burnlab.store.files import append_jsonl, atomic_write_text
-from burnlab.runtime.stopping import StopSignals
 from burnlab.plan.study import PlannedStage, epoch_seed
-from burnlab.training.state import STATE, Position, load_state, prune_states, save_state, saved_states
+from burnlab.runtime.distributed import any_rank, shard
+from burnlab.runtime.stopping import StopSignals
+from burnlab.store.checkpoint import save_checkpoint, save_lora_checkpoint
+from burnlab.store.files import append_jsonl, atomic_write_text
+from burnlab.store.layout import COMPLETE, METRICS, STATE, checkpoint_dir
+from burnlab.training.setup import set_up_stage
+from burnlab.training.state import (
+    Position,
+    load_state,
+    prune_states,
+    save_state,
+    saved_states,
+)
 from burnlab.training.validation import diffusion_loss
 
-COMPLETE = "COMPLETE"  # written last: the stage finished
-FAILED = "FAILED"  # the stage stopped at a NaN/inf loss (JSON: stage, reason); removed when it trains again
 log = logging.getLogger("burnlab")
 
 
@@ -267,7 +272,7 @@ class StageTrainer:
     def _record(self, row: dict) -> None:
         row = {**row, "stage": self.job.stage.name, "study_epoch": self.job.stage.epoch_offset + row["epoch"]}
         if self.accelerator.is_main_process:
-            append_jsonl(self.job.stage_dir / "metrics.jsonl", row)
+            append_jsonl(self.job.stage_dir / METRICS, row)
             self.job.log(row)
 
     def _unwrapped(self) -> Dict[str, torch.nn.Module]:

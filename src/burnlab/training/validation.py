@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from burnlab.config.schema import ValidationConfig
-from burnlab.runtime.distributed import shard
 from burnlab.models.encoding import LatentCache, diffusion_target, encode_text
 from burnlab.models.precision import predict_noise
+from burnlab.runtime.distributed import shard
 
 
 def _same(tensor: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,10 @@ import yaml
 
 from burnlab.analysis.run import AnalysisError, Run
 from burnlab.analysis.sources import WANDB_PREFIX, read_json
+from burnlab.store.layout import CONFIG, JOB, STUDY
 
-JOB_FILE = "job.json"
 HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
-JOB_MARKERS = ("study.json", JOB_FILE, str(HYDRA_OVERRIDES))
+JOB_MARKERS = (STUDY, JOB, str(HYDRA_OVERRIDES))
 # keys that decide where a run is written and what it logs, not what it trains
 PLACEMENT_KEYS = ("name", "paths", "analyze", "logger", "hydra")
 NOT_SET = "(not set)"
@@ -57,7 +57,7 @@ class Sweep:
 def is_multirun(spec: str) -> bool:
     """A local folder that is not a run itself: its subfolders are a sweep's jobs (or nothing)."""
     path = Path(spec)
-    return not spec.startswith(WANDB_PREFIX) and path.is_dir() and not (path / "study.json").exists()
+    return not spec.startswith(WANDB_PREFIX) and path.is_dir() and not (path / STUDY).exists()
 
 
 def job_specs(specs: list[str]) -> list[str]:
@@ -74,10 +74,10 @@ def multirun_jobs(folder: Path) -> list[str]:
     if not jobs:
         raise AnalysisError(
             f"{folder} is not a burnlab run: it has no study.json, and none of its subfolders is a "
-            f"sweep job (a folder holding study.json, {JOB_FILE} or {HYDRA_OVERRIDES}). Expected a "
+            f"sweep job (a folder holding study.json, {JOB} or {HYDRA_OVERRIDES}). Expected a "
             f"run folder (e.g. runs/burn_unet) or a sweep's multirun folder whose job folders each "
             f"hold a run (e.g. runs/burn_unet_multirun).")
-    unfinished = [str(job) for job in jobs if not (job / "study.json").is_file()]
+    unfinished = [str(job) for job in jobs if not (job / STUDY).is_file()]
     if unfinished:
         raise AnalysisError(
             f"Sweep job folder(s) {', '.join(unfinished)} of {folder} have no study.json (the job "
@@ -120,7 +120,7 @@ def job_settings(runs: list[Run]) -> tuple[list[dict[str, str]], str]:
                     for overrides, config in zip(found, configs)]
         source = "overrides"
     else:
-        settings, source = configs, "config.yaml"
+        settings, source = configs, CONFIG
     return [{key: value for key, value in each.items() if not places(key)} for each in settings], source
 
 
@@ -131,7 +131,7 @@ def places(key: str) -> bool:
 
 def job_overrides(folder: Path) -> dict[str, str] | None:
     """key -> value text from job.json, else .hydra/overrides.yaml; None when neither exists."""
-    job_file, hydra_file = folder / JOB_FILE, folder / HYDRA_OVERRIDES
+    job_file, hydra_file = folder / JOB, folder / HYDRA_OVERRIDES
     if job_file.is_file():
         content = read_json(job_file)
         lines = content.get("overrides") if isinstance(content, dict) else None

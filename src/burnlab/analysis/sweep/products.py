@@ -26,11 +26,16 @@ from burnlab.analysis.grids import labelled_grid
 from burnlab.analysis.images import SampleImages
 from burnlab.analysis.losses import Series, plot_losses
 from burnlab.analysis.measure import measure
-from burnlab.analysis.run import AnalysisError, BranchRef, Checkpoint
 from burnlab.analysis.products import check_options, safe, write_results
 from burnlab.analysis.results import Options, SweepProducts, ValueGrid
+from burnlab.analysis.run import AnalysisError, BranchRef, Checkpoint
 from burnlab.analysis.sources import open_run
-from burnlab.analysis.sweep.checkpoints import Choice, check_choices, default_choices, parse_choices
+from burnlab.analysis.sweep.checkpoints import (
+    Choice,
+    check_choices,
+    default_choices,
+    parse_choices,
+)
 from burnlab.analysis.sweep.jobs import Sweep, describe, is_multirun, job_specs
 from burnlab.analysis.sweep.plots import Picked, plot_metrics_by_value, value_axis
 from burnlab.analysis.sweep.report import write_sweep_report

@@ -16,14 +16,22 @@ from html import escape
 from pathlib import Path
 
 from burnlab.analysis.measure import METRICS
-from burnlab.analysis.report import NO_SWAP, final_against_baseline, image, missing, profile_number, write_page
+from burnlab.analysis.report import (
+    NO_SWAP,
+    final_against_baseline,
+    image,
+    missing,
+    profile_number,
+    write_page,
+)
 from burnlab.analysis.results import SweepProducts
 from burnlab.analysis.symptoms import SYMPTOM_NAMES
+from burnlab.store.layout import CONFIG
 
 SOURCES = {
     "overrides": "each job's overrides (job.json, else .hydra/overrides.yaml; a key a job did not "
                  "override taken from its config.yaml)",
-    "config.yaml": "the jobs' resolved configs (config.yaml), as not every job has its overrides",
+    CONFIG: "the jobs' resolved configs (config.yaml), as not every job has its overrides",
 }
 
 

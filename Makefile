@@ -9,7 +9,7 @@ ARGS ?=
 SWEEP_LRS ?= 1e-4,3e-4,1e-3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-attribution bench-train clean
+.PHONY: help setup lint format test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-attribution bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,14 @@ setup: $(VENV)/.installed ## create .venv (CPU or CUDA torch, pinned dependencie
 test: setup ## run the test suite (CPU, under 10 minutes)
 	scripts/ensure_chromium.sh
 	$(PY) -m pytest -q $(ARGS)
+
+lint: setup ## ruff: lint and format check over the package, tests and benchmarks (CI runs it)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format: setup ## ruff: fix the import order and format the code
+	$(VENV)/bin/ruff check --select I --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench
 
 test-slow: setup ## the slow end-to-end tests (an SD 1.5-sized model on the CPU: ~5 minutes, ~17 GB of memory)
 	$(PY) -m pytest -q -m slow $(ARGS)

@@ -29,8 +29,8 @@ from PIL import Image
 from burnlab.config.compose import CONF_DIR, load_config, register_configs
 from burnlab.launch.cli import run
 from burnlab.launch.runner import StudyRunner
+from burnlab.models.checkpoint import base_sources, component_sources
 from burnlab.sampling.sampler import Sampler, generate, load_pipeline, sample_jobs
-from burnlab.store.checkpoint import base_sources, component_sources
 
 PIXEL_TOLERANCE = 2  # uint8 levels: batched and per-prompt calls may differ by float rounding
 

@@ -195,7 +195,7 @@ def storage(overrides: list) -> dict:
     """Bytes of a short followfox study's checkpoints (save_dtype float32 and float16) against
     one full pipeline folder per checkpoint."""
     from burnlab.launch.cli import run
-    from burnlab.store.checkpoint import materialize
+    from burnlab.models.checkpoint import materialize
 
     sizes = {}
     for save_dtype in ("float32", "float16"):

@@ -14,7 +14,7 @@ from PIL import Image
 from burnlab.config.compose import CONF_DIR
 from burnlab.launch import cli
 from burnlab.launch.cli import run
-from burnlab.store.checkpoint import component_sources
+from burnlab.models.checkpoint import component_sources
 
 TINY_RESOLUTION = 32
 CAPTIONS = ["a photo of ada in the zorblax ornament style", "black and white circles in the zorblax ornament style",

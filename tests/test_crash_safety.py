@@ -206,8 +206,8 @@ def test_a_nan_loss_stops_the_stage_keeps_its_state_and_skip_nonfinite_goes_on(t
 def _sample_one_checkpoint(model: str, cache: str, config, start, results) -> None:
     from accelerate import Accelerator
 
+    from burnlab.models.checkpoint import base_sources
     from burnlab.sampling.sampler import Sampler
-    from burnlab.store.checkpoint import base_sources
 
     torch.set_num_threads(1)
     sampler = Sampler(config, {"path": model}, Path(cache), Accelerator(cpu=True))

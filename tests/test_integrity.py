@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
+from burnlab.models.checkpoint import checkpoint_damage, materialize
 from burnlab.store import integrity
-from burnlab.store.checkpoint import checkpoint_damage, materialize
 from burnlab.store.files import read_json, sha256_file
 from burnlab.store.integrity import DamagedStore, check_hashed
 from study_helpers import final_checkpoint, run_study

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from burnlab.config.compose import load_config
 from burnlab.errors import ConfigError
 from burnlab.models.adapters import is_adapter_parameter
+from burnlab.models.checkpoint import materialize
 from burnlab.plan.study import plan_stages
-from burnlab.store.checkpoint import materialize
 from burnlab.store.files import read_jsonl
 from burnlab.store.layout import LORA_FILE
 from burnlab.training.trainer import StageTrainer

@@ -16,13 +16,13 @@ from burnlab.config.schema import LoraConfig
 from burnlab.errors import UserError
 from burnlab.models import export
 from burnlab.models.adapters import attach
-from burnlab.models.loading import load_model
-from burnlab.store.checkpoint import (
+from burnlab.models.checkpoint import (
     base_sources,
     materialize,
     save_checkpoint,
     save_lora_checkpoint,
 )
+from burnlab.models.loading import load_model
 from burnlab.store.layout import COMPONENTS, LORA_FILE
 from burnlab.toy import asset_dir
 

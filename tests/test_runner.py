@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from burnlab.errors import UserError
-from burnlab.store.checkpoint import materialize
+from burnlab.models.checkpoint import materialize
 from burnlab.store.files import read_jsonl
 from burnlab.training.trainer import StageTrainer
 from study_helpers import assert_same, final_checkpoint, run_study, weights

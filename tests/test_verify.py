@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from burnlab.launch.verify import main
 from burnlab.store.files import sha256_file
-from burnlab.store.verify import main
 from study_helpers import final_checkpoint
 from test_integrity import rerun, sample_folders, store, trained, zero_middle  # noqa: F401 (fixtures)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from burnlab.attribution import drift
+from burnlab.models.checkpoint import base_sources, component_sources
 from burnlab.sampling.sampler import Component, Sampler, sample_jobs
-from burnlab.store.checkpoint import base_sources, component_sources
 from burnlab.store.files import atomic_write_json, hash_json, read_json
 from burnlab.store.layout import ATTRIBUTION, COMPONENTS
 

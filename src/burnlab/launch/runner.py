@@ -32,6 +32,7 @@ from burnlab.data import captions
 from burnlab.data.dataset import load_study_data
 from burnlab.errors import ConfigError, NonFiniteLoss, UserError
 from burnlab.launch.outputs import PostRunAnalysis
+from burnlab.models.checkpoint import base_sources, component_sources, stage_damage
 from burnlab.models.components import BaseModel, Source
 from burnlab.models.precision import dtype_name
 from burnlab.plan.study import (
@@ -47,7 +48,6 @@ from burnlab.runtime.distributed import any_rank
 from burnlab.runtime.memory import PeakMemory
 from burnlab.runtime.stopping import StopSignals
 from burnlab.sampling.sampler import Sampler
-from burnlab.store.checkpoint import base_sources, component_sources, stage_damage
 from burnlab.store.files import (
     append_jsonl,
     atomic_write_json,

@@ -198,7 +198,7 @@ def _alpha(lora_file: Path, metadata: dict, component: str) -> float:
 def export_kohya_lora(checkpoint: Path, out: Path) -> Path:
     """Write the adapters of a burnlab LoRA checkpoint as a kohya-format LoRA file `out`."""
     from burnlab.models.adapters import lora_file
-    from burnlab.store.checkpoint import component_sources
+    from burnlab.models.checkpoint import component_sources
 
     found = lora_file(component_sources(Path(checkpoint)))
     if found is None:

@@ -106,10 +106,10 @@ def _load_folder(folder: Path, kind: str, description: str, allow_pickle: bool) 
 
 def _load_checkpoint(folder: Path) -> LoadedModel:
     """A burnlab checkpoint, its components resolved through the manifest; a LoRA checkpoint's
-    adapters are fused into the base weights, as `burnlab.store.checkpoint.materialize` bakes them."""
+    adapters are fused into the base weights, as `burnlab.models.checkpoint.materialize` bakes them."""
     from burnlab.models.adapters import bake
+    from burnlab.models.checkpoint import component_sources, read_manifest
     from burnlab.models.components import base_pipeline
-    from burnlab.store.checkpoint import component_sources, read_manifest
 
     manifest = read_manifest(folder)
     sources = component_sources(folder)

@@ -31,11 +31,11 @@ from PIL import Image
 
 from burnlab.config.schema import SamplingConfig
 from burnlab.models.adapters import swap_adapters
+from burnlab.models.checkpoint import base_sources, component_sources
 from burnlab.models.components import Source, base_pipeline
 from burnlab.models.precision import dtype_name, in_dtype, resolve_dtype
 from burnlab.runtime.distributed import any_rank, gather_shards, shard
 from burnlab.runtime.stopping import StopSignals
-from burnlab.store.checkpoint import base_sources, component_sources
 from burnlab.store.files import (
     hash_json,
     publish_dir,

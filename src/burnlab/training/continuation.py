@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from burnlab.models.checkpoint import publish_checkpoint, read_manifest
 from burnlab.plan.study import PlannedStage
-from burnlab.store.checkpoint import publish_checkpoint, read_manifest
 from burnlab.store.files import (
     atomic_write_json,
     publish_dir,

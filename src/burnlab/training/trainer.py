@@ -26,13 +26,13 @@ from tqdm.auto import tqdm
 from burnlab.config.schema import BurnlabConfig
 from burnlab.data.dataset import StudyData
 from burnlab.errors import NonFiniteLoss
+from burnlab.models.checkpoint import save_checkpoint, save_lora_checkpoint
 from burnlab.models.components import BaseModel, Source
 from burnlab.models.encoding import diffusion_target, encode_captions_once, encode_text
 from burnlab.models.precision import DTYPES, predict_noise
 from burnlab.plan.study import PlannedStage, epoch_seed
 from burnlab.runtime.distributed import any_rank, shard
 from burnlab.runtime.stopping import StopSignals
-from burnlab.store.checkpoint import save_checkpoint, save_lora_checkpoint
 from burnlab.store.files import append_jsonl, atomic_write_text
 from burnlab.store.layout import COMPLETE, METRICS, STATE, checkpoint_dir
 from burnlab.training.setup import set_up_stage

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 
 from filelock import FileLock, Timeout
 
-from burnlab.store.checkpoint import checkpoint_damage, manifest_damage
+from burnlab.models.checkpoint import checkpoint_damage, manifest_damage
 from burnlab.store.files import read_json, remove_folder
 from burnlab.store.integrity import (
     Damage,

@@ -1,6 +1,6 @@
 """Checkpoints: one directory per saved epoch holding only the components the stage changed.
 
-    python -m burnlab.store.checkpoint runs/cache/stages/<id>/checkpoints/epoch_0500 out/pipeline
+    python -m burnlab.models.checkpoint runs/cache/stages/<id>/checkpoints/epoch_0500 out/pipeline
 
 writes a standard diffusers pipeline folder (`StableDiffusionPipeline.from_pretrained` loads
 it); a LoRA checkpoint (`train.adapter=lora`, one pytorch_lora_weights.safetensors) is baked:

@@ -23,6 +23,10 @@ SAVE_DTYPES = ("float32", "float16", "bfloat16")
 ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}  # AdamW kwargs
 ADAPTERS = ("full", "lora")
 KEEP_STATES = ("auto", "always", "never")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")  # diffusers' get_scheduler names
+MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's
+SAMPLING_SCHEDULERS = ("ddim", "ddpm", "euler", "dpm")  # burnlab.sampling.sampler maps each to its diffusers class
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 # the largest image side (training resolution, sampled width and height): SD 1.5 is trained at
 # 512 and SDXL at 1024, and a side far beyond (data.resolution=100000: 10^10 pixels per image)
 # would only exhaust the memory after a long wait, not stop with an error
@@ -135,13 +139,12 @@ class TrainConfig:
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps",
                  self.gradient_accumulation_steps, "an integer >= 1")
-        schedulers = ("constant", "constant_with_warmup", "linear", "cosine")
-        _require(self.lr_scheduler in schedulers, "lr_scheduler", self.lr_scheduler,
-                 "one of " + ", ".join(schedulers))
+        _require(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", self.lr_scheduler,
+                 "one of " + ", ".join(LR_SCHEDULERS))
         _require(self.lr_warmup_steps >= 0, "lr_warmup_steps", self.lr_warmup_steps, "an integer >= 0")
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 = off)")
-        _require(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision",
-                 self.mixed_precision, "one of no, fp16, bf16")
+        _require(self.mixed_precision in MIXED_PRECISIONS, "mixed_precision",
+                 self.mixed_precision, "one of " + ", ".join(MIXED_PRECISIONS))
         _require(self.state_every_epochs >= 1, "state_every_epochs", self.state_every_epochs,
                  "an integer >= 1")
         _require(self.noise_scheduler == "ddpm", "noise_scheduler", self.noise_scheduler, "ddpm")
@@ -231,8 +234,8 @@ class SamplingConfig:
         _require(self.images_per_prompt >= 1, "images_per_prompt", self.images_per_prompt, "an integer >= 1")
         _require(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, "a number >= 0")
         _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
-        schedulers = ("ddim", "ddpm", "euler", "dpm")
-        _require(self.scheduler in schedulers, "scheduler", self.scheduler, "one of " + ", ".join(schedulers))
+        _require(self.scheduler in SAMPLING_SCHEDULERS, "scheduler", self.scheduler,
+                 "one of " + ", ".join(SAMPLING_SCHEDULERS))
         for key in ("width", "height"):
             value = getattr(self, key)
             _require(value is None or (8 <= value <= MAX_SIDE and value % 8 == 0), key, value,
@@ -252,8 +255,7 @@ class WandbConfig:
 
     def __post_init__(self):
         # built inside `logger`, whose errors _to_object places under `logger.`: the key carries `wandb.`
-        _require(self.mode in ("auto", "online", "offline", "disabled"), "wandb.mode", self.mode,
-                 "one of auto, online, offline, disabled")
+        _require(self.mode in WANDB_MODES, "wandb.mode", self.mode, "one of " + ", ".join(WANDB_MODES))
 
 
 @dataclass

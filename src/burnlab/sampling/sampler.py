@@ -29,7 +29,7 @@ from diffusers import (
 from filelock import FileLock
 from PIL import Image
 
-from burnlab.config.schema import SamplingConfig
+from burnlab.config.schema import SAMPLING_SCHEDULERS, SamplingConfig
 from burnlab.models.adapters import swap_adapters
 from burnlab.models.checkpoint import base_sources, component_sources
 from burnlab.models.components import Source, base_pipeline
@@ -53,8 +53,9 @@ log = logging.getLogger("burnlab")
 # a component to sample: where its weights are, or (burnlab-diagnose) a model already in memory
 Component = Union[Source, torch.nn.Module]
 
-SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "euler": EulerDiscreteScheduler,
-              "dpm": DPMSolverMultistepScheduler}
+# the diffusers class of each of the schema's sampling.scheduler names, in its order
+SCHEDULERS = dict(zip(SAMPLING_SCHEDULERS, (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler,
+                                            DPMSolverMultistepScheduler), strict=True))
 
 
 def sampling_identity(config: SamplingConfig, dtype: torch.dtype) -> str:

@@ -47,9 +47,7 @@ def installed(tmp_path_factory) -> Path:
     source = root / "source"
     source.mkdir()
     shutil.copy(REPO / "pyproject.toml", source)
-    for folder in ("src", "analysis"):
-        shutil.copytree(REPO / folder, source / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     check([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
            "-w", root / "wheel", source], cwd=root)
     wheel, = (root / "wheel").glob("burnlab-*.whl")
@@ -68,12 +66,14 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_the_installed_package_is_the_wheel_with_its_configs(installed, tmp_path):
-    code = ("import json, burnlab, analysis, burnlab.launch.cli as cli; print(json.dumps([burnlab.__file__, "
-            "analysis.__file__, str(cli.CONF_DIR), sorted(p.stem for p in (cli.CONF_DIR / 'experiment').glob('*.yaml'))]))")
+    code = ("import json, burnlab, burnlab.analysis.attribution as rule, burnlab.config.compose as compose; "
+            "print(json.dumps([burnlab.__file__, str(rule.RULE_FILE), rule.RULE_FILE.is_file(), str(compose.CONF_DIR), "
+            "sorted(p.stem for p in (compose.CONF_DIR / 'experiment').glob('*.yaml'))]))")
     result = check([installed / "python", "-c", code], cwd=tmp_path)
-    burnlab_file, analysis_file, conf_dir, experiments = json.loads(result.stdout)
+    burnlab_file, rule_file, rule_shipped, conf_dir, experiments = json.loads(result.stdout)
+    assert rule_shipped, rule_file  # the swap verdict's threshold ships in the wheel
     venv_dir = installed.parent
-    for path in (burnlab_file, analysis_file, conf_dir):
+    for path in (burnlab_file, rule_file, conf_dir):
         assert Path(path).is_relative_to(venv_dir) and "site-packages" in path, path
     assert experiments == ["attribution_bench", "attribution_bench_lora", "burn_te", "burn_unet", "burn_unet_lr",
                            "followfox", "followfox_sd15", "lora_followfox"]

@@ -10,6 +10,7 @@ of before, as in burnlab-diagnose), then again with R's and M's samples cached s
 two hybrids are new (a study's checkpoint, whose own samples the testing plan made), and the
 instruments alone. Beside them the time to sample one corner, the unit the rest is made of.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ from burnlab.store.files import hash_json
 
 def sampling(args) -> SamplingConfig:
     raw = OmegaConf.load(CONF_DIR / "sampling" / ("toy.yaml" if args.model == "toy" else "study.yaml"))
-    for key, value in (("images_per_prompt", args.seeds), ("steps", args.steps), ("width", args.resolution),
-                       ("height", args.resolution)):
+    for key, value in (
+        ("images_per_prompt", args.seeds),
+        ("steps", args.steps),
+        ("width", args.resolution),
+        ("height", args.resolution),
+    ):
         if value is not None:
             raw[key] = value
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SamplingConfig), raw))
@@ -72,9 +77,11 @@ def main(argv=None) -> int:
     reference = Model("R", hash_json(["cost", root]), {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder})
     tuned = Model("M", hash_json(["cost", root, "tuned"]), {"unet": tuned_unet, "text_encoder": tuned_text_encoder})
     images = len(sample_jobs(config))
-    print(f"model {args.model} ({root}); {images} images a corner ({len(config.prompts)} prompts x "
-          f"{config.images_per_prompt} seeds), {config.steps} steps, {config.width or 'native'} px, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {args.model} ({root}); {images} images a corner ({len(config.prompts)} prompts x "
+        f"{config.images_per_prompt} seeds), {config.steps} steps, {config.width or 'native'} px, "
+        f"{torch.get_num_threads()} threads"
+    )
     with tempfile.TemporaryDirectory() as cache:
         sampler = Sampler(config, base, Path(cache), Accelerator(cpu=not torch.cuda.is_available()))
         sampler.pipeline  # noqa: B018 -- load the pipeline before timing, as a study has it loaded
@@ -94,8 +101,7 @@ def main(argv=None) -> int:
         hybrids_only = time.perf_counter() - start
         prompts = list(dict.fromkeys(job["prompt"] for job in sample_jobs(config)))
         start = time.perf_counter()
-        measure(reference.components, tuned.components, pipeline.tokenizer, pipeline.scheduler, prompts,
-                sampler.device)
+        measure(reference.components, tuned.components, pipeline.tokenizer, pipeline.scheduler, prompts, sampler.device)
         instruments = time.perf_counter() - start
     print(f"one corner sampled:                      {one_corner:6.1f} s")
     print(f"one examined checkpoint, 4 corners new:  {all_four:6.1f} s  (burnlab-diagnose)")

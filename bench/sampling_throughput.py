@@ -12,6 +12,7 @@ prompts and seeds:
   checkpoint's prompts in one batched call, base/baseline samples shared by the branches.
 Prints both times, the ratio, and the largest pixel difference between the two image sets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,17 @@ PIXEL_TOLERANCE = 2  # uint8 levels: batched and per-prompt calls may differ by 
 
 
 def study_config(runs: Path, model: str | None):
-    overrides = ["experiment=followfox", f"paths.runs={runs}", "logger.wandb.mode=disabled",
-                 "logger.progress=false", "analyze=false", "sampling.testing_plan=false",
-                 "validation.every_n_epochs=0", "stages.baseline.epochs=2", "stages.baseline.save_epochs=[2]"]
+    overrides = [
+        "experiment=followfox",
+        f"paths.runs={runs}",
+        "logger.wandb.mode=disabled",
+        "logger.progress=false",
+        "analyze=false",
+        "sampling.testing_plan=false",
+        "validation.every_n_epochs=0",
+        "stages.baseline.epochs=2",
+        "stages.baseline.save_epochs=[2]",
+    ]
     for stage in ("unet_lo", "unet_hi", "te_lo", "te_hi"):
         overrides += [f"stages.{stage}.epochs=3", f"stages.{stage}.save_epochs=[1,2,3]"]
     if model:
@@ -79,8 +88,10 @@ def main() -> None:
         config = load_config(cfg)
         run_dir = runs / "followfox"
         checkpoints = sum(len(plan) for plan in study["testing_plan"].values())
-        print(f"testing plan: {checkpoints} checkpoints x {len(sample_jobs(config.sampling))} images, "
-              f"{config.sampling.steps} {config.sampling.scheduler} steps, torch threads {torch.get_num_threads()}")
+        print(
+            f"testing plan: {checkpoints} checkpoints x {len(sample_jobs(config.sampling))} images, "
+            f"{config.sampling.steps} {config.sampling.scheduler} steps, torch threads {torch.get_num_threads()}"
+        )
 
         started = time.perf_counter()
         naive = naive_testing_plan(study, run_dir, config)
@@ -101,8 +112,10 @@ def main() -> None:
         print(f"naive   (pipeline per checkpoint, call per prompt): {naive_s:7.2f} s  ({len(naive)} images)")
         print(f"planned (one pipeline, swaps, batched, shared):     {planned_s:7.2f} s  ({len(rows)} rows)")
         print(f"speed-up: {naive_s / planned_s:.2f}x")
-        print(f"largest pixel difference: {worst} uint8 levels (tolerance {PIXEL_TOLERANCE}) -> "
-              f"{'same images' if worst <= PIXEL_TOLERANCE else 'IMAGES DIFFER'}")
+        print(
+            f"largest pixel difference: {worst} uint8 levels (tolerance {PIXEL_TOLERANCE}) -> "
+            f"{'same images' if worst <= PIXEL_TOLERANCE else 'IMAGES DIFFER'}"
+        )
     finally:
         shutil.rmtree(runs, ignore_errors=True)
 

@@ -25,6 +25,7 @@ of the widest range of best thresholds on a log grid), with leave-one-seed-out a
 LoRA study, are judged once with that rule. Writes runs/verdicts/ (rule.json, cases.json,
 table.md), and with --install burnlab/analysis/attribution_rule.json, the rule every analysis uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,10 +61,25 @@ THRESHOLDS = np.geomspace(0.05, 5.0, 121)  # the rule's candidates, seed spreads
 BOOTSTRAP = 1000
 # the benchmark studies' branches: what each trains, and for a joint burn which single-component
 # branch of each component gives its truth (the same rate, trained alone)
-SINGLE = {"u_hi": "unet", "u_hi2": "unet", "u_g": "unet", "t_hi": "text_encoder", "t_hi2": "text_encoder",
-          "t_g": "text_encoder", "lu_hi": "unet", "lu_g": "unet", "lt_hi": "text_encoder", "lt_g": "text_encoder"}
-JOINT = {"j_hg": ("u_hi", "t_g"), "j_gh": ("u_g", "t_hi"), "j_hh": ("u_hi", "t_hi"), "j_gg": ("u_g", "t_g"),
-         "lj_hh": ("lu_hi", "lt_hi")}
+SINGLE = {
+    "u_hi": "unet",
+    "u_hi2": "unet",
+    "u_g": "unet",
+    "t_hi": "text_encoder",
+    "t_hi2": "text_encoder",
+    "t_g": "text_encoder",
+    "lu_hi": "unet",
+    "lu_g": "unet",
+    "lt_hi": "text_encoder",
+    "lt_g": "text_encoder",
+}
+JOINT = {
+    "j_hg": ("u_hi", "t_g"),
+    "j_gh": ("u_g", "t_hi"),
+    "j_hh": ("u_hi", "t_hi"),
+    "j_gg": ("u_g", "t_g"),
+    "lj_hh": ("lu_hi", "lt_hi"),
+}
 CONTROLS = {"control", "lcontrol"}
 
 
@@ -89,24 +105,42 @@ def load_grid(path: Path) -> dict:
         found = sorted(grid) if isinstance(grid, dict) else type(grid).__name__
         raise GridError(f"--grid {path}: expected exactly the keys {sorted(GRID_KEYS)}, found {found}.")
     seeds, held = grid["seeds"], grid["held_out_seeds"]
-    if not seeds or not all(isinstance(seed, int) for seed in seeds) or not set(held) <= set(seeds) \
-            or not held or len(set(seeds) - set(held)) < 2:
-        raise GridError(f"--grid {path}: seeds {seeds!r}, held_out_seeds {held!r}: expected integer seeds, at "
-                        f"least one held out and at least two left for calibration (leave-one-seed-out).")
+    if (
+        not seeds
+        or not all(isinstance(seed, int) for seed in seeds)
+        or not set(held) <= set(seeds)
+        or not held
+        or len(set(seeds) - set(held)) < 2
+    ):
+        raise GridError(
+            f"--grid {path}: seeds {seeds!r}, held_out_seeds {held!r}: expected integer seeds, at "
+            f"least one held out and at least two left for calibration (leave-one-seed-out)."
+        )
     if not set(grid["lora_seeds"]) <= set(held):
-        raise GridError(f"--grid {path}: lora_seeds {grid['lora_seeds']!r} must be held-out seeds: the rule is "
-                        f"never calibrated on LoRA runs.")
+        raise GridError(
+            f"--grid {path}: lora_seeds {grid['lora_seeds']!r} must be held-out seeds: the rule is "
+            f"never calibrated on LoRA runs."
+        )
     return grid
 
 
 def studies(grid: dict, runs: Path) -> list[Study]:
     found = []
-    for lora, experiment, seeds in ((False, grid["experiment"], grid["seeds"]),
-                                    (True, grid["lora_experiment"], grid["lora_seeds"])):
+    for lora, experiment, seeds in (
+        (False, grid["experiment"], grid["seeds"]),
+        (True, grid["lora_experiment"], grid["lora_seeds"]),
+    ):
         for seed in seeds:
             name = f"attribution_{'lora_' if lora else ''}s{seed}"
-            overrides = (f"experiment={experiment}", f"name={name}", f"paths.runs={runs}", f"train.seed={seed}",
-                         "logger.wandb.mode=disabled", "logger.progress=false", *grid["overrides"])
+            overrides = (
+                f"experiment={experiment}",
+                f"name={name}",
+                f"paths.runs={runs}",
+                f"train.seed={seed}",
+                "logger.wandb.mode=disabled",
+                "logger.progress=false",
+                *grid["overrides"],
+            )
             found.append(Study(name, seed, lora, seed in grid["held_out_seeds"], overrides))
     return found
 
@@ -117,8 +151,13 @@ def train(study: Study, logs: Path) -> float:
     burnlab = Path(sys.executable).parent / "burnlab"
     start = time.perf_counter()
     with open(logs / f"{study.name}.log", "w") as log:
-        done = subprocess.run([str(burnlab), *study.overrides], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                              env={**os.environ, "WANDB_MODE": "disabled"})
+        done = subprocess.run(
+            [str(burnlab), *study.overrides],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "WANDB_MODE": "disabled"},
+        )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise GridError(f"study {study.name} failed (exit {done.returncode}); its log: {logs / (study.name + '.log')}")
@@ -134,8 +173,10 @@ def probe_readings(folder: Path, probe) -> dict[str, dict[str, np.ndarray]]:
     for prompt_set in dict.fromkeys(row["prompt_set"] for row in rows):
         mine = sorted((row for row in rows if row["prompt_set"] == prompt_set), key=lambda row: row["seed"])
         predicted = probe.predict(np.stack([load_rgb(folder / row["path"]) for row in mine]))
-        hits = [all(predicted[key][i] == value for key, value in row["expect"].items() if key in predicted)
-                for i, row in enumerate(mine)]
+        hits = [
+            all(predicted[key][i] == value for key, value in row["expect"].items() if key in predicted)
+            for i, row in enumerate(mine)
+        ]
         found[prompt_set] = {"style": np.asarray(predicted["style"], dtype=float), "hit": np.asarray(hits, float)}
     return found
 
@@ -152,13 +193,16 @@ def moved(before: np.ndarray, after: np.ndarray, falling_only: bool) -> bool:
 
 def probe_burned(reference: Path, tuned: Path, probe) -> bool:
     before, after = probe_readings(reference, probe), probe_readings(tuned, probe)
-    return any(moved(before[p]["style"], after[p]["style"], False) or moved(before[p]["hit"], after[p]["hit"], True)
-               for p in before)
+    return any(
+        moved(before[p]["style"], after[p]["style"], False) or moved(before[p]["hit"], after[p]["hit"], True)
+        for p in before
+    )
 
 
 def outcome(unet: bool, text_encoder: bool) -> str:
     return {(True, True): "both", (True, False): "unet", (False, True): "text_encoder", (False, False): "none"}[
-        (unet, text_encoder)]
+        (unet, text_encoder)
+    ]
 
 
 # -- cases ----------------------------------------------------------------------------------------
@@ -173,7 +217,8 @@ def study_cases(study: Study, runs: Path, instruments, probe) -> list[dict]:
     for pair, record in zip(pairs, records):
         if pair.branch in SINGLE and pair.reference.endswith("baseline"):
             burned[(pair.branch, epoch_of(pair.tuned))] = probe_burned(
-                run_dir / record["corners"]["R"], run_dir / record["corners"]["M"], probe)
+                run_dir / record["corners"]["R"], run_dir / record["corners"]["M"], probe
+            )
     cases = []
     for pair in pairs:
         epoch = epoch_of(pair.tuned)
@@ -198,10 +243,21 @@ def study_cases(study: Study, runs: Path, instruments, probe) -> list[dict]:
             kind = "short run"
         if study.lora:
             kind = "LoRA " + kind
-        cases.append({"study": study.name, "seed": study.seed, "held_out": study.held_out, "lora": study.lora,
-                      "branch": pair.branch, "tuned": pair.tuned, "reference": pair.reference, "kind": kind,
-                      "truth": truth, "shares": {k: vars(v) for k, v in pair.shares.items()},
-                      "distance": vars(pair.distances["all prompts"]["M"])})
+        cases.append(
+            {
+                "study": study.name,
+                "seed": study.seed,
+                "held_out": study.held_out,
+                "lora": study.lora,
+                "branch": pair.branch,
+                "tuned": pair.tuned,
+                "reference": pair.reference,
+                "kind": kind,
+                "truth": truth,
+                "shares": {k: vars(v) for k, v in pair.shares.items()},
+                "distance": vars(pair.distances["all prompts"]["M"]),
+            }
+        )
     return cases
 
 
@@ -259,43 +315,78 @@ def component_confusions(cases: list[dict], threshold: float) -> int:
 
 
 # -- report ---------------------------------------------------------------------------------------
-KINDS = ("single", "single vs base", "joint", "control", "short run", "LoRA single", "LoRA single vs base",
-         "LoRA joint", "LoRA control", "LoRA short run")
+KINDS = (
+    "single",
+    "single vs base",
+    "joint",
+    "control",
+    "short run",
+    "LoRA single",
+    "LoRA single vs base",
+    "LoRA joint",
+    "LoRA control",
+    "LoRA short run",
+)
 
 
 def markdown(cases: list[dict], threshold: float, calibration_accuracy: float, loso: dict, seconds: dict) -> str:
     held = [case for case in cases if case["held_out"]]
-    lines = [f"Rule chosen on the calibration seeds only: **threshold {threshold:.3g} seed spreads** (accuracy on "
-             f"their {sum(not c['held_out'] for c in cases)} pairs {calibration_accuracy:.1%}); leave-one-seed-out "
-             "accuracy: " + ", ".join(f"seed {seed} {r['accuracy']:.1%} (threshold {r['threshold']:.3g}, "
-                                      f"{r['cases']} pairs)" for seed, r in loso.items()) + ".", "",
-             "Held out (seeds and the LoRA study never looked at while choosing):", "",
-             "| pairs | named right | UNet <-> TE confusions | undetermined |", "|---|---:|---:|---:|"]
+    lines = [
+        f"Rule chosen on the calibration seeds only: **threshold {threshold:.3g} seed spreads** (accuracy on "
+        f"their {sum(not c['held_out'] for c in cases)} pairs {calibration_accuracy:.1%}); leave-one-seed-out "
+        "accuracy: "
+        + ", ".join(
+            f"seed {seed} {r['accuracy']:.1%} (threshold {r['threshold']:.3g}, {r['cases']} pairs)"
+            for seed, r in loso.items()
+        )
+        + ".",
+        "",
+        "Held out (seeds and the LoRA study never looked at while choosing):",
+        "",
+        "| pairs | named right | UNet <-> TE confusions | undetermined |",
+        "|---|---:|---:|---:|",
+    ]
     for kind in KINDS:
         mine = [case for case in held if case["kind"] == kind]
         if mine:
             right = sum(named(c, threshold) == c["truth"] for c in mine)
-            lines.append(f"| {kind} | {right} of {len(mine)} ({right / len(mine):.0%}) | "
-                         f"{component_confusions(mine, threshold)} | "
-                         f"{sum(named(c, threshold) == 'undetermined' for c in mine)} |")
+            lines.append(
+                f"| {kind} | {right} of {len(mine)} ({right / len(mine):.0%}) | "
+                f"{component_confusions(mine, threshold)} | "
+                f"{sum(named(c, threshold) == 'undetermined' for c in mine)} |"
+            )
     right = sum(named(c, threshold) == c["truth"] for c in held)
-    lines += [f"| **all held-out** | **{right} of {len(held)} ({right / max(len(held), 1):.0%})** | "
-              f"**{component_confusions(held, threshold)}** | "
-              f"{sum(named(c, threshold) == 'undetermined' for c in held)} |", "",
-              "| truth (held-out) | " + " | ".join(f"named {o}" for o in OUTCOMES) + " |",
-              "|---|" + "---:|" * len(OUTCOMES)]
-    lines += [f"| {truth} | " + " | ".join(str(row[o]) for o in OUTCOMES) + " |"
-              for truth, row in confusion(held, threshold).items()]
-    lines += ["", "| split | study | branch | tuned | reference | kind | truth | named | UNet share | TE share |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| **all held-out** | **{right} of {len(held)} ({right / max(len(held), 1):.0%})** | "
+        f"**{component_confusions(held, threshold)}** | "
+        f"{sum(named(c, threshold) == 'undetermined' for c in held)} |",
+        "",
+        "| truth (held-out) | " + " | ".join(f"named {o}" for o in OUTCOMES) + " |",
+        "|---|" + "---:|" * len(OUTCOMES),
+    ]
+    lines += [
+        f"| {truth} | " + " | ".join(str(row[o]) for o in OUTCOMES) + " |"
+        for truth, row in confusion(held, threshold).items()
+    ]
+    lines += [
+        "",
+        "| split | study | branch | tuned | reference | kind | truth | named | UNet share | TE share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for case in cases:
         shares = {k: f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for k, v in case["shares"].items()}
-        lines.append(f"| {'held-out' if case['held_out'] else 'calibration'} | {case['study']} | {case['branch']} | "
-                     f"{case['tuned']} | {case['reference']} | {case['kind']} | {case['truth']} | "
-                     f"{named(case, threshold)} | {shares['unet']} | {shares['text_encoder']} |")
+        lines.append(
+            f"| {'held-out' if case['held_out'] else 'calibration'} | {case['study']} | {case['branch']} | "
+            f"{case['tuned']} | {case['reference']} | {case['kind']} | {case['truth']} | "
+            f"{named(case, threshold)} | {shares['unet']} | {shares['text_encoder']} |"
+        )
     if seconds:
-        lines += ["", "Training, sampling and swap corners per study (s): "
-                  + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()) + "."]
+        lines += [
+            "",
+            "Training, sampling and swap corners per study (s): "
+            + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items())
+            + ".",
+        ]
     return "\n".join(lines)
 
 
@@ -335,9 +426,13 @@ def main(argv=None) -> int:
         cases = calibration + held
         out = runs / "verdicts"
         out.mkdir(parents=True, exist_ok=True)
-        rule = {"threshold": round(threshold, 4), "source": f"make verdicts: calibration seeds "
-                f"{sorted({s.seed for s in calibration_studies})}, {len(calibration)} pairs, accuracy "
-                f"{calibration_accuracy:.3f}", "leave_one_seed_out": loso}
+        rule = {
+            "threshold": round(threshold, 4),
+            "source": f"make verdicts: calibration seeds "
+            f"{sorted({s.seed for s in calibration_studies})}, {len(calibration)} pairs, accuracy "
+            f"{calibration_accuracy:.3f}",
+            "leave_one_seed_out": loso,
+        }
         atomic_write_json(out / "rule.json", rule)
         atomic_write_json(out / "cases.json", {"threshold": threshold, "cases": cases})
         text = markdown(cases, threshold, calibration_accuracy, loso, seconds)

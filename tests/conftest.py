@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random Stable Diffusion pipeline, a tiny random CLIP model and a tiny
 captioned dataset, built from config with fixed seeds (diffusers-test style), and helpers that
 compose burnlab's real Hydra configs into tmp_path."""
+
 from __future__ import annotations
 
 import os
@@ -52,17 +53,40 @@ def tiny_model(tmp_path_factory) -> Path:
     tokenizer = build_tokenizer(tmp_path_factory.mktemp("tok"))
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(16, 32), layers_per_block=1, sample_size=TINY_RESOLUTION // 8, in_channels=4,
-        out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
-        norm_num_groups=8)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                        norm_num_groups=4, sample_size=TINY_RESOLUTION)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=TINY_RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        norm_num_groups=4,
+        sample_size=TINY_RESOLUTION,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     return save_pipeline(folder, vae, text_encoder, unet, tokenizer)
 
 
@@ -81,12 +105,20 @@ def tiny_clip(tmp_path_factory) -> Path:
     tokenizer = build_tokenizer(tmp_path_factory.mktemp("clip_tok"))
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2}
     torch.manual_seed(0)
-    CLIPModel(CLIPConfig(
-        text_config={**tower, "vocab_size": len(tokenizer), "max_position_embeddings": tokenizer.model_max_length,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={**tower, "image_size": 32, "patch_size": 8},
-        projection_dim=16)).save_pretrained(folder)
+    CLIPModel(
+        CLIPConfig(
+            text_config={
+                **tower,
+                "vocab_size": len(tokenizer),
+                "max_position_embeddings": tokenizer.model_max_length,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+            },
+            vision_config={**tower, "image_size": 32, "patch_size": 8},
+            projection_dim=16,
+        )
+    ).save_pretrained(folder)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder

@@ -6,6 +6,7 @@
 on paths below a `state/` folder count. It stands in for a power cut at the worst moment: the
 torture test (test_crash_safety.py) runs it, then resumes and checks nothing was lost.
 """
+
 import os
 import signal
 import sys

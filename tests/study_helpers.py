@@ -1,5 +1,6 @@
 """Helpers for the harness tests: tiny captioned datasets and burnlab's real Hydra configs
 composed with overrides for a tiny, fast study."""
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,13 @@ from burnlab.launch.cli import run
 from burnlab.models.checkpoint import component_sources
 
 TINY_RESOLUTION = 32
-CAPTIONS = ["a photo of ada in the zorblax ornament style", "black and white circles in the zorblax ornament style",
-            "a man wearing sunglasses, in the zorblax ornament style", "a red tree in the zorblax ornament style"]
+CAPTIONS = [
+    "a photo of ada in the zorblax ornament style",
+    "black and white circles in the zorblax ornament style",
+    "a man wearing sunglasses, in the zorblax ornament style",
+    "a red tree in the zorblax ornament style",
+]
+
 
 def write_captioned_images(folder: Path, count: int, size: int = 40, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -28,25 +34,51 @@ def write_captioned_images(folder: Path, count: int, size: int = 40, seed: int =
         (folder / f"img{i:02d}.txt").write_text(CAPTIONS[i % len(CAPTIONS)])
     return folder
 
-def tiny_overrides(tiny_model: Path, tiny_data: Path, runs: Path, experiment: str = "followfox",
-                   analyze: bool = False) -> list:
+
+def tiny_overrides(
+    tiny_model: Path, tiny_data: Path, runs: Path, experiment: str = "followfox", analyze: bool = False
+) -> list:
     """A study of the experiment's shape at a few epochs on the tiny model, W&B off."""
-    stages = {"burn_unet": ["unet_lo", "unet_hi"], "burn_te": ["te_lo", "te_hi"],
-              "followfox": ["unet_lo", "unet_hi", "te_lo", "te_hi"]}[experiment]
-    overrides = [f"experiment={experiment}", f"model.path={tiny_model}", f"data.path={tiny_data}",
-                 f"data.resolution={TINY_RESOLUTION}", f"paths.runs={runs}", "stages.baseline.epochs=2",
-                 "stages.baseline.save_epochs=[2]", "train.batch_size=4", "train.state_every_epochs=1",
-                 "validation.every_n_epochs=1", "validation.repeats=1", "sampling.images_per_prompt=2",
-                 "sampling.steps=2", "logger.wandb.mode=disabled", "logger.progress=false", f"analyze={str(analyze).lower()}"]
+    stages = {
+        "burn_unet": ["unet_lo", "unet_hi"],
+        "burn_te": ["te_lo", "te_hi"],
+        "followfox": ["unet_lo", "unet_hi", "te_lo", "te_hi"],
+    }[experiment]
+    overrides = [
+        f"experiment={experiment}",
+        f"model.path={tiny_model}",
+        f"data.path={tiny_data}",
+        f"data.resolution={TINY_RESOLUTION}",
+        f"paths.runs={runs}",
+        "stages.baseline.epochs=2",
+        "stages.baseline.save_epochs=[2]",
+        "train.batch_size=4",
+        "train.state_every_epochs=1",
+        "validation.every_n_epochs=1",
+        "validation.repeats=1",
+        "sampling.images_per_prompt=2",
+        "sampling.steps=2",
+        "logger.wandb.mode=disabled",
+        "logger.progress=false",
+        f"analyze={str(analyze).lower()}",
+    ]
     for name in stages:
         overrides += [f"stages.{name}.epochs=3", f"stages.{name}.save_epochs=[1,3]"]
     return overrides
 
+
 QUICK_STAGES = ("baseline", "unet_lo", "unet_hi", "te_lo", "te_hi")
-QUICK_STUDY = ["experiment=followfox", "analyze=false", "logger.wandb.mode=disabled", "logger.progress=false",
-               "validation.every_n_epochs=0", "sampling.images_per_prompt=1", "sampling.steps=1",
-               *[f"stages.{name}.epochs=1" for name in QUICK_STAGES],
-               *[f"stages.{name}.save_epochs=[]" for name in QUICK_STAGES]]  # the toy followfox in seconds
+QUICK_STUDY = [
+    "experiment=followfox",
+    "analyze=false",
+    "logger.wandb.mode=disabled",
+    "logger.progress=false",
+    "validation.every_n_epochs=0",
+    "sampling.images_per_prompt=1",
+    "sampling.steps=1",
+    *[f"stages.{name}.epochs=1" for name in QUICK_STAGES],
+    *[f"stages.{name}.save_epochs=[]" for name in QUICK_STAGES],
+]  # the toy followfox in seconds
 
 
 def burnlab_in_process(argv: list, monkeypatch, capsys) -> tuple:

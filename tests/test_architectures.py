@@ -1,5 +1,6 @@
 """Architectures shipped as config files: SD 1.5's sizes, and pipelines built from them with
 seeded random weights (model=sd15_random)."""
+
 import json
 import shutil
 
@@ -36,12 +37,27 @@ def tiny_architecture(monkeypatch, tmp_path):
     """A shipped-architecture folder for a tiny model, so the builder runs in seconds."""
     folder = tmp_path / "architectures"
     shutil.copytree(architectures.HERE / "sd15", folder / "tiny")
-    edits = {"unet": dict(block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, attention_head_dim=4,
-                          cross_attention_dim=32, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-                          up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], sample_size=4),
-             "text_encoder": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                                  projection_dim=32, vocab_size=1000),
-             "vae": dict(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, layers_per_block=1, sample_size=32)}
+    edits = {
+        "unet": dict(
+            block_out_channels=[16, 32],
+            layers_per_block=1,
+            norm_num_groups=8,
+            attention_head_dim=4,
+            cross_attention_dim=32,
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+            sample_size=4,
+        ),
+        "text_encoder": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            vocab_size=1000,
+        ),
+        "vae": dict(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, layers_per_block=1, sample_size=32),
+    }
     for part, changes in edits.items():
         path = folder / "tiny" / f"{part}.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | changes))
@@ -78,18 +94,33 @@ def test_sd15_random_trains_a_short_stage_on_cpu(tiny_data, tmp_path):
     from burnlab.launch.cli import run
     from study_helpers import compose_config
 
-    cfg = compose_config([
-        "experiment=burn_unet", "model=sd15_random", f"paths.runs={tmp_path}", f"data.path={tiny_data}",
-        "data.resolution=64", "~stages.unet_lo", "~stages.unet_hi", "stages.baseline.epochs=1",
-        "stages.baseline.save_epochs=[1]", "train=sd15", "train.mixed_precision=no", "train.batch_size=8",
-        "validation.repeats=1", "sampling.images_per_prompt=1", "sampling.steps=1", "logger.wandb.mode=disabled",
-        "analyze=false"])
+    cfg = compose_config(
+        [
+            "experiment=burn_unet",
+            "model=sd15_random",
+            f"paths.runs={tmp_path}",
+            f"data.path={tiny_data}",
+            "data.resolution=64",
+            "~stages.unet_lo",
+            "~stages.unet_hi",
+            "stages.baseline.epochs=1",
+            "stages.baseline.save_epochs=[1]",
+            "train=sd15",
+            "train.mixed_precision=no",
+            "train.batch_size=8",
+            "validation.repeats=1",
+            "sampling.images_per_prompt=1",
+            "sampling.steps=1",
+            "logger.wandb.mode=disabled",
+            "analyze=false",
+        ]
+    )
     study = run(cfg, tmp_path / "sd15")
     rows = list(read_jsonl(tmp_path / "sd15" / study["stages"]["baseline"]["dir"] / "metrics.jsonl"))
     train = [r for r in rows if r["type"] == "train"]
     assert len(train) == 1 and 0 < train[0]["train_loss"] < 10
     memory = [r for r in rows if r["type"] == "memory"][0]["peak_bytes"]
-    assert 14 * 2 ** 30 < memory < 23 * 2 ** 30  # both components with AdamW: ~16 bytes a parameter
+    assert 14 * 2**30 < memory < 23 * 2**30  # both components with AdamW: ~16 bytes a parameter
     checkpoint = final_checkpoint(tmp_path / "sd15", study, "baseline")
     unet = load_file(checkpoint / "unet" / "diffusion_pytorch_model.safetensors")
     assert sum(v.numel() for v in unet.values()) == 859_520_964

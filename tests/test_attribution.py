@@ -1,6 +1,7 @@
 """The study's swap corners (burnlab.attribution.swap): which pairs a study attributes, that a corner
 equal to a sampled checkpoint comes from the sample cache, that LoRA adapters are swapped per
 component, and the drift instruments' numbers."""
+
 import json
 
 import numpy as np
@@ -25,16 +26,19 @@ def pairs_of(document, branch):
 
 def pixels(run_dir, folder):
     rows = [json.loads(line) for line in (run_dir / folder / "index.jsonl").read_text().splitlines()]
-    return {(row["prompt_set"], row["seed"]): np.asarray(Image.open(run_dir / folder / row["path"]), dtype=int)
-            for row in rows}
+    return {
+        (row["prompt_set"], row["seed"]): np.asarray(Image.open(run_dir / folder / row["path"]), dtype=int)
+        for row in rows
+    }
 
 
 def test_each_checkpoint_after_the_baseline_against_the_baseline_and_the_final_one_against_the_base(followfox):
     study, run_dir, document = followfox
     for branch, plan in study["testing_plan"].items():
         pairs = pairs_of(document, branch)
-        assert [(p["reference"]["label"], p["tuned"]["label"]) for p in pairs] == \
-            [(plan[1]["label"], entry["label"]) for entry in plan[2:]] + [(plan[0]["label"], plan[-1]["label"])]
+        assert [(p["reference"]["label"], p["tuned"]["label"]) for p in pairs] == [
+            (plan[1]["label"], entry["label"]) for entry in plan[2:]
+        ] + [(plan[0]["label"], plan[-1]["label"])]
     assert set(document["prompts"]) == {"person", "circles", "sunglasses"}
     assert document["prompts"]["sunglasses"]["activation"] is True
 
@@ -65,8 +69,11 @@ def test_drift_instruments_name_their_blocks_and_ranges():
     assert block_of("down_blocks.1.resnets.0.conv1.weight") == "down_blocks.1"
     assert block_of("conv_in.weight") == "conv_in"
     assert block_of("text_model.encoder.layers.11.mlp.fc1.weight") == "text_model.encoder.layers.11"
-    assert timestep_ranges(1000) == {"t 0-332": [55, 166, 277], "t 333-666": [388, 500, 611],
-                                     "t 667-999": [722, 833, 944]}
+    assert timestep_ranges(1000) == {
+        "t 0-332": [55, 166, 277],
+        "t 333-666": [388, 500, 611],
+        "t 667-999": [722, 833, 944],
+    }
 
 
 def test_lora_adapters_are_swapped_per_component(tiny_model, tiny_data, tmp_path_factory):

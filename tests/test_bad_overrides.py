@@ -4,6 +4,7 @@
 Most cases call `burnlab.launch.cli.main` in this process (Hydra composes twice in a fraction of a second);
 a few run the installed `burnlab` command. Each case runs a study that would train for a few
 seconds if the bad value were taken (study_helpers.QUICK_STUDY)."""
+
 import shutil
 import subprocess
 import sys
@@ -116,14 +117,16 @@ def test_a_bad_override_is_one_paragraph_naming_key_and_value(override, key, val
 
 
 def test_a_bad_swept_value_is_one_paragraph(tmp_path, monkeypatch, capsys):
-    status, stderr = burnlab_in_process(["-m", *QUICK_STUDY, f"paths.runs={tmp_path}", "train.batch_size=abc,2"],
-                                    monkeypatch, capsys)
+    status, stderr = burnlab_in_process(
+        ["-m", *QUICK_STUDY, f"paths.runs={tmp_path}", "train.batch_size=abc,2"], monkeypatch, capsys
+    )
     assert_one_paragraph(status, stderr, "train.batch_size", "abc")
 
 
 def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(tmp_path, monkeypatch, capsys):
-    status, stderr = burnlab_in_process(["-m", *QUICK_STUDY, f"paths.runs={tmp_path}", "stages.unet_hi.lr=1e-4,-1"],
-                                        monkeypatch, capsys)
+    status, stderr = burnlab_in_process(
+        ["-m", *QUICK_STUDY, f"paths.runs={tmp_path}", "stages.unet_hi.lr=1e-4,-1"], monkeypatch, capsys
+    )
     assert_one_paragraph(status, stderr, "stages.unet_hi.lr", "-1")
     assert list(tmp_path.iterdir()) == []  # the good job did not run first either
 

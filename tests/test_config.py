@@ -1,4 +1,5 @@
 """Bad config values fail at start with a message naming the key, the value and what is allowed."""
+
 import logging
 import shutil
 import subprocess
@@ -18,25 +19,28 @@ def _error(overrides) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("override, key, allowed", [
-    ("stages.unet_hi.lr=-1", "stages.unet_hi.lr", "> 0"),
-    ("stages.unet_hi.lr=0", "stages.unet_hi.lr", "> 0"),
-    ("stages.unet_lo.epochs=0", "stages.unet_lo.epochs", ">= 1"),
-    ("stages.unet_lo.save_epochs=[0,100]", "stages.unet_lo.save_epochs", "a list of epochs >= 1"),
-    ("train.keep_states=sometimes", "train.keep_states", "auto, always, never"),
-    ("stages.unet_lo.train=[]", "stages.unet_lo.train", "non-empty"),
-    ("stages.unet_lo.train=[vae]", "stages.unet_lo.train", "`vae` is unknown"),
-    ("stages.unet_lo.parent=nowhere", "stages.unet_lo.parent", "`base` or one of the stages"),
-    ("data.resolution=60", "data.resolution", "multiple of 8"),
-    ("train.mixed_precision=fp8", "train.mixed_precision", "no, fp16, bf16"),
-    ("sampling.scheduler=plms", "sampling.scheduler", "ddim"),
-    ("sampling.dtype=half", "sampling.dtype", "auto, float32, float16, bfloat16"),
-    ("model.dtype=fp16", "model.dtype", "auto, float32, float16, bfloat16"),
-    ("model.build=sd21", "model.build", "shipped architectures: sd15"),
-    ("validation.timesteps=[-5]", "validation.timesteps", "integer timesteps >= 0"),
-    ("analysis.clip_model=/", "analysis.clip_model", "/ is not a folder with a config.json"),
-    ("analysis.clip_model=./no/such/clip", "analysis.clip_model", "no such folder, and not a hub id"),
-])
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ("stages.unet_hi.lr=-1", "stages.unet_hi.lr", "> 0"),
+        ("stages.unet_hi.lr=0", "stages.unet_hi.lr", "> 0"),
+        ("stages.unet_lo.epochs=0", "stages.unet_lo.epochs", ">= 1"),
+        ("stages.unet_lo.save_epochs=[0,100]", "stages.unet_lo.save_epochs", "a list of epochs >= 1"),
+        ("train.keep_states=sometimes", "train.keep_states", "auto, always, never"),
+        ("stages.unet_lo.train=[]", "stages.unet_lo.train", "non-empty"),
+        ("stages.unet_lo.train=[vae]", "stages.unet_lo.train", "`vae` is unknown"),
+        ("stages.unet_lo.parent=nowhere", "stages.unet_lo.parent", "`base` or one of the stages"),
+        ("data.resolution=60", "data.resolution", "multiple of 8"),
+        ("train.mixed_precision=fp8", "train.mixed_precision", "no, fp16, bf16"),
+        ("sampling.scheduler=plms", "sampling.scheduler", "ddim"),
+        ("sampling.dtype=half", "sampling.dtype", "auto, float32, float16, bfloat16"),
+        ("model.dtype=fp16", "model.dtype", "auto, float32, float16, bfloat16"),
+        ("model.build=sd21", "model.build", "shipped architectures: sd15"),
+        ("validation.timesteps=[-5]", "validation.timesteps", "integer timesteps >= 0"),
+        ("analysis.clip_model=/", "analysis.clip_model", "/ is not a folder with a config.json"),
+        ("analysis.clip_model=./no/such/clip", "analysis.clip_model", "no such folder, and not a hub id"),
+    ],
+)
 def test_bad_values_name_key_value_and_allowed(override, key, allowed):
     message = _error(["experiment=burn_unet", override])
     assert f"`{key}`" in message
@@ -60,13 +64,26 @@ def test_study_experiments_compose_to_the_study_shape():
 
 
 def test_cli_prints_one_paragraph_and_exits_nonzero(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "burnlab.launch.cli", "experiment=burn_unet", "stages.unet_hi.lr=-1",
-                             f"paths.runs={tmp_path}"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "burnlab.launch.cli",
+            "experiment=burn_unet",
+            "stages.unet_hi.lr=-1",
+            f"paths.runs={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("burnlab:")]
-    assert error_lines == ["burnlab: config key `stages.unet_hi.lr` has value -1.0, which is not allowed: "
-                           "a learning rate > 0, e.g. 1.5e-6."]
+    assert error_lines == [
+        "burnlab: config key `stages.unet_hi.lr` has value -1.0, which is not allowed: "
+        "a learning rate > 0, e.g. 1.5e-6."
+    ]
 
 
 def test_a_missing_mandatory_value_is_named():
@@ -99,8 +116,9 @@ def test_the_sd15_experiment_sets_model_training_data_and_prompts_together():
 
 
 def test_sd15_random_composes_to_a_model_built_in_the_run_store(tmp_path):
-    config = load_config(compose_config(["experiment=followfox_sd15", "data.path=/data", "model=sd15_random",
-                                         f"paths.runs={tmp_path}"]))
+    config = load_config(
+        compose_config(["experiment=followfox_sd15", "data.path=/data", "model=sd15_random", f"paths.runs={tmp_path}"])
+    )
     assert config.model.build == "sd15" and config.model.path == f"{tmp_path}/cache/models/sd15_random-seed0"
     assert config.stages["unet_hi"].lr == 9e-6  # the study's rates, as model=sd15
 
@@ -136,9 +154,18 @@ def test_each_model_picks_its_clip_and_no_stage_identity_depends_on_it(tiny_clip
     assert clip_model("experiment=followfox_sd15", "model=sd15_random") is None
     assert clip_model("experiment=followfox_sd15", f"analysis.clip_model={tiny_clip}") == str(tiny_clip)
     assert clip_model("experiment=followfox_sd15", "analysis.clip_model=null") is None
-    identities = [{name: stage.identity for name, stage in plan_stages(
-        load_config(compose_config(["experiment=followfox_sd15", "data.path=/data", *overrides])),
-        "base0", "data0", "float32").items()} for overrides in ([], ["analysis.clip_model=null"])]
+    identities = [
+        {
+            name: stage.identity
+            for name, stage in plan_stages(
+                load_config(compose_config(["experiment=followfox_sd15", "data.path=/data", *overrides])),
+                "base0",
+                "data0",
+                "float32",
+            ).items()
+        }
+        for overrides in ([], ["analysis.clip_model=null"])
+    ]
     assert identities[0] == identities[1]
 
 
@@ -155,7 +182,10 @@ def test_save_epochs_beyond_the_stage_are_dropped_with_a_note(caplog):
     assert dropped.config.checkpoint_epochs() == [100]
     assert "stages.unet_hi.save_epochs: 300, 500 lie beyond the stage's 100 epochs and are dropped" in caplog.text
     # the stage is what it trains: the same identity as with the list written out
-    assert dropped.identity == _planned("stages.unet_hi.epochs=100", "stages.unet_hi.save_epochs=[100]")["unet_hi"].identity
+    assert (
+        dropped.identity
+        == _planned("stages.unet_hi.epochs=100", "stages.unet_hi.save_epochs=[100]")["unet_hi"].identity
+    )
 
 
 def test_lengths_of_a_stage_share_a_trajectory_unless_the_schedule_depends_on_the_length():
@@ -164,8 +194,12 @@ def test_lengths_of_a_stage_share_a_trajectory_unless_the_schedule_depends_on_th
     assert _planned("stages.unet_hi.epochs=100", "stages.unet_hi.lr=1e-3")["unet_hi"].trajectory != short.trajectory
     cosine = [_planned(f"stages.unet_hi.epochs={n}", "train.lr_scheduler=cosine")["unet_hi"] for n in (100, 300)]
     assert cosine[0].trajectory != cosine[1].trajectory
-    warmup = [_planned(f"stages.unet_hi.epochs={n}", "train.lr_scheduler=constant_with_warmup",
-                       "train.lr_warmup_steps=5")["unet_hi"] for n in (100, 300)]
+    warmup = [
+        _planned(f"stages.unet_hi.epochs={n}", "train.lr_scheduler=constant_with_warmup", "train.lr_warmup_steps=5")[
+            "unet_hi"
+        ]
+        for n in (100, 300)
+    ]
     assert warmup[0].trajectory == warmup[1].trajectory
 
 

@@ -2,6 +2,7 @@
 SIGINT/SIGTERM stop after the current step with the resume command; NaN losses stop (or are
 skipped); concurrent samplers of one checkpoint take turns; and the torture test, which kills a
 tiny 3-stage study again and again and still ends bit-for-bit where an uninterrupted run ends."""
+
 import json
 import multiprocessing
 import os
@@ -58,6 +59,7 @@ def _save_killed_at(stage_dir: Path, nth: int, when: str) -> None:
             if calls[0] == nth and when == "after":
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
+
         setattr(os, name, wrapped)
     save_state(stage_dir, _setup(2), ACCELERATOR, "stage-id", Position(3, 0, 20))
     os._exit(0)
@@ -66,7 +68,9 @@ def _save_killed_at(stage_dir: Path, nth: int, when: str) -> None:
 def test_a_kill_at_any_file_operation_of_a_state_save_leaves_a_state_resume_finds(tmp_path):
     template = tmp_path / "template"
     save_state(template, _setup(1), ACCELERATOR, "stage-id", Position(2, 1, 10))
-    (template / "metrics.jsonl").write_text("".join(json.dumps({"type": "train", "step": s}) + "\n" for s in range(1, 21)))
+    (template / "metrics.jsonl").write_text(
+        "".join(json.dumps({"type": "train", "step": s}) + "\n" for s in range(1, 21))
+    )
     expected = {10: _setup(1).models["unet"].state_dict(), 20: _setup(2).models["unet"].state_dict()}
     seen, fork = set(), multiprocessing.get_context("fork")
     for when in ("before", "after"):
@@ -110,9 +114,11 @@ def _stage_dirs(runs: Path) -> dict:
 
 
 def _checkpoint_weights(runs: Path) -> dict:
-    return {(name, path.relative_to(stage_dir).as_posix()): load_file(path)
-            for name, stage_dir in _stage_dirs(runs).items()
-            for path in sorted(stage_dir.glob("checkpoints/*/*/*.safetensors"))}
+    return {
+        (name, path.relative_to(stage_dir).as_posix()): load_file(path)
+        for name, stage_dir in _stage_dirs(runs).items()
+        for path in sorted(stage_dir.glob("checkpoints/*/*/*.safetensors"))
+    }
 
 
 def _assert_same_training(runs: Path, reference: Path) -> None:
@@ -138,19 +144,25 @@ def _wait_for_training(process, stage_dirs, stage: str, timeout: float = 240) ->
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tiny_model, tiny_data, tmp_path,
-                                                                        signal_number):
+def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tiny_model, tiny_data, tmp_path, signal_number):
     runs = tmp_path / "runs"
     overrides = tiny_overrides(tiny_model, tiny_data, runs, "burn_unet") + [
-        "stages.unet_lo.epochs=12", "stages.unet_lo.save_epochs=[12]", "train.state_every_epochs=100",
-        "sampling.testing_plan=false"]
-    process = subprocess.Popen([sys.executable, "-m", "burnlab.launch.cli", *overrides], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+        "stages.unet_lo.epochs=12",
+        "stages.unet_lo.save_epochs=[12]",
+        "train.state_every_epochs=100",
+        "sampling.testing_plan=false",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "burnlab.launch.cli", *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_training(process, lambda: _stage_dirs(runs), "unet_lo")
     process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal_number, stderr[-2000:]
-    message = stderr[stderr.index("burnlab: stopped by"):].strip()
+    message = stderr[stderr.index("burnlab: stopped by") :].strip()
     assert "\n" not in message and "Traceback" not in stderr
     name = signal.Signals(signal_number).name
     assert message.startswith(f"burnlab: stopped by {name} in stage unet_lo at epoch ")
@@ -169,22 +181,35 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tiny_mod
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     reference = tmp_path / "reference"
-    run_study(tiny_model, tiny_data, reference, *overrides[len(tiny_overrides(tiny_model, tiny_data, runs, "burn_unet")):],
-              experiment="burn_unet")
+    run_study(
+        tiny_model,
+        tiny_data,
+        reference,
+        *overrides[len(tiny_overrides(tiny_model, tiny_data, runs, "burn_unet")) :],
+        experiment="burn_unet",
+    )
     _assert_same_training(runs, reference)
 
 
 # -- NaN -------------------------------------------------------------------------------------------
 def test_a_nan_loss_stops_the_stage_keeps_its_state_and_skip_nonfinite_goes_on(tiny_model, tiny_data, tmp_path):
     # lr 1 blows the tiny UNet up in its 5th epoch, after the state of epoch 4 was saved
-    extra = ("stages.unet_hi.lr=1", "stages.unet_hi.epochs=12", "stages.unet_hi.save_epochs=[2,12]",
-             "sampling.testing_plan=false")
+    extra = (
+        "stages.unet_hi.lr=1",
+        "stages.unet_hi.epochs=12",
+        "stages.unet_hi.save_epochs=[2,12]",
+        "sampling.testing_plan=false",
+    )
     with pytest.raises(NonFiniteLoss) as stopped:
         run_study(tiny_model, tiny_data, tmp_path, *extra, experiment="burn_unet")
     assert str(stopped.value).startswith("stage unet_hi: the training loss became nan at epoch 5, step 9 ")
     assert "its last saved state (step_0000000008) and checkpoints are kept" in str(stopped.value)
     study = json.loads((tmp_path / "burn_unet" / "study.json").read_text())
-    assert [study["stages"][s]["status"] for s in ("baseline", "unet_lo", "unet_hi")] == ["complete", "complete", "failed"]
+    assert [study["stages"][s]["status"] for s in ("baseline", "unet_lo", "unet_hi")] == [
+        "complete",
+        "complete",
+        "failed",
+    ]
     stage_dir = _stage_dirs(tmp_path)["unet_hi"]
     assert json.loads((stage_dir / "FAILED").read_text())["stage"] == "unet_hi"
     assert [p.name for p in saved_states(stage_dir)] == ["step_0000000008"]
@@ -222,8 +247,10 @@ def test_concurrent_jobs_sampling_one_checkpoint_never_race(tiny_model, tmp_path
     start, results = context.Barrier(2), context.Queue()
     prompts = OmegaConf.to_object(compose_config(["sampling=toy"]).sampling.prompts)
     config = SamplingConfig(prompts=prompts, images_per_prompt=2, steps=2)
-    jobs = [context.Process(target=_sample_one_checkpoint, args=(str(tiny_model), str(tmp_path), config, start, results))
-            for _ in range(2)]
+    jobs = [
+        context.Process(target=_sample_one_checkpoint, args=(str(tiny_model), str(tmp_path), config, start, results))
+        for _ in range(2)
+    ]
     for job in jobs:
         job.start()
     found = [results.get(timeout=240) for _ in jobs]
@@ -259,24 +286,39 @@ def _kill_at_a_random_moment(command, runs: Path, rng: random.Random) -> int:
 def test_a_study_killed_again_and_again_ends_where_an_uninterrupted_one_does(tiny_model, tiny_data, tmp_path):
     """SIGKILL at >= 10 random moments and at file operations of state writes; every restart
     resumes; the end is bit-for-bit the uninterrupted run's, samples included, with no temp files."""
+
     def overrides(runs):
         return tiny_overrides(tiny_model, tiny_data, runs, "burn_unet") + [
-            "stages.baseline.epochs=4", "stages.baseline.save_epochs=[4]", "stages.unet_lo.epochs=8",
-            "stages.unet_lo.save_epochs=[2,8]", "stages.unet_hi.epochs=8", "stages.unet_hi.save_epochs=[3,8]",
-            "sampling.images_per_prompt=1"]
+            "stages.baseline.epochs=4",
+            "stages.baseline.save_epochs=[4]",
+            "stages.unet_lo.epochs=8",
+            "stages.unet_lo.save_epochs=[2,8]",
+            "stages.unet_hi.epochs=8",
+            "stages.unet_hi.save_epochs=[3,8]",
+            "sampling.images_per_prompt=1",
+        ]
 
     cli = [sys.executable, "-m", "burnlab.launch.cli"]
     reference = tmp_path / "reference"
     subprocess.run(cli + overrides(reference), check=True, capture_output=True, timeout=600)
 
     runs, rng, kills = tmp_path / "runs", random.Random(20261125), []
-    injected = [("fsync", "before", 2), ("replace", "before", 1), ("replace", "after", 1),
-                ("unlink", "before", 1), ("rmdir", "after", 1), ("fsync", "after", 3)]
+    injected = [
+        ("fsync", "before", 2),
+        ("replace", "before", 1),
+        ("replace", "after", 1),
+        ("unlink", "before", 1),
+        ("rmdir", "after", 1),
+        ("fsync", "after", 3),
+    ]
     for attempt in range(80):
         if attempt % 2 == 1 and injected:
             operation = injected.pop(0)
-            code = subprocess.run([sys.executable, str(TESTS / "kill_during.py"), *map(str, operation),
-                                   *overrides(runs)], capture_output=True, timeout=600).returncode
+            code = subprocess.run(
+                [sys.executable, str(TESTS / "kill_during.py"), *map(str, operation), *overrides(runs)],
+                capture_output=True,
+                timeout=600,
+            ).returncode
             what = "{} {} #{} of a state write".format(*operation)
         else:
             code = _kill_at_a_random_moment(cli + overrides(runs), runs, rng)

@@ -1,6 +1,7 @@
 """Data loading: both folder layouts, the split, and clear errors for bad folders: every bad
 file of a hostile folder in one error (or skipped), captions' encodings, images decoded as they
 are meant to be seen, links, and the data's identity."""
+
 import json
 import logging
 import os
@@ -28,7 +29,9 @@ def _load(folder, **data):
 
 
 def _scan(folder, default_caption=None):
-    return list(scan_captioned_folder(folder, "data.path", DataConfig(path=str(folder), default_caption=default_caption), []))
+    return list(
+        scan_captioned_folder(folder, "data.path", DataConfig(path=str(folder), default_caption=default_caption), [])
+    )
 
 
 def _error(folder, **data) -> str:
@@ -64,13 +67,17 @@ def test_caption_source_names_where_each_caption_was_read(tmp_path):
     (txt / "nested").mkdir()
     (txt / "img01.png").rename(txt / "nested" / "img01.png")  # its caption left behind: the default
     assert [caption_source(image, txt) for image, _ in _scan(txt, "a painting")] == [
-        "img00.txt", "nested/img01.png (data.default_caption)"]
+        "img00.txt",
+        "nested/img01.png (data.default_caption)",
+    ]
     listed = write_captioned_images(tmp_path / "listed", 1)
     outside = write_captioned_images(tmp_path / "outside", 1) / "img00.png"
     rows = [{"file_name": "img00.png", "text": "a"}, {"file_name": str(outside), "text": "b"}]
     (listed / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert [caption_source(image, listed) for image, _ in _scan(listed)] == [
-        "metadata.jsonl (img00.png)", f"metadata.jsonl ({outside})"]
+        "metadata.jsonl (img00.png)",
+        f"metadata.jsonl ({outside})",
+    ]
 
 
 def test_missing_folder_names_key_and_value(tmp_path):
@@ -112,6 +119,7 @@ def test_unknown_model_path(tmp_path):
 
 # -- captions: encodings -----------------------------------------------------------------------
 
+
 def test_latin1_caption_is_a_problem_naming_file_and_byte(tmp_path):
     write_captioned_images(tmp_path, 3)
     (tmp_path / "img01.txt").write_bytes("a café in the zorblax style".encode("latin-1"))
@@ -147,6 +155,7 @@ def test_empty_captions_train_on_no_text_and_are_counted_in_a_warning(tmp_path, 
 
 # -- every problem in one pass -----------------------------------------------------------------
 
+
 def _truncated(path, image_format):
     pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path, image_format)
@@ -167,11 +176,13 @@ def test_every_bad_file_is_listed_in_one_error(tmp_path):
         (tmp_path / f"img{i:02d}.txt").write_bytes(b"\xff")
     message = _error(tmp_path, max_image_pixels=48 * 48)
     assert message.startswith(f"13 bad file(s) in the data folder {tmp_path}: img00.png: not an image")
-    for listed in ["img04.png: cannot be read (image file is truncated)",
-                   "img05.jpg: cannot be read (image file is truncated",
-                   "img06.png: no caption (img06.txt)",
-                   "img07.txt: not UTF-8 (byte 0xe9 at offset 3)",
-                   "img08.png: 50x50 pixels, over data.max_image_pixels (2304)"]:
+    for listed in [
+        "img04.png: cannot be read (image file is truncated)",
+        "img05.jpg: cannot be read (image file is truncated",
+        "img06.png: no caption (img06.txt)",
+        "img07.txt: not UTF-8 (byte 0xe9 at offset 3)",
+        "img08.png: 50x50 pixels, over data.max_image_pixels (2304)",
+    ]:
         assert listed in message
     assert message.count(": not UTF-8") == 2  # img07 and img09: ten listed, then the count of the rest
     assert "; and 3 more. Fix or remove them" in message and "`data.skip_bad=true`" in message
@@ -179,8 +190,13 @@ def test_every_bad_file_is_listed_in_one_error(tmp_path):
 
 def test_bad_metadata_rows_are_listed_in_one_error(tmp_path):
     write_captioned_images(tmp_path, 3)
-    rows = [b'{"file_name": "img00.png", "text": "fine"}', b'not json', b'{"file_name": "gone.png", "text": "a"}',
-            b'{"file_name": "img01.png"}', b'{"file_name": "img02.png", "text": "caf\xe9"}']
+    rows = [
+        b'{"file_name": "img00.png", "text": "fine"}',
+        b'not json',
+        b'{"file_name": "gone.png", "text": "a"}',
+        b'{"file_name": "img01.png"}',
+        b'{"file_name": "img02.png", "text": "caf\xe9"}',
+    ]
     (tmp_path / "metadata.jsonl").write_bytes(b"\n".join(rows))
     message = _error(tmp_path)
     assert message.startswith("4 bad file(s)")
@@ -212,9 +228,13 @@ def test_skip_bad_leaves_bad_files_out_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="burnlab"):
         data = _load(tmp_path, skip_bad=True)
     assert sorted(f.name for f in data.train.files + data.validation.files) == ["img00.png", "img02.png", "img04.png"]
-    assert data.problems_record() == {"skipped": 2, "files": [
-        {"folder": "data.path", "path": "img01.png", "problem": "not an image (unknown format or corrupt header)"},
-        {"folder": "data.path", "path": "img03.png", "problem": "no caption (img03.txt)"}]}
+    assert data.problems_record() == {
+        "skipped": 2,
+        "files": [
+            {"folder": "data.path", "path": "img01.png", "problem": "not an image (unknown format or corrupt header)"},
+            {"folder": "data.path", "path": "img03.png", "problem": "no caption (img03.txt)"},
+        ],
+    }
     assert "data.skip_bad: left out 2 bad file(s)" in caplog.text and "img03.png: no caption" in caplog.text
     for i in (0, 2):
         (tmp_path / f"img{i:02d}.png").write_bytes(b"not a png")
@@ -228,10 +248,13 @@ def test_skipped_files_reach_study_json(tiny_model, tmp_path):
     with StudyRunner(load_config(compose_config(overrides)), tmp_path / "burn_unet", "", {}) as runner:
         runner.write_study_json()
     assert json.loads((tmp_path / "burn_unet" / "study.json").read_text())["data_problems"] == {
-        "skipped": 1, "files": [{"folder": "data.path", "path": "img02.txt", "problem": "not UTF-8 (byte 0xe9 at offset 3)"}]}
+        "skipped": 1,
+        "files": [{"folder": "data.path", "path": "img02.txt", "problem": "not UTF-8 (byte 0xe9 at offset 3)"}],
+    }
 
 
 # -- images decoded as they are meant to be seen ------------------------------------------------
+
 
 def _only_image(folder, **data):
     """The one image of `folder` (copied twice, since a study needs two), loaded at 32x32."""
@@ -256,8 +279,10 @@ def test_exif_rotated_jpeg_comes_out_upright(tmp_path):
 
 def _png_16bit_rgb(width, height, value) -> bytes:
     """A 16-bit RGB PNG (which PIL cannot write), every sample `value`."""
+
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     rows = b"".join(b"\0" + struct.pack(f">{3 * width}H", *[value] * 3 * width) for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
@@ -289,6 +314,7 @@ def test_transparent_pixels_show_the_background_not_the_colour_hidden_there(tmp_
 
 # -- links ---------------------------------------------------------------------------------------
 
+
 def test_link_loops_dangling_links_and_fifos_are_left_out_and_linked_files_read(tmp_path, caplog):
     folder = write_captioned_images(tmp_path / "d", 3)
     elsewhere = write_captioned_images(tmp_path / "elsewhere", 2, seed=1)
@@ -304,23 +330,37 @@ def test_link_loops_dangling_links_and_fifos_are_left_out_and_linked_files_read(
         data = _load(folder)
     used = sorted(f.relative_to(folder).as_posix() for f in data.train.files + data.validation.files)
     assert used == ["img00.png", "img01.png", "img02.png", "img09.png", "linked/img00.png", "linked/img01.png"]
-    assert "left out 4 path(s)" in caplog.text and "pipe.png (not a file)" in caplog.text and "loop.png (a dangling link or a loop of links)" in caplog.text
-    assert "ghost.png (a dangling link or a loop of links)" in caplog.text and "sub/up (a folder already searched)" in caplog.text
+    assert (
+        "left out 4 path(s)" in caplog.text
+        and "pipe.png (not a file)" in caplog.text
+        and "loop.png (a dangling link or a loop of links)" in caplog.text
+    )
+    assert (
+        "ghost.png (a dangling link or a loop of links)" in caplog.text
+        and "sub/up (a folder already searched)" in caplog.text
+    )
 
 
 # -- config --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, key", [("data.background=nope", "data.background"),
-                                           ("data.background='#ffffff80'", "data.background"),
-                                           ("data.caption_encoding=nope", "data.caption_encoding"),
-                                           ("data.caption_encoding=rot13", "data.caption_encoding"),
-                                           ("data.max_image_pixels=0", "data.max_image_pixels")])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.background=nope", "data.background"),
+        ("data.background='#ffffff80'", "data.background"),
+        ("data.caption_encoding=nope", "data.caption_encoding"),
+        ("data.caption_encoding=rot13", "data.caption_encoding"),
+        ("data.max_image_pixels=0", "data.max_image_pixels"),
+    ],
+)
 def test_bad_data_settings_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"`{key}` has value"):
         load_config(compose_config(["experiment=burn_unet", "data.path=/data", override]))
 
 
 # -- identity ------------------------------------------------------------------------------------
+
 
 def test_identity_hashes_the_files_used_not_where_the_folder_is(tmp_path):
     folder = write_captioned_images(tmp_path / "a", 5)
@@ -343,7 +383,15 @@ def test_stage_identities_leave_out_the_folders_paths_but_not_the_pixels_setting
         return {name: stage.identity for name, stage in plan_stages(config, "base0", "data0", "float32").items()}
 
     plain = identities()
-    assert identities("data.path=/elsewhere", "validation.path=/held_out", "data.skip_bad=true",
-                      "data.max_image_pixels=1000", "data.caption_encoding=cp1252") == plain
+    assert (
+        identities(
+            "data.path=/elsewhere",
+            "validation.path=/held_out",
+            "data.skip_bad=true",
+            "data.max_image_pixels=1000",
+            "data.caption_encoding=cp1252",
+        )
+        == plain
+    )
     for changed in ("data.background=black", "data.flip_p=0.5", "data.default_caption=art", "data.resolution=32"):
         assert identities(changed) != plain, changed

@@ -1,6 +1,7 @@
 """burnlab-diagnose on models burnlab did not train, in every form a user has them: a diffusers
 folder, the same model as a single-file checkpoint, a LoRA checkpoint and the same LoRA in
 kohya's keys; the base against itself; bad input. Few seeds and steps: seconds each."""
+
 import json
 
 import pytest

@@ -1,5 +1,6 @@
 """Several processes: batches split so every rank has work, and a 2-process CPU (gloo) study
 that ends with the 1-process run's weights, validation losses and samples."""
+
 import json
 import os
 import socket
@@ -26,10 +27,17 @@ def test_shards_cover_the_batch_in_order_and_differ_by_at_most_one(size, world):
 
 # 10 images, 3 held out: 7 to train. 2 processes x batch 3 = global batches of 6 and 1, so in
 # the last one rank 1 has no image; the 1-process run trains the same global batches.
-SHAPE = ["validation.split_proportion=0.3", "stages.baseline.epochs=1", "stages.baseline.save_epochs=[1]",
-         "stages.unet_lo.epochs=2", "stages.unet_lo.save_epochs=[2]", "stages.unet_hi.epochs=1",
-         "stages.unet_hi.save_epochs=[1]", "sampling.images_per_prompt=3",
-         "train.max_grad_norm=0"]  # no clipping: a wrongly scaled loss would hide behind it
+SHAPE = [
+    "validation.split_proportion=0.3",
+    "stages.baseline.epochs=1",
+    "stages.baseline.save_epochs=[1]",
+    "stages.unet_lo.epochs=2",
+    "stages.unet_lo.save_epochs=[2]",
+    "stages.unet_hi.epochs=1",
+    "stages.unet_hi.save_epochs=[1]",
+    "sampling.images_per_prompt=3",
+    "train.max_grad_norm=0",
+]  # no clipping: a wrongly scaled loss would hide behind it
 
 
 def free_port() -> int:
@@ -41,15 +49,33 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def two_process_run(tiny_model, tiny_data, tmp_path_factory):
     runs = tmp_path_factory.mktemp("two")
-    overrides = tiny_overrides(tiny_model, tiny_data, runs, "burn_unet") + SHAPE + [
-        "train.batch_size=3", "logger.wandb.mode=auto"]  # W&B as a new user has it (offline without a key)
+    overrides = (
+        tiny_overrides(tiny_model, tiny_data, runs, "burn_unet")
+        + SHAPE
+        + ["train.batch_size=3", "logger.wandb.mode=auto"]
+    )  # W&B as a new user has it (offline without a key)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     # `--cpu` would start one process (accelerate's simple launcher); without CUDA burnlab asks
     # accelerate for CPU mode, so this forms a 2-process gloo group
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()),
-               "-m", "burnlab.launch.cli", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "burnlab.launch.cli",
+        *overrides,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=runs)
     assert result.returncode == 0, result.stderr[-3000:]
     return runs, result
@@ -69,8 +95,9 @@ def test_two_processes_train_the_one_process_weights(two_process_run, one_proces
     # identities hash the config, so the 2-process stages (batch 3 per rank) have their own dirs
     two_study = json.loads((two_dir / "study.json").read_text())
     for stage in ("baseline", "unet_lo", "unet_hi"):
-        rows = [r for r in read_jsonl(two_dir / two_study["stages"][stage]["dir"] / "metrics.jsonl")
-                if r["type"] == "train"]
+        rows = [
+            r for r in read_jsonl(two_dir / two_study["stages"][stage]["dir"] / "metrics.jsonl") if r["type"] == "train"
+        ]
         assert len(rows) == 2 * two_study["stages"][stage]["epochs"]  # global batches of 6 and 1
     # Tolerance: the same global batches, so only float reduction order differs (the all-reduce
     # averages two gradients where one process sums one batch). AdamW divides each gradient by
@@ -92,9 +119,14 @@ def test_two_processes_share_validation_and_log_the_same_losses(two_process_run,
     study, run_dir = one_process_run
     two_study = json.loads((runs / "burn_unet" / "study.json").read_text())
     for stage in ("baseline", "unet_hi"):
-        one = [r for r in read_jsonl(run_dir / study["stages"][stage]["dir"] / "metrics.jsonl") if r["type"] != "memory"]
-        two = [r for r in read_jsonl(runs / "burn_unet" / two_study["stages"][stage]["dir"] / "metrics.jsonl")
-               if r["type"] != "memory"]
+        one = [
+            r for r in read_jsonl(run_dir / study["stages"][stage]["dir"] / "metrics.jsonl") if r["type"] != "memory"
+        ]
+        two = [
+            r
+            for r in read_jsonl(runs / "burn_unet" / two_study["stages"][stage]["dir"] / "metrics.jsonl")
+            if r["type"] != "memory"
+        ]
         assert [(r["type"], r["step"]) for r in one] == [(r["type"], r["step"]) for r in two]
         for a, b in zip(one, two):
             for key in ("train_loss", "val_loss", "stabilized_loss"):
@@ -106,10 +138,17 @@ def test_two_processes_write_one_run_store(two_process_run, one_process_run):
     runs, result = two_process_run
     run_dir = runs / "burn_unet"
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("wandb")) == [
-        ".hydra", "attribution.json", "cli.log", "config.yaml", "samples.jsonl", "study.json"]  # rank 0 only
+        ".hydra",
+        "attribution.json",
+        "cli.log",
+        "config.yaml",
+        "samples.jsonl",
+        "study.json",
+    ]  # rank 0 only
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, from rank 0
     rows = list(read_jsonl(run_dir / "samples.jsonl"))
-    assert len(rows) == 4 * 3 * 3  # checkpoints (base, baseline, unet_lo e2, unet_hi e1) x prompts x seeds, made by both ranks, written once
+    # checkpoints (base, baseline, unet_lo e2, unet_hi e1) x prompts x seeds, made by both ranks, written once
+    assert len(rows) == 4 * 3 * 3
     study, one_dir = one_process_run
     one_rows = {(r["index"], r["prompt_set"], r["seed"]): r for r in read_jsonl(one_dir / "samples.jsonl")}
     for row in rows:

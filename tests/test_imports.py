@@ -1,6 +1,7 @@
 """The import structure: no cycles, every analysis module importable on its own, the analysis
 importing nothing of burnlab but the run store's layout and file primitives and the W&B mirror's
 keys, and the config schemas importing nothing of burnlab but errors and the store's layout."""
+
 import ast
 import subprocess
 import sys
@@ -18,8 +19,7 @@ def module_name(package: str, path: Path) -> str:
 
 
 def modules() -> dict:
-    return {module_name(package, path): path for package, folder in PACKAGES.items()
-            for path in folder.rglob("*.py")}
+    return {module_name(package, path): path for package, folder in PACKAGES.items() for path in folder.rglob("*.py")}
 
 
 def imports(path: Path, known: set, top_level_only: bool) -> set:
@@ -48,7 +48,7 @@ def test_imports_have_no_cycles_counting_those_inside_functions():
 
     def visit(name):
         if name in visiting:
-            cycles.append(visiting[visiting.index(name):] + [name])
+            cycles.append(visiting[visiting.index(name) :] + [name])
             return
         if name in done:
             return
@@ -67,8 +67,15 @@ def test_the_analysis_imports_no_training_code():
     known = modules()
     # the package folders themselves (their __init__ is empty), the run store's layout and file
     # primitives, and the W&B mirror's key map and key rule
-    allowed = {"burnlab", "burnlab.store", "burnlab.store.files", "burnlab.store.layout", "burnlab.dashboards",
-               "burnlab.dashboards.keys", "burnlab.dashboards.wandb_key"}
+    allowed = {
+        "burnlab",
+        "burnlab.store",
+        "burnlab.store.files",
+        "burnlab.store.layout",
+        "burnlab.dashboards",
+        "burnlab.dashboards.keys",
+        "burnlab.dashboards.wandb_key",
+    }
     for name, path in known.items():
         if name.startswith("burnlab.analysis"):
             used = {m for m in imports(path, set(known), top_level_only=False) if not m.startswith("burnlab.analysis")}
@@ -77,8 +84,9 @@ def test_the_analysis_imports_no_training_code():
 
 @pytest.mark.parametrize("module", sorted(m for m in modules() if m.startswith("burnlab.analysis")))
 def test_each_analysis_module_imports_alone_in_a_fresh_interpreter(module):
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 

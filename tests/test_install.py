@@ -7,6 +7,7 @@ without system site packages installs that wheel alone (--no-index, --no-deps), 
 venv's dependencies through a plain path in a .pth file. A plain path is not a site dir, so the
 .pth files in it (this venv's editable burnlab) are not processed: the new venv's burnlab is the
 installed one. Runs start in a folder outside the repository."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def clean_env() -> dict:
 
 
 def check(command: list, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(c) for c in command], cwd=cwd, env=clean_env(), capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [str(c) for c in command], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -48,9 +50,22 @@ def installed(tmp_path_factory) -> Path:
     source.mkdir()
     shutil.copy(REPO / "pyproject.toml", source)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    check([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-           "-w", root / "wheel", source], cwd=root)
-    wheel, = (root / "wheel").glob("burnlab-*.whl")
+    check(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            root / "wheel",
+            source,
+        ],
+        cwd=root,
+    )
+    (wheel,) = (root / "wheel").glob("burnlab-*.whl")
 
     env_dir = root / "venv"
     venv.create(env_dir, with_pip=False, symlinks=True)
@@ -61,30 +76,44 @@ def installed(tmp_path_factory) -> Path:
     ours = sysconfig.get_paths()
     # the dependencies (torch, diffusers, hydra, ...) of the running venv, as plain sys.path entries
     (Path(site.stdout.strip()) / "deps.pth").write_text(
-        "".join(f"{path}\n" for path in dict.fromkeys([ours["purelib"], ours["platlib"]])))
+        "".join(f"{path}\n" for path in dict.fromkeys([ours["purelib"], ours["platlib"]]))
+    )
     return env_dir / "bin"
 
 
 def test_the_installed_package_is_the_wheel_with_its_configs(installed, tmp_path):
-    code = ("import json, burnlab, burnlab.analysis.attribution as rule, burnlab.config.compose as compose; "
-            "print(json.dumps([burnlab.__file__, str(rule.RULE_FILE), rule.RULE_FILE.is_file(), str(compose.CONF_DIR), "
-            "sorted(p.stem for p in (compose.CONF_DIR / 'experiment').glob('*.yaml'))]))")
+    code = (
+        "import json, burnlab, burnlab.analysis.attribution as rule, burnlab.config.compose as compose; "
+        "print(json.dumps([burnlab.__file__, str(rule.RULE_FILE), rule.RULE_FILE.is_file(), str(compose.CONF_DIR), "
+        "sorted(p.stem for p in (compose.CONF_DIR / 'experiment').glob('*.yaml'))]))"
+    )
     result = check([installed / "python", "-c", code], cwd=tmp_path)
     burnlab_file, rule_file, rule_shipped, conf_dir, experiments = json.loads(result.stdout)
     assert rule_shipped, rule_file  # the swap verdict's threshold ships in the wheel
     venv_dir = installed.parent
     for path in (burnlab_file, rule_file, conf_dir):
         assert Path(path).is_relative_to(venv_dir) and "site-packages" in path, path
-    assert experiments == ["attribution_bench", "attribution_bench_lora", "burn_te", "burn_unet", "burn_unet_lr",
-                           "followfox", "followfox_sd15", "lora_followfox"]
+    assert experiments == [
+        "attribution_bench",
+        "attribution_bench_lora",
+        "burn_te",
+        "burn_unet",
+        "burn_unet_lr",
+        "followfox",
+        "followfox_sd15",
+        "lora_followfox",
+    ]
     assert "usage: burnlab-analyze" in check([installed / "burnlab-analyze", "--help"], cwd=tmp_path).stdout
 
 
 def test_installed_burnlab_runs_a_tiny_study_from_another_folder(installed, tiny_model, tiny_data, tmp_path):
     work, runs = tmp_path / "elsewhere", tmp_path / "runs"
     work.mkdir()
-    check([installed / "burnlab", *tiny_overrides(tiny_model, tiny_data, runs, "burn_unet", analyze=True)],
-          cwd=work, timeout=600)
+    check(
+        [installed / "burnlab", *tiny_overrides(tiny_model, tiny_data, runs, "burn_unet", analyze=True)],
+        cwd=work,
+        timeout=600,
+    )
     run_dir = runs / "burn_unet"
     study = json.loads((run_dir / "study.json").read_text())
     assert set(study["stages"]) == {"baseline", "unet_lo", "unet_hi"}

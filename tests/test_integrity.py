@@ -2,6 +2,7 @@
 before it is used; the study trains or samples it again (the same bits as before the damage) or
 stops with one paragraph naming the file and the repair. One tiny burn_te study is trained once
 per module; each test damages a copy of its run store."""
+
 import json
 import logging
 import shutil
@@ -70,6 +71,7 @@ def test_a_garbage_row_in_the_middle_of_metrics_retrains_the_stage(store, tiny_m
     with caplog.at_level(logging.WARNING, logger="burnlab"):
         rerun(tiny_model, tiny_data, runs)
     assert f"stage te_lo: {metrics}: line 4 is not JSON" in caplog.text
+
     def measured(text):  # the peak-memory row differs from run to run
         return [row for row in map(json.loads, text) if row["type"] != "memory"]
 
@@ -106,7 +108,7 @@ def test_a_png_cut_short_in_a_complete_sample_folder_is_sampled_again(store, tin
     folder = sample_folders(runs)[-1]
     png = sorted(folder.rglob("*.png"))[0]
     before = png.read_bytes()
-    png.write_bytes(before[:len(before) // 2])
+    png.write_bytes(before[: len(before) // 2])
     with caplog.at_level(logging.WARNING, logger="burnlab"):
         rerun(tiny_model, tiny_data, runs)
     assert f"{png}: cannot be decoded" in caplog.text

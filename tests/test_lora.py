@@ -2,6 +2,7 @@
 load_lora_weights loads and that sample like the trainer's own models; frozen adapters and base
 weights keep every bit; a resumed LoRA stage ends bit-for-bit where an uninterrupted one ends;
 the adapter settings are part of LoRA stage identities only; bad LoRA settings are one paragraph."""
+
 import json
 
 import numpy as np
@@ -76,8 +77,10 @@ def test_the_frozen_adapter_in_a_checkpoint_is_its_parents_bit_for_bit(lora_stud
     baseline = tensors(final_checkpoint(run_dir, study, "baseline") / LORA_FILE)
     for stage, trained, frozen in (("unet_hi", "unet", "text_encoder"), ("te_hi", "text_encoder", "unet")):
         after = tensors(final_checkpoint(run_dir, study, stage) / LORA_FILE)
-        assert_same({k: v for k, v in after.items() if k.startswith(frozen + ".")},
-                    {k: v for k, v in baseline.items() if k.startswith(frozen + ".")})
+        assert_same(
+            {k: v for k, v in after.items() if k.startswith(frozen + ".")},
+            {k: v for k, v in baseline.items() if k.startswith(frozen + ".")},
+        )
         assert any(not torch.equal(v, baseline[k]) for k, v in after.items() if k.startswith(trained + "."))
 
 
@@ -90,9 +93,14 @@ def _pipeline_with_lora(tiny_model, checkpoint):
 
 
 def _images(pipeline, sampling, rows) -> list:
-    out = pipeline(prompt=[r["prompt"] for r in rows], negative_prompt=[sampling.negative_prompt] * len(rows),
-                   generator=[torch.Generator().manual_seed(r["seed"]) for r in rows],
-                   num_inference_steps=sampling.steps, guidance_scale=sampling.guidance_scale, output_type="np")
+    out = pipeline(
+        prompt=[r["prompt"] for r in rows],
+        negative_prompt=[sampling.negative_prompt] * len(rows),
+        generator=[torch.Generator().manual_seed(r["seed"]) for r in rows],
+        num_inference_steps=sampling.steps,
+        guidance_scale=sampling.guidance_scale,
+        output_type="np",
+    )
     return list((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
 
 
@@ -107,10 +115,16 @@ def test_a_lora_checkpoint_loaded_by_diffusers_samples_like_the_harness(lora_stu
     pipeline = _pipeline_with_lora(tiny_model, checkpoint)
     in_training = run_dir / study["stages"][stage]["dir"] / "samples" / "epoch_0003"
     rows = list(read_jsonl(in_training / "index.jsonl"))
-    plan = {(r["prompt"], r["seed"]): r for r in read_jsonl(run_dir / "samples.jsonl")
-            if r["checkpoint_id"] == json.loads((checkpoint / "manifest.json").read_text())["checkpoint_id"]}
-    base = _images(StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None,
-                                                           requires_safety_checker=False), sampling, rows[:1])[0]
+    plan = {
+        (r["prompt"], r["seed"]): r
+        for r in read_jsonl(run_dir / "samples.jsonl")
+        if r["checkpoint_id"] == json.loads((checkpoint / "manifest.json").read_text())["checkpoint_id"]
+    }
+    base = _images(
+        StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False),
+        sampling,
+        rows[:1],
+    )[0]
     for row, image in zip(rows, _images(pipeline, sampling, rows)):
         for harness in (in_training / row["path"], run_dir / plan[(row["prompt"], row["seed"])]["path"]):
             made = np.asarray(Image.open(harness).convert("RGB")).astype(int)
@@ -142,17 +156,20 @@ def test_a_lora_checkpoint_bakes_into_a_diffusers_folder(lora_study, tiny_model,
                     assert (got - want).abs().max() > 1e-4
 
 
-def test_frozen_adapters_and_base_weights_are_bitwise_unchanged_in_memory(tiny_model, tiny_data, tmp_path,
-                                                                          monkeypatch):
+def test_frozen_adapters_and_base_weights_are_bitwise_unchanged_in_memory(tiny_model, tiny_data, tmp_path, monkeypatch):
     """Each stage's base weights and adapters hashed as the trainer holds them, before its first
     step and after its last: only the adapter of the trained component changes."""
     digests = {}
     original_run = StageTrainer.run
 
     def parts(models):
-        return {(name, part): state_digest({k: v for k, v in model.state_dict().items()
-                                             if is_adapter_parameter(k) == (part == "adapter")})
-                for name, model in models.items() for part in ("base", "adapter")}
+        return {
+            (name, part): state_digest(
+                {k: v for k, v in model.state_dict().items() if is_adapter_parameter(k) == (part == "adapter")}
+            )
+            for name, model in models.items()
+            for part in ("base", "adapter")
+        }
 
     def run_and_hash(trainer):
         models = {name: trainer.accelerator.unwrap_model(model) for name, model in trainer.models.items()}
@@ -161,9 +178,16 @@ def test_frozen_adapters_and_base_weights_are_bitwise_unchanged_in_memory(tiny_m
         digests[trainer.job.stage.name] = (before, parts(models))
 
     monkeypatch.setattr(StageTrainer, "run", run_and_hash)
-    run_study(tiny_model, tiny_data, tmp_path, *LORA, *FAST, "sampling.testing_plan=false", "validation.every_n_epochs=0")
-    for stage, trained in (("baseline", {"unet", "text_encoder"}), ("unet_lo", {"unet"}), ("unet_hi", {"unet"}),
-                           ("te_lo", {"text_encoder"}), ("te_hi", {"text_encoder"})):
+    run_study(
+        tiny_model, tiny_data, tmp_path, *LORA, *FAST, "sampling.testing_plan=false", "validation.every_n_epochs=0"
+    )
+    for stage, trained in (
+        ("baseline", {"unet", "text_encoder"}),
+        ("unet_lo", {"unet"}),
+        ("unet_hi", {"unet"}),
+        ("te_lo", {"text_encoder"}),
+        ("te_hi", {"text_encoder"}),
+    ):
         before, after = digests[stage]
         changed = {key for key in before if before[key] != after[key]}
         assert changed == {(name, "adapter") for name in trained}, stage
@@ -190,12 +214,17 @@ def test_a_resumed_lora_stage_ends_bit_for_bit_as_an_uninterrupted_one(tiny_mode
     monkeypatch.setattr(StageTrainer, "_train_epoch", original)
     resumed, resumed_dir = run_study(tiny_model, tiny_data, tmp_path / "resumed", *extra, experiment="burn_unet")
     for stage in ("unet_lo", "unet_hi"):
-        assert [r["train_loss"] for r in train_rows(resumed_dir, resumed, stage)] == \
-            [r["train_loss"] for r in train_rows(straight_dir, straight, stage)]
-    assert_same(tensors(final_checkpoint(resumed_dir, resumed, "unet_hi") / LORA_FILE),
-                tensors(final_checkpoint(straight_dir, straight, "unet_hi") / LORA_FILE))
-    assert_same(weights(final_checkpoint(resumed_dir, resumed, "unet_hi"), "unet"),
-                weights(final_checkpoint(straight_dir, straight, "unet_hi"), "unet"))
+        assert [r["train_loss"] for r in train_rows(resumed_dir, resumed, stage)] == [
+            r["train_loss"] for r in train_rows(straight_dir, straight, stage)
+        ]
+    assert_same(
+        tensors(final_checkpoint(resumed_dir, resumed, "unet_hi") / LORA_FILE),
+        tensors(final_checkpoint(straight_dir, straight, "unet_hi") / LORA_FILE),
+    )
+    assert_same(
+        weights(final_checkpoint(resumed_dir, resumed, "unet_hi"), "unet"),
+        weights(final_checkpoint(straight_dir, straight, "unet_hi"), "unet"),
+    )
 
 
 def test_adapter_settings_are_part_of_lora_stage_identities_only(tiny_model, tiny_data, tmp_path):
@@ -210,14 +239,18 @@ def test_adapter_settings_are_part_of_lora_stage_identities_only(tiny_model, tin
     assert all(identities("train.adapter=lora", "lora.rank=8")[name] != lora[name] for name in full)
 
 
-@pytest.mark.parametrize("override, key, allowed", [
-    ("train.adapter=foo", "train.adapter", "one of full, lora"),
-    ("lora.rank=0", "lora.rank", "an integer >= 1"),
-    ("lora.init=pissa", "lora.init", "true, false or gaussian"),
-    ("lora.dropout=1.5", "lora.dropout", "a probability in"),
-])
-def test_bad_lora_settings_name_the_key_the_value_and_what_is_allowed(tiny_model, tiny_data, tmp_path, override,
-                                                                       key, allowed):
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ("train.adapter=foo", "train.adapter", "one of full, lora"),
+        ("lora.rank=0", "lora.rank", "an integer >= 1"),
+        ("lora.init=pissa", "lora.init", "true, false or gaussian"),
+        ("lora.dropout=1.5", "lora.dropout", "a probability in"),
+    ],
+)
+def test_bad_lora_settings_name_the_key_the_value_and_what_is_allowed(
+    tiny_model, tiny_data, tmp_path, override, key, allowed
+):
     with pytest.raises(ConfigError) as error:
         load_config(compose_config(tiny_overrides(tiny_model, tiny_data, tmp_path) + [override]))
     assert error.value.key == key and allowed in str(error.value)
@@ -225,7 +258,13 @@ def test_bad_lora_settings_name_the_key_the_value_and_what_is_allowed(tiny_model
 
 def test_a_target_module_that_matches_nothing_is_a_config_error(tiny_model, tiny_data, tmp_path):
     with pytest.raises(ConfigError) as error:
-        run_study(tiny_model, tiny_data, tmp_path, "train.adapter=lora", "lora.target_modules.unet=[to_q,to_qkv]",
-                  experiment="burn_unet")
+        run_study(
+            tiny_model,
+            tiny_data,
+            tmp_path,
+            "train.adapter=lora",
+            "lora.target_modules.unet=[to_q,to_qkv]",
+            experiment="burn_unet",
+        )
     assert error.value.key == "lora.target_modules.unet"
     assert "`to_qkv` matches none" in str(error.value) and "to_k" in str(error.value)

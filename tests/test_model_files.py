@@ -2,6 +2,7 @@
 the weights it holds (a single-file export reads back bit for bit, a kohya export of a LoRA fuses to the
 diffusers-key LoRA's weights), LoRA components are named, and every bad input is one paragraph naming
 the file."""
+
 import os
 import re
 
@@ -33,8 +34,10 @@ ALPHA = 3.0
 
 
 def toy_models():
-    return {"unet": UNet2DConditionModel.from_pretrained(TOY, subfolder="unet"),
-            "text_encoder": CLIPTextModel.from_pretrained(TOY, subfolder="text_encoder")}
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(TOY, subfolder="unet"),
+        "text_encoder": CLIPTextModel.from_pretrained(TOY, subfolder="text_encoder"),
+    }
 
 
 def perturb(model, seed: int, scale: float = 1e-2):
@@ -68,9 +71,14 @@ def files(tmp_path_factory):
     pipeline.save_pretrained(root / "tuned", safe_serialization=True)
     unet = perturb(toy_models()["unet"], 2)
     save_checkpoint(root / "full", {"unet": unet}, {"text_encoder": base_sources(BASE)["text_encoder"]}, **MANIFEST)
-    return {"root": root, "tuned": root / "tuned", "full": root / "full", "full_unet": unet.state_dict(),
-            "lora_unet": lora_checkpoint(root / "lora_unet", ["unet"]),
-            "lora_both": lora_checkpoint(root / "lora_both", ["unet", "text_encoder"])}
+    return {
+        "root": root,
+        "tuned": root / "tuned",
+        "full": root / "full",
+        "full_unet": unet.state_dict(),
+        "lora_unet": lora_checkpoint(root / "lora_unet", ["unet"]),
+        "lora_both": lora_checkpoint(root / "lora_both", ["unet", "text_encoder"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +109,17 @@ def test_a_diffusers_folder_loads_frozen_float32_on_cpu(files, toy):
     loaded = load_model(str(files["tuned"]))
     assert loaded.kind == "diffusers folder" and loaded.pipeline_folder == str(files["tuned"].resolve())
     assert loaded.lora_components == () and str(files["tuned"]) in loaded.description
-    reference = StableDiffusionPipeline.from_pretrained(files["tuned"], safety_checker=None,
-                                                        requires_safety_checker=False)
+    reference = StableDiffusionPipeline.from_pretrained(
+        files["tuned"], safety_checker=None, requires_safety_checker=False
+    )
     for name in COMPONENTS:
         model = getattr(loaded, name)
         assert_equal(model.state_dict(), getattr(reference, name).state_dict())
         assert changed(model.state_dict(), states(toy)[name]) > 0
         assert not model.training
-        assert all(p.dtype == torch.float32 and p.device.type == "cpu" and not p.requires_grad
-                   for p in model.parameters())
+        assert all(
+            p.dtype == torch.float32 and p.device.type == "cpu" and not p.requires_grad for p in model.parameters()
+        )
 
 
 def test_a_cached_hub_id_loads_from_its_snapshot_and_a_missing_one_says_how_to_get_it(monkeypatch, toy):
@@ -182,13 +192,21 @@ def test_the_single_file_mapping_fits_sd15s_block_layout(tiny_model, tmp_path):
 
 # LDM's modules by the names of their weights' first level: diffusers' single-file loader also reads some
 # diffusers names (conv_shortcut, an upsampler in the attention's slot), so reading back alone misses them
-LDM_MODULES = [{"in_layers", "out_layers", "emb_layers"}, {"in_layers", "out_layers", "emb_layers", "skip_connection"},
-               {"norm", "proj_in", "transformer_blocks", "proj_out"}, {"op"}, {"conv"},
-               {"norm1", "conv1", "norm2", "conv2"}, {"norm1", "conv1", "norm2", "conv2", "nin_shortcut"},
-               {"norm", "q", "k", "v", "proj_out"}]
-LDM_SLOT = re.compile(r"^(model\.diffusion_model\.(?:(?:input|output)_blocks\.\d+\.\d+|middle_block\.\d+)"
-                      r"|first_stage_model\.\w+\.(?:(?:down|up)\.\d+\.(?:block\.\d+|downsample|upsample)"
-                      r"|mid\.\w+))\.(\w+)\.")
+LDM_MODULES = [
+    {"in_layers", "out_layers", "emb_layers"},
+    {"in_layers", "out_layers", "emb_layers", "skip_connection"},
+    {"norm", "proj_in", "transformer_blocks", "proj_out"},
+    {"op"},
+    {"conv"},
+    {"norm1", "conv1", "norm2", "conv2"},
+    {"norm1", "conv1", "norm2", "conv2", "nin_shortcut"},
+    {"norm", "q", "k", "v", "proj_out"},
+]
+LDM_SLOT = re.compile(
+    r"^(model\.diffusion_model\.(?:(?:input|output)_blocks\.\d+\.\d+|middle_block\.\d+)"
+    r"|first_stage_model\.\w+\.(?:(?:down|up)\.\d+\.(?:block\.\d+|downsample|upsample)"
+    r"|mid\.\w+))\.(\w+)\."
+)
 
 
 @pytest.mark.parametrize("model", ["toy", "tiny"])
@@ -202,9 +220,13 @@ def test_a_single_file_has_ldms_module_names(model, tiny_model, tmp_path):
             slot, name = LDM_SLOT.match(key).groups()
             modules.setdefault(slot, set()).add(name)
     assert {slot: names for slot, names in modules.items() if names not in LDM_MODULES} == {}
-    assert len(modules) > 30 and {"model.diffusion_model.time_embed.0.weight", "model.diffusion_model.out.2.bias",
-                                  "first_stage_model.decoder.norm_out.weight", "first_stage_model.quant_conv.weight",
-                                  "cond_stage_model.transformer.text_model.final_layer_norm.weight"} <= set(keys)
+    assert len(modules) > 30 and {
+        "model.diffusion_model.time_embed.0.weight",
+        "model.diffusion_model.out.2.bias",
+        "first_stage_model.decoder.norm_out.weight",
+        "first_stage_model.quant_conv.weight",
+        "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+    } <= set(keys)
 
 
 @pytest.mark.parametrize("checkpoint, components", [("lora_both", ("unet", "text_encoder")), ("lora_unet", ("unet",))])
@@ -244,15 +266,26 @@ def _bad_inputs(root, files, tiny_model):
     (root / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     (root / "random.safetensors").write_bytes(os.urandom(1024))
     save_file({"foo.weight": torch.zeros(2)}, str(root / "other.safetensors"))
-    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
-               "model.diffusion_model.label_emb.0.0.weight": torch.zeros(2)}, str(root / "sdxl.safetensors"))
-    save_file({"lora_unet_no_such_module.lora_down.weight": torch.zeros(2, 8),
-               "lora_unet_no_such_module.lora_up.weight": torch.zeros(8, 2),
-               "lora_unet_no_such_module.alpha": torch.tensor(2.0)}, str(root / "nomatch.safetensors"))
+    save_file(
+        {
+            "conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
+            "model.diffusion_model.label_emb.0.0.weight": torch.zeros(2),
+        },
+        str(root / "sdxl.safetensors"),
+    )
+    save_file(
+        {
+            "lora_unet_no_such_module.lora_down.weight": torch.zeros(2, 8),
+            "lora_unet_no_such_module.lora_up.weight": torch.zeros(8, 2),
+            "lora_unet_no_such_module.alpha": torch.tensor(2.0),
+        },
+        str(root / "nomatch.safetensors"),
+    )
     lora = load_file(str(files["lora_unet"] / LORA_FILE))
     one = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-    lora.update({key.replace("to_q", "to_nothing"): value.clone()
-                 for key, value in lora.items() if key.startswith(one)})
+    lora.update(
+        {key.replace("to_q", "to_nothing"): value.clone() for key, value in lora.items() if key.startswith(one)}
+    )
     save_file(lora, str(root / "partial.safetensors"))
     export.export_single_file(TOY, root / "toy.safetensors")
     single = load_file(str(root / "toy.safetensors"))
@@ -263,21 +296,23 @@ def _bad_inputs(root, files, tiny_model):
     save_file(single, str(root / "incomplete_te.safetensors"))
     export.export_kohya_lora(files["lora_unet"], root / "kohya.safetensors")
     (root / "empty").mkdir()
-    return [("picture.png", str(TOY), "is not a safetensors file"),
-            ("random.safetensors", str(TOY), "is not a safetensors file"),
-            ("other.safetensors", str(TOY), "is not a model burnlab knows"),
-            ("sdxl.safetensors", str(TOY), "SDXL checkpoints are not supported yet; base is SD 1.x"),
-            ("nomatch.safetensors", str(TOY), "could not load its adapters"),
-            ("partial.safetensors", str(TOY), "1 of its 81 unet adapter modules match no module"),
-            ("kohya.safetensors", str(tiny_model), "does not fit the base"),
-            ("toy.safetensors", str(tiny_model), "does not fit the architecture of the base"),
-            ("incomplete.safetensors", str(TOY), "its unet lacks weights that the base's architecture has"),
-            ("incomplete_te.safetensors", str(TOY), "its text_encoder lacks 1 weight(s)"),
-            ("toy.safetensors", None, "pass --base"),
-            ("kohya.safetensors", None, "pass --base"),
-            ("toy.safetensors", str(root / "empty"), "is not a diffusers pipeline folder"),
-            ("missing.safetensors", None, "does not exist"),
-            ("empty", None, "neither manifest.json nor model_index.json")]
+    return [
+        ("picture.png", str(TOY), "is not a safetensors file"),
+        ("random.safetensors", str(TOY), "is not a safetensors file"),
+        ("other.safetensors", str(TOY), "is not a model burnlab knows"),
+        ("sdxl.safetensors", str(TOY), "SDXL checkpoints are not supported yet; base is SD 1.x"),
+        ("nomatch.safetensors", str(TOY), "could not load its adapters"),
+        ("partial.safetensors", str(TOY), "1 of its 81 unet adapter modules match no module"),
+        ("kohya.safetensors", str(tiny_model), "does not fit the base"),
+        ("toy.safetensors", str(tiny_model), "does not fit the architecture of the base"),
+        ("incomplete.safetensors", str(TOY), "its unet lacks weights that the base's architecture has"),
+        ("incomplete_te.safetensors", str(TOY), "its text_encoder lacks 1 weight(s)"),
+        ("toy.safetensors", None, "pass --base"),
+        ("kohya.safetensors", None, "pass --base"),
+        ("toy.safetensors", str(root / "empty"), "is not a diffusers pipeline folder"),
+        ("missing.safetensors", None, "does not exist"),
+        ("empty", None, "neither manifest.json nor model_index.json"),
+    ]
 
 
 def test_every_bad_input_is_one_paragraph_naming_the_file(files, tiny_model):

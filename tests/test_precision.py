@@ -1,6 +1,7 @@
 """Precision: fp16 loss scaling (skipped steps hold the LR schedule back; the scaler's state
 resumes), half-precision frozen parts with mixed_precision=no, the sampling dtype, and the
 frozen dtype in the stage identity."""
+
 import dataclasses
 
 import pytest
@@ -25,7 +26,7 @@ from study_helpers import (
 )
 
 # Large enough that the first scaled backward passes overflow; each skipped step halves it.
-INIT_SCALE = 2.0 ** 126
+INIT_SCALE = 2.0**126
 
 
 class CpuLossScalingAccelerator(Accelerator):
@@ -88,16 +89,23 @@ def test_the_grad_scaler_state_resumes_exactly(tiny_model, tiny_data, tmp_path, 
     resumed, resumed_dir = run_study(tiny_model, tiny_data, tmp_path / "resumed", *SCALED, experiment="burn_unet")
 
     for stage in ("unet_lo", "unet_hi"):
-        assert [(r["grad_scale"], r["step_skipped"], r["lr_unet"]) for r in train_rows(resumed_dir, resumed, stage)] == \
-            [(r["grad_scale"], r["step_skipped"], r["lr_unet"]) for r in train_rows(straight_dir, straight, stage)]
-    assert_same(weights(final_checkpoint(resumed_dir, resumed, "unet_hi"), "unet"),
-                weights(final_checkpoint(straight_dir, straight, "unet_hi"), "unet"))
+        assert [
+            (r["grad_scale"], r["step_skipped"], r["lr_unet"]) for r in train_rows(resumed_dir, resumed, stage)
+        ] == [(r["grad_scale"], r["step_skipped"], r["lr_unet"]) for r in train_rows(straight_dir, straight, stage)]
+    assert_same(
+        weights(final_checkpoint(resumed_dir, resumed, "unet_hi"), "unet"),
+        weights(final_checkpoint(straight_dir, straight, "unet_hi"), "unet"),
+    )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_frozen_parts_train_without_autocast(tiny_model, tiny_data, tmp_path, dtype):
-    extra = [f"model.dtype={dtype}", "train.mixed_precision=no", "sampling.every_n_epochs=1",
-             "sampling.images_per_prompt=1"]
+    extra = [
+        f"model.dtype={dtype}",
+        "train.mixed_precision=no",
+        "sampling.every_n_epochs=1",
+        "sampling.images_per_prompt=1",
+    ]
     for name in ("unet_lo", "unet_hi", "te_lo", "te_hi"):
         extra += [f"stages.{name}.epochs=1", f"stages.{name}.save_epochs=[1]"]
     study, run_dir = run_study(tiny_model, tiny_data, tmp_path, *extra)
@@ -121,8 +129,9 @@ def test_the_frozen_dtype_is_part_of_the_stage_identity(tiny_model, tiny_data, t
 def test_sampling_runs_in_the_sampling_dtype(tiny_model, tmp_path):
     prompts = {"circles": PromptConfig(prompt="black and white circles")}
     config = SamplingConfig(prompts=prompts, images_per_prompt=2, steps=2)
-    sampler = Sampler(dataclasses.replace(config, dtype="bfloat16"), {"path": str(tiny_model)}, tmp_path,
-                      Accelerator(cpu=True))
+    sampler = Sampler(
+        dataclasses.replace(config, dtype="bfloat16"), {"path": str(tiny_model)}, tmp_path, Accelerator(cpu=True)
+    )
     assert sampler.pipeline.unet.dtype == torch.bfloat16 and sampler.pipeline.vae.dtype == torch.bfloat16
     auto = Sampler(config, {"path": str(tiny_model)}, tmp_path, Accelerator(cpu=True))
     assert auto.dtype == torch.float32  # auto on a CPU

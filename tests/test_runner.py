@@ -1,6 +1,7 @@
 """The runner on a tiny model: a followfox-shaped study end to end, frozen components, the stage
 cache, and training trajectories independent of validation and sampling (kills, signals and
 resume: test_crash_safety.py)."""
+
 import hashlib
 import json
 import time
@@ -30,8 +31,14 @@ def test_followfox_study_runs_end_to_end(followfox):
     assert len(list((runs / "cache" / "stages").glob("*/COMPLETE"))) == 5  # one shared baseline
     assert study["stages"]["unet_hi"]["epoch_offset"] == 2 + 3
     plan = study["testing_plan"]["unet_hi"]
-    assert [row["label"] for row in plan] == ["0 base", "1 baseline", "2 unet_lo e1", "3 unet_lo e3",
-                                              "4 unet_hi e1", "5 unet_hi e3"]
+    assert [row["label"] for row in plan] == [
+        "0 base",
+        "1 baseline",
+        "2 unet_lo e1",
+        "3 unet_lo e3",
+        "4 unet_hi e1",
+        "5 unet_hi e3",
+    ]
     assert [row["study_epoch"] for row in plan] == [0, 2, 3, 5, 6, 8]
     rows = list(read_jsonl(run_dir / "samples.jsonl"))
     assert len(rows) == 2 * 6 * 3 * 2  # branches x checkpoints x prompts x seeds
@@ -79,8 +86,12 @@ def test_the_frozen_component_is_bitwise_unchanged_in_memory(tiny_model, tiny_da
     monkeypatch.setattr(StageTrainer, "run", run_and_hash)
     run_study(tiny_model, tiny_data, tmp_path, "sampling.testing_plan=false", "validation.every_n_epochs=0")
     assert set(digests) == {"baseline", "unet_lo", "unet_hi", "te_lo", "te_hi"}
-    for stage, frozen in (("unet_lo", "text_encoder"), ("unet_hi", "text_encoder"), ("te_lo", "unet"),
-                          ("te_hi", "unet")):
+    for stage, frozen in (
+        ("unet_lo", "text_encoder"),
+        ("unet_hi", "text_encoder"),
+        ("te_lo", "unet"),
+        ("te_hi", "unet"),
+    ):
         trained, before, after = digests[stage]
         assert trained == [{"text_encoder": "unet", "unet": "text_encoder"}[frozen]]
         assert before[frozen] == after[frozen], f"{stage} changed its frozen {frozen}"
@@ -116,44 +127,67 @@ def test_checkpoint_materialises_as_a_diffusers_pipeline(followfox, tmp_path):
     folder = materialize(checkpoint, tmp_path / "pipeline")
     pipeline = StableDiffusionPipeline.from_pretrained(folder)
     assert_same(pipeline.text_encoder.state_dict(), weights(checkpoint, "text_encoder"))
-    image = pipeline("black and white circles", num_inference_steps=2, output_type="np",
-                     generator=torch.Generator().manual_seed(0)).images[0]
+    image = pipeline(
+        "black and white circles", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images[0]
     assert image.shape == (32, 32, 3)
 
 
 def test_trajectory_is_the_same_with_validation_and_sampling_off(followfox, tiny_model, tiny_data, tmp_path):
     study, run_dir, _ = followfox
-    quiet, quiet_dir = run_study(tiny_model, tiny_data, tmp_path, "validation.every_n_epochs=0",
-                                 "sampling.testing_plan=false", experiment="burn_unet")
-    noisy, noisy_dir = run_study(tiny_model, tiny_data, tmp_path / "b", "sampling.every_n_epochs=1",
-                                 experiment="burn_unet")
+    quiet, quiet_dir = run_study(
+        tiny_model,
+        tiny_data,
+        tmp_path,
+        "validation.every_n_epochs=0",
+        "sampling.testing_plan=false",
+        experiment="burn_unet",
+    )
+    noisy, noisy_dir = run_study(
+        tiny_model, tiny_data, tmp_path / "b", "sampling.every_n_epochs=1", experiment="burn_unet"
+    )
     for stage in ("baseline", "unet_lo", "unet_hi"):
         quiet_all = list(read_jsonl(quiet_dir / quiet["stages"][stage]["dir"] / "metrics.jsonl"))
         quiet_rows = [r for r in quiet_all if r["type"] == "train"]
-        noisy_rows = [r for r in read_jsonl(noisy_dir / noisy["stages"][stage]["dir"] / "metrics.jsonl")
-                      if r["type"] == "train"]
+        noisy_rows = [
+            r for r in read_jsonl(noisy_dir / noisy["stages"][stage]["dir"] / "metrics.jsonl") if r["type"] == "train"
+        ]
         assert {r["type"] for r in quiet_all} == {"train", "memory"}  # no validation rows
         assert [r["train_loss"] for r in quiet_rows] == [r["train_loss"] for r in noisy_rows]
-    assert_same(weights(final_checkpoint(quiet_dir, quiet, "unet_hi"), "unet"),
-                weights(final_checkpoint(noisy_dir, noisy, "unet_hi"), "unet"))
-    assert_same(weights(final_checkpoint(quiet_dir, quiet, "unet_hi"), "unet"),
-                weights(final_checkpoint(run_dir, study, "unet_hi"), "unet"))
+    assert_same(
+        weights(final_checkpoint(quiet_dir, quiet, "unet_hi"), "unet"),
+        weights(final_checkpoint(noisy_dir, noisy, "unet_hi"), "unet"),
+    )
+    assert_same(
+        weights(final_checkpoint(quiet_dir, quiet, "unet_hi"), "unet"),
+        weights(final_checkpoint(run_dir, study, "unet_hi"), "unet"),
+    )
     stage_dir = noisy_dir / noisy["stages"]["unet_lo"]["dir"]
     assert len(list((stage_dir / "samples" / "epoch_0002").glob("*/*.png"))) == 3 * 2
 
 
 def test_bf16_autocast_trains_on_cpu_and_fp16_asks_for_cuda(tiny_model, tiny_data, tmp_path):
-    extra = ("stages.unet_lo.epochs=1", "stages.unet_lo.save_epochs=[1]", "stages.unet_hi.epochs=1",
-             "stages.unet_hi.save_epochs=[1]", "sampling.testing_plan=false")
-    study, run_dir = run_study(tiny_model, tiny_data, tmp_path, "train.mixed_precision=bf16", *extra,
-                               experiment="burn_unet")
-    losses = [r["train_loss"] for r in read_jsonl(run_dir / study["stages"]["unet_hi"]["dir"] / "metrics.jsonl")
-              if r["type"] == "train"]
+    extra = (
+        "stages.unet_lo.epochs=1",
+        "stages.unet_lo.save_epochs=[1]",
+        "stages.unet_hi.epochs=1",
+        "stages.unet_hi.save_epochs=[1]",
+        "sampling.testing_plan=false",
+    )
+    study, run_dir = run_study(
+        tiny_model, tiny_data, tmp_path, "train.mixed_precision=bf16", *extra, experiment="burn_unet"
+    )
+    losses = [
+        r["train_loss"]
+        for r in read_jsonl(run_dir / study["stages"]["unet_hi"]["dir"] / "metrics.jsonl")
+        if r["type"] == "train"
+    ]
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
     assert weights(final_checkpoint(run_dir, study, "unet_hi"), "unet")["conv_in.weight"].dtype == torch.float32
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="fp16' needs a CUDA GPU"):
-            run_study(tiny_model, tiny_data, tmp_path / "fp16", "train.mixed_precision=fp16", *extra,
-                      experiment="burn_unet")
+            run_study(
+                tiny_model, tiny_data, tmp_path / "fp16", "train.mixed_precision=fp16", *extra, experiment="burn_unet"
+            )
     with pytest.raises(UserError, match="already ran a study with another precision"):  # one per process
         run_study(tiny_model, tiny_data, tmp_path / "no", "train.mixed_precision=no", *extra, experiment="burn_unet")

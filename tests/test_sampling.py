@@ -1,5 +1,6 @@
 """Sampling: each image's noise depends on its seed only, so batching does not change pixels and
 every checkpoint starts a seed from the same noise."""
+
 import dataclasses
 
 import numpy as np
@@ -15,8 +16,10 @@ from burnlab.sampling.sampler import (
 
 
 def _config(**changes) -> SamplingConfig:
-    prompts = {"circles": PromptConfig(prompt="black and white circles"),
-               "person": PromptConfig(prompt="a photo of ada", expect={"subject": "person"})}
+    prompts = {
+        "circles": PromptConfig(prompt="black and white circles"),
+        "person": PromptConfig(prompt="a photo of ada", expect={"subject": "person"}),
+    }
     return dataclasses.replace(SamplingConfig(prompts=prompts, images_per_prompt=3, steps=3), **changes)
 
 
@@ -25,7 +28,13 @@ def test_batching_does_not_change_the_images(tiny_model):
     pipeline = load_pipeline({"path": str(tiny_model)}, config, "cpu")
     jobs = sample_jobs(config)
     assert [(j["prompt_set"], j["seed"]) for j in jobs] == [
-        ("circles", 1000), ("circles", 1001), ("circles", 1002), ("person", 1000), ("person", 1001), ("person", 1002)]
+        ("circles", 1000),
+        ("circles", 1001),
+        ("circles", 1002),
+        ("person", 1000),
+        ("person", 1001),
+        ("person", 1002),
+    ]
     batched = generate(pipeline, dataclasses.replace(config, batch_size=6), jobs)
     single = generate(pipeline, dataclasses.replace(config, batch_size=1), jobs)
     assert batched[0].shape == (32, 32, 3) and batched[0].dtype == np.uint8

@@ -1,5 +1,6 @@
 """Security: weights load from safetensors only, unless the user opts into pickle files for a
 base model; W&B keys never reach the run store, Hydra's copies of the config or the W&B run."""
+
 import os
 import shutil
 import subprocess
@@ -39,7 +40,9 @@ def test_a_base_model_with_pickle_weights_is_refused_unless_opted_in(pickled_une
         BaseModel(ModelConfig(path=str(pickled_unet_model)))
     message = str(caught.value)
     assert message.startswith(f"config key `model.path` has value '{pickled_unet_model}'")
-    assert "unet/diffusion_pytorch_model.bin is a pickle file" in message and "model.allow_pickle_weights=true" in message
+    assert (
+        "unet/diffusion_pytorch_model.bin is a pickle file" in message and "model.allow_pickle_weights=true" in message
+    )
 
     base = BaseModel(ModelConfig(path=str(pickled_unet_model), allow_pickle_weights=True))
     assert "unet/diffusion_pytorch_model.bin" in caplog.text and "can run code" in caplog.text
@@ -65,16 +68,18 @@ def test_the_clip_instrument_loads_safetensors_only(tiny_clip, tmp_path):
 
 
 # -- W&B keys ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("override, key", [
-    (f"+logger.wandb.api_key={FAKE_KEY}", "logger.wandb.api_key"),
-    (f"logger.wandb.api_key={FAKE_KEY}", "logger.wandb.api_key"),
-    (f"+train.hf_token={FAKE_KEY}", "train.hf_token"),
-    (f"hydra.job.env_set.WANDB_API_KEY={FAKE_KEY}", "hydra.job.env_set.WANDB_API_KEY"),
-    (f"name=study_{FAKE_KEY}", "name"),
-    ("name=study_${oc.env:WANDB_API_KEY}", "name"),  # only the composed config holds the key
-])
-def test_a_secret_in_the_config_is_refused_before_anything_is_written(override, key, tmp_path, monkeypatch,
-                                                                       capsys):
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (f"+logger.wandb.api_key={FAKE_KEY}", "logger.wandb.api_key"),
+        (f"logger.wandb.api_key={FAKE_KEY}", "logger.wandb.api_key"),
+        (f"+train.hf_token={FAKE_KEY}", "train.hf_token"),
+        (f"hydra.job.env_set.WANDB_API_KEY={FAKE_KEY}", "hydra.job.env_set.WANDB_API_KEY"),
+        (f"name=study_{FAKE_KEY}", "name"),
+        ("name=study_${oc.env:WANDB_API_KEY}", "name"),  # only the composed config holds the key
+    ],
+)
+def test_a_secret_in_the_config_is_refused_before_anything_is_written(override, key, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     status, stderr = burnlab_in_process([*QUICK_STUDY, f"paths.runs={tmp_path}/runs", override], monkeypatch, capsys)
     assert status == 2
@@ -91,21 +96,39 @@ def test_a_secret_in_a_sweep_or_a_config_file_is_refused(tmp_path, monkeypatch, 
     experiments = tmp_path / "conf" / "experiment"
     experiments.mkdir(parents=True)
     (experiments / "leaky.yaml").write_text(f"# @package _global_\nname: study_{FAKE_KEY}\n")
-    status, stderr = burnlab_in_process(["--config-dir", str(tmp_path / "conf"), "experiment=leaky", runs],
-                                        monkeypatch, capsys)
+    status, stderr = burnlab_in_process(
+        ["--config-dir", str(tmp_path / "conf"), "experiment=leaky", runs], monkeypatch, capsys
+    )
     assert status == 2 and "config key `name` holds the value of WANDB_API_KEY" in stderr
     assert FAKE_KEY not in stderr and files_holding(tmp_path, FAKE_KEY) == [str(experiments / "leaky.yaml")]
 
 
 def test_an_api_key_in_the_environment_reaches_no_file(tiny_model, tiny_data, tmp_path):
     """A study with W&B (offline) and TensorBoard on: the key is in no file it writes."""
-    overrides = [o for o in tiny_overrides(tiny_model, tiny_data, tmp_path / "runs", "burn_unet")
-                 if not o.startswith("logger.wandb.mode")]
+    overrides = [
+        o
+        for o in tiny_overrides(tiny_model, tiny_data, tmp_path / "runs", "burn_unet")
+        if not o.startswith("logger.wandb.mode")
+    ]
     env = {**os.environ, "WANDB_API_KEY": FAKE_KEY}
-    result = subprocess.run([sys.executable, "-m", "burnlab.launch.cli", *overrides, "logger.wandb.mode=offline",
-                             "logger.tensorboard=true", "stages.unet_lo.epochs=1", "stages.unet_lo.save_epochs=[1]",
-                             "stages.unet_hi.epochs=1", "stages.unet_hi.save_epochs=[1]"],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "burnlab.launch.cli",
+            *overrides,
+            "logger.wandb.mode=offline",
+            "logger.tensorboard=true",
+            "stages.unet_lo.epochs=1",
+            "stages.unet_lo.save_epochs=[1]",
+            "stages.unet_hi.epochs=1",
+            "stages.unet_hi.save_epochs=[1]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert FAKE_KEY not in result.stdout + result.stderr
     written = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]

@@ -2,6 +2,7 @@
 config, the plan or the data loading) would make every existing cache miss, so it must be
 deliberate. Regenerate tests/data/stage_identities.json only for a change that is meant to
 retrain (and say so in its commit)."""
+
 import json
 from pathlib import Path
 

@@ -2,6 +2,7 @@
 pointwise convolutions as matrix multiplies, a TE-only stage's UNet without gradients or
 optimizer state, SDPA attention, and checkpoints saved in train.save_dtype except the finals
 that later stages start from."""
+
 import copy
 import importlib.util
 import json
@@ -32,14 +33,25 @@ spec.loader.exec_module(bench)
 LOSS_TOLERANCE = 1e-5  # relative
 
 
-@pytest.mark.parametrize("train, extra", [("unet", []), ("text_encoder", []), ("both", []),
-                                          ("unet", ["train.channels_last=true", "train.adamw_impl=foreach"]),
-                                          ("unet", ["train.pointwise_as_linear=false"]),
-                                          ("both", ["train.max_grad_norm=0.001"])])  # every step clipped
-def test_fast_paths_give_the_reference_loops_losses_on_the_same_batches(tiny_model, tiny_data, tmp_path,
-                                                                        train, extra):
-    overrides = [f"model.path={tiny_model}", f"data.path={tiny_data}", f"data.resolution={TINY_RESOLUTION}",
-                 "train.batch_size=4", *extra]
+@pytest.mark.parametrize(
+    "train, extra",
+    [
+        ("unet", []),
+        ("text_encoder", []),
+        ("both", []),
+        ("unet", ["train.channels_last=true", "train.adamw_impl=foreach"]),
+        ("unet", ["train.pointwise_as_linear=false"]),
+        ("both", ["train.max_grad_norm=0.001"]),
+    ],
+)  # every step clipped
+def test_fast_paths_give_the_reference_loops_losses_on_the_same_batches(tiny_model, tiny_data, tmp_path, train, extra):
+    overrides = [
+        f"model.path={tiny_model}",
+        f"data.path={tiny_data}",
+        f"data.resolution={TINY_RESOLUTION}",
+        "train.batch_size=4",
+        *extra,
+    ]
     runner = bench.make_runner(bench.compose_study(overrides, tmp_path, 3, train), tmp_path)
     ours = bench.burnlab_stage(runner)["losses"]
     reference = bench.reference_loop(runner, train, 3)["losses"]
@@ -50,9 +62,14 @@ def test_fast_paths_give_the_reference_loops_losses_on_the_same_batches(tiny_mod
 
 def test_pointwise_convolutions_as_matrix_multiplies_give_the_same_outputs_and_gradients():
     torch.manual_seed(0)
-    convs = torch.nn.Sequential(torch.nn.Conv2d(6, 6, 3, padding=1), torch.nn.Conv2d(6, 5, 1),
-                                torch.nn.Conv2d(5, 4, 1, bias=False), torch.nn.Conv2d(4, 4, 1, stride=2),
-                                torch.nn.Conv2d(4, 4, 1, groups=2), torch.nn.Conv2d(4, 3, 3, padding=1))
+    convs = torch.nn.Sequential(
+        torch.nn.Conv2d(6, 6, 3, padding=1),
+        torch.nn.Conv2d(6, 5, 1),
+        torch.nn.Conv2d(5, 4, 1, bias=False),
+        torch.nn.Conv2d(4, 4, 1, stride=2),
+        torch.nn.Conv2d(4, 4, 1, groups=2),
+        torch.nn.Conv2d(4, 3, 3, padding=1),
+    )
     swapped = copy.deepcopy(convs)
     assert pointwise_as_linear(swapped) == 2  # not the 3x3s, the strided or the grouped one
     assert [type(m) is PointwiseConv2d for m in swapped] == [False, True, True, False, False, False]
@@ -65,8 +82,7 @@ def test_pointwise_convolutions_as_matrix_multiplies_give_the_same_outputs_and_g
         assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_te_only_stage_runs_a_unet_without_gradients_or_optimizer_state(tiny_model, tiny_data, tmp_path,
-                                                                          monkeypatch):
+def test_a_te_only_stage_runs_a_unet_without_gradients_or_optimizer_state(tiny_model, tiny_data, tmp_path, monkeypatch):
     seen = {}
     original_run = StageTrainer.run
 
@@ -81,7 +97,8 @@ def test_a_te_only_stage_runs_a_unet_without_gradients_or_optimizer_state(tiny_m
             "text_encoder_state": sum(p in trainer.optimizer.state for p in text_encoder.parameters()),
             "text_states": trainer.text_states,
             "attention": {type(p).__name__ for p in unet.attn_processors.values()},
-            "text_attention": text_encoder.config._attn_implementation}
+            "text_attention": text_encoder.config._attn_implementation,
+        }
 
     monkeypatch.setattr(StageTrainer, "run", run_and_look)
     run_study(tiny_model, tiny_data, tmp_path, "sampling.testing_plan=false", experiment="burn_te")
@@ -98,20 +115,38 @@ def test_a_unet_only_stage_encodes_each_caption_once(tiny_model, tiny_data, tmp_
 
     original = burnlab.training.trainer.encode_text
     monkeypatch.setattr(burnlab.training.trainer, "encode_text", lambda *args: calls.append(args[2]) or original(*args))
-    study, _ = run_study(tiny_model, tiny_data, tmp_path, "sampling.testing_plan=false",
-                         "validation.every_n_epochs=0", "stages.baseline.epochs=1", "stages.baseline.save_epochs=[1]",
-                         experiment="burn_unet")
+    study, _ = run_study(
+        tiny_model,
+        tiny_data,
+        tmp_path,
+        "sampling.testing_plan=false",
+        "validation.every_n_epochs=0",
+        "stages.baseline.epochs=1",
+        "stages.baseline.save_epochs=[1]",
+        experiment="burn_unet",
+    )
     assert len(calls) == 1 * 2  # the baseline's 2 steps; the UNet stages' 12 steps encode nothing
 
 
 def test_checkpoints_are_saved_in_save_dtype_but_the_finals_children_start_from(tiny_model, tiny_data, tmp_path):
-    exact, exact_dir = run_study(tiny_model, tiny_data, tmp_path / "float32", "sampling.testing_plan=false",
-                                 experiment="burn_unet")
-    half, half_dir = run_study(tiny_model, tiny_data, tmp_path / "float16", "sampling.testing_plan=false",
-                               "train.save_dtype=float16", experiment="burn_unet")
-    for stage, epoch, dtype in (("baseline", 2, torch.float32), ("unet_lo", 1, torch.float16),
-                                ("unet_lo", 3, torch.float32), ("unet_hi", 1, torch.float16),
-                                ("unet_hi", 3, torch.float16)):
+    exact, exact_dir = run_study(
+        tiny_model, tiny_data, tmp_path / "float32", "sampling.testing_plan=false", experiment="burn_unet"
+    )
+    half, half_dir = run_study(
+        tiny_model,
+        tiny_data,
+        tmp_path / "float16",
+        "sampling.testing_plan=false",
+        "train.save_dtype=float16",
+        experiment="burn_unet",
+    )
+    for stage, epoch, dtype in (
+        ("baseline", 2, torch.float32),
+        ("unet_lo", 1, torch.float16),
+        ("unet_lo", 3, torch.float32),
+        ("unet_hi", 1, torch.float16),
+        ("unet_hi", 3, torch.float16),
+    ):
         checkpoint = half_dir / half["stages"][stage]["dir"] / "checkpoints" / f"epoch_{epoch:04d}"
         stored = load_file(checkpoint / "unet" / "diffusion_pytorch_model.safetensors")
         assert {v.dtype for v in stored.values()} == {dtype}, (stage, epoch)
@@ -120,9 +155,15 @@ def test_checkpoints_are_saved_in_save_dtype_but_the_finals_children_start_from(
         want = weights(exact_dir / exact["stages"][stage]["dir"] / "checkpoints" / f"epoch_{epoch:04d}", "unet")
         assert_same(weights(checkpoint, "unet"), {k: v.to(dtype).float() for k, v in want.items()})
     # training itself is the same: the children started from exact finals
-    assert_same(weights(final_checkpoint(half_dir, half, "unet_hi"), "unet"),
-                {k: v.half().float() for k, v in weights(final_checkpoint(exact_dir, exact, "unet_hi"), "unet").items()})
-    half_bytes = (final_checkpoint(half_dir, half, "unet_hi") / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
-    full_bytes = (final_checkpoint(exact_dir, exact, "unet_hi") / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert_same(
+        weights(final_checkpoint(half_dir, half, "unet_hi"), "unet"),
+        {k: v.half().float() for k, v in weights(final_checkpoint(exact_dir, exact, "unet_hi"), "unet").items()},
+    )
+    half_bytes = (
+        (final_checkpoint(half_dir, half, "unet_hi") / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    )
+    full_bytes = (
+        (final_checkpoint(exact_dir, exact, "unet_hi") / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    )
     assert half_bytes < 0.52 * full_bytes
     assert half["stages"]["unet_hi"]["identity"] != exact["stages"]["unet_hi"]["identity"]

@@ -1,6 +1,7 @@
 """W&B (offline mode: no server is reachable here) and TensorBoard mirror the run store: one
 dashboard run per branch, the same keys in every run, steps along the branch. Both are read back
 with their own readers (TensorBoard's EventAccumulator, W&B's Record protobufs)."""
+
 import json
 
 import pytest
@@ -20,15 +21,18 @@ def followfox_run(tiny_model, tiny_data, tmp_path_factory):
     """followfox (two branches sharing the baseline) with both mirrors on, per-timestep
     validation, samples every epoch and the analysis."""
     runs = tmp_path_factory.mktemp("dash")
-    extra = ("logger.wandb.mode=offline", "logger.tensorboard=true", "sampling.every_n_epochs=1",
-             "validation.timesteps=[100,500]")
+    extra = (
+        "logger.wandb.mode=offline",
+        "logger.tensorboard=true",
+        "sampling.every_n_epochs=1",
+        "validation.timesteps=[100,500]",
+    )
     study, run_dir = run_study(tiny_model, tiny_data, runs, *extra, analyze=True)
     return study, run_dir
 
 
 def stage_rows(run_dir, study, stage, kind):
-    return [row for row in read_jsonl(run_dir / study["stages"][stage]["dir"] / "metrics.jsonl")
-            if row["type"] == kind]
+    return [row for row in read_jsonl(run_dir / study["stages"][stage]["dir"] / "metrics.jsonl") if row["type"] == kind]
 
 
 def events(run_dir, branch):
@@ -84,12 +88,28 @@ def test_wandb_one_run_per_branch_with_the_same_keys(followfox_run):
         histories[branch] = history
         keys = {key.split("/")[0] for row in history for key in row}
         # no `<stage>/...` keys and no bookkeeping as metrics
-        assert keys == {"_runtime", "_step", "_timestamp", "loss", "loss_by_t", "lr", "memory", "stage", "study_epoch", "train",
-                        "samples", "training_samples", "analysis", "progression"}, keys
+        assert keys == {
+            "_runtime",
+            "_step",
+            "_timestamp",
+            "loss",
+            "loss_by_t",
+            "lr",
+            "memory",
+            "stage",
+            "study_epoch",
+            "train",
+            "samples",
+            "training_samples",
+            "analysis",
+            "progression",
+        }, keys
         stages = study["branches"][branch]["stages"]
         epochs = sum(study["stages"][stage]["epochs"] for stage in stages)
         losses = [row for row in history if "loss/train" in row]
-        assert [row["study_epoch"] for row in losses] == [s / STEPS_PER_EPOCH for s in range(1, epochs * STEPS_PER_EPOCH + 1)]
+        assert [row["study_epoch"] for row in losses] == [
+            s / STEPS_PER_EPOCH for s in range(1, epochs * STEPS_PER_EPOCH + 1)
+        ]
         expected = [row["train_loss"] for stage in stages for row in stage_rows(run_dir, study, stage, "train")]
         assert [row["loss/train"] for row in losses] == pytest.approx(expected, abs=1e-6)
         assert [row["_step"] for row in history] == sorted(row["_step"] for row in history)
@@ -102,33 +122,57 @@ def test_wandb_one_run_per_branch_with_the_same_keys(followfox_run):
         assert [row["study_epoch"] for row in training] == list(range(1, epochs + 1))
         summary = wandb_records.summary(path)
         # the component swap's verdict of the branch's final checkpoint against the baseline, and its symptom profile
-        pairs = [pair for pair in json.loads((run_dir / "analysis" / "attribution.json").read_text())["pairs"]
-                 if pair["branch"] == branch]
+        pairs = [
+            pair
+            for pair in json.loads((run_dir / "analysis" / "attribution.json").read_text())["pairs"]
+            if pair["branch"] == branch
+        ]
         final = [pair for pair in pairs if pair["reference"] == pairs[0]["reference"]][-1]
         assert final["tuned"] == study["testing_plan"][branch][-1]["label"]
         assert summary["attribution/verdict"] == final["verdict"]
         assert summary["attribution/sentence"] == final["sentence"]
         assert summary["attribution/unet_share"] == pytest.approx(final["shares"]["unet"]["value"])
         assert summary["attribution/text_encoder_share"] == pytest.approx(final["shares"]["text_encoder"]["value"])
-        (profile,) = [p for p in json.loads((run_dir / "analysis" / "symptoms.json").read_text())["profiles"]
-                      if p["branch"] == branch]
-        assert {key: value for key, value in summary.items() if key.startswith("symptoms/")} == \
-            {f"symptoms/{name}": value for name, value in profile["symptoms"].items()}
+        (profile,) = [
+            p
+            for p in json.loads((run_dir / "analysis" / "symptoms.json").read_text())["profiles"]
+            if p["branch"] == branch
+        ]
+        assert {key: value for key, value in summary.items() if key.startswith("symptoms/")} == {
+            f"symptoms/{name}": value for name, value in profile["symptoms"].items()
+        }
         assert not any(key.startswith("detector/") for key in summary)
         (analysis,) = [row for row in history if "progression/person/_type" in row]
-        assert analysis["progression/person/_type"] == "video-file" and analysis["progression/person/path"].endswith(".gif")
+        assert analysis["progression/person/_type"] == "video-file" and analysis["progression/person/path"].endswith(
+            ".gif"
+        )
         assert analysis["analysis/metrics/nrows"] == 3 * len(plan)  # this branch's rows: prompt sets x checkpoints
     # the baseline is logged into both runs, under the same keys and steps
-    baseline = {b: [(r["_step"], r["loss/train"]) for r in h if "loss/train" in r and r["study_epoch"] <= 2]
-                for b, h in histories.items()}
+    baseline = {
+        b: [(r["_step"], r["loss/train"]) for r in h if "loss/train" in r and r["study_epoch"] <= 2]
+        for b, h in histories.items()
+    }
     assert baseline["unet_hi"] == baseline["te_hi"] and len(baseline["unet_hi"]) == 2 * STEPS_PER_EPOCH
 
 
 def test_dashboard_keys_leave_bookkeeping_out():
-    row = {"type": "val", "stage": "te_lo", "step": 4, "epoch": 2, "study_epoch": 4, "val_loss": 0.5,
-           "stabilized_loss": 0.25, "val_loss_by_t": {"100": 0.75}, "lr_text_encoder": 1e-6}
-    assert dashboard_values(row) == {"loss/val": 0.5, "loss/stabilized": 0.25, "loss_by_t/val/t100": 0.75,
-                                     "lr/text_encoder": 1e-6}
+    row = {
+        "type": "val",
+        "stage": "te_lo",
+        "step": 4,
+        "epoch": 2,
+        "study_epoch": 4,
+        "val_loss": 0.5,
+        "stabilized_loss": 0.25,
+        "val_loss_by_t": {"100": 0.75},
+        "lr_text_encoder": 1e-6,
+    }
+    assert dashboard_values(row) == {
+        "loss/val": 0.5,
+        "loss/stabilized": 0.25,
+        "loss_by_t/val/t100": 0.75,
+        "lr/text_encoder": 1e-6,
+    }
 
 
 def test_wandb_auto_mode_is_offline_without_a_key(monkeypatch, tmp_path):

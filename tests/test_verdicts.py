@@ -3,6 +3,7 @@ split, the one threshold chosen on calibration seeds only, the held-out table an
 
     .venv/bin/python -m pytest tests/test_verdicts.py -q
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,13 +28,27 @@ DROPPED = ("u_hi2", "u_g", "t_hi", "t_hi2", "j_gh", "j_hh", "j_gg")
 
 
 def tiny_grid(tiny_model: Path, tiny_data: Path) -> dict:
-    overrides = [f"model.path={tiny_model}", f"data.path={tiny_data}", f"data.resolution={TINY_RESOLUTION}",
-                 "stages.baseline.epochs=2", "stages.baseline.save_epochs=[2]", "train.batch_size=4",
-                 "sampling.images_per_prompt=3", "sampling.steps=2", *[f"~stages.{name}" for name in DROPPED]]
+    overrides = [
+        f"model.path={tiny_model}",
+        f"data.path={tiny_data}",
+        f"data.resolution={TINY_RESOLUTION}",
+        "stages.baseline.epochs=2",
+        "stages.baseline.save_epochs=[2]",
+        "train.batch_size=4",
+        "sampling.images_per_prompt=3",
+        "sampling.steps=2",
+        *[f"~stages.{name}" for name in DROPPED],
+    ]
     for stage in KEPT:
         overrides += [f"stages.{stage}.epochs=2", f"stages.{stage}.save_epochs=[1,2]"]
-    return {"experiment": "attribution_bench", "lora_experiment": "attribution_bench_lora", "seeds": [1, 2, 3],
-            "held_out_seeds": [3], "lora_seeds": [], "overrides": overrides}
+    return {
+        "experiment": "attribution_bench",
+        "lora_experiment": "attribution_bench_lora",
+        "seeds": [1, 2, 3],
+        "held_out_seeds": [3],
+        "lora_seeds": [],
+        "overrides": overrides,
+    }
 
 
 def test_the_grid_splits_calibration_from_held_out_seeds(tmp_path):
@@ -45,13 +60,16 @@ def test_the_grid_splits_calibration_from_held_out_seeds(tmp_path):
     assert "train.seed=2" in found["attribution_s2"].overrides
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"held_out_seeds": [1, 2, 3]}, "at least two left for calibration"),
-    ({"held_out_seeds": [4]}, "held_out_seeds"),
-    ({"seeds": []}, "seeds"),
-    ({"lora_seeds": [1]}, "lora_seeds"),
-    ({"extra": 1}, "expected exactly the keys"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"held_out_seeds": [1, 2, 3]}, "at least two left for calibration"),
+        ({"held_out_seeds": [4]}, "held_out_seeds"),
+        ({"seeds": []}, "seeds"),
+        ({"lora_seeds": [1]}, "lora_seeds"),
+        ({"extra": 1}, "expected exactly the keys"),
+    ],
+)
 def test_a_bad_grid_is_one_paragraph_naming_the_key(tmp_path, change, named):
     grid = {**tiny_grid(Path("m"), Path("d")), **change}
     path = tmp_path / "grid.yaml"
@@ -63,13 +81,22 @@ def test_a_bad_grid_is_one_paragraph_naming_the_key(tmp_path, change, named):
 
 def case(seed, unet, te, truth, held_out=False):
     interval = lambda value: {"value": value, "low": value - 0.05, "high": value + 0.05}  # noqa: E731
-    return {"seed": seed, "held_out": held_out, "truth": truth, "kind": "single",
-            "shares": {"unet": interval(unet), "text_encoder": interval(te), "interaction": interval(0.0)}}
+    return {
+        "seed": seed,
+        "held_out": held_out,
+        "truth": truth,
+        "kind": "single",
+        "shares": {"unet": interval(unet), "text_encoder": interval(te), "interaction": interval(0.0)},
+    }
 
 
 def test_the_threshold_is_the_middle_of_the_widest_range_of_best_ones():
-    cases = [case(1, 1.0, 0.0, "unet"), case(1, 0.0, 0.2, "none"), case(2, 0.0, 2.0, "text_encoder"),
-             case(2, 0.1, 0.1, "none")]
+    cases = [
+        case(1, 1.0, 0.0, "unet"),
+        case(1, 0.0, 0.2, "none"),
+        case(2, 0.0, 2.0, "text_encoder"),
+        case(2, 0.1, 0.1, "none"),
+    ]
     threshold, best = bench.choose_threshold(cases)
     assert best == 1.0
     right = [t for t in bench.THRESHOLDS if bench.accuracy(cases, t) == 1.0]  # 0.25 < t < 0.95
@@ -79,8 +106,7 @@ def test_the_threshold_is_the_middle_of_the_widest_range_of_best_ones():
     assert set(loso) == {1, 2} and all(0 <= r["accuracy"] <= 1 for r in loso.values())
 
 
-def test_small_benchmark_calibrates_on_calibration_seeds_and_reports_held_out(tiny_model, tiny_data, tmp_path,
-                                                                              capsys):
+def test_small_benchmark_calibrates_on_calibration_seeds_and_reports_held_out(tiny_model, tiny_data, tmp_path, capsys):
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(tiny_grid(tiny_model, tiny_data)))
     readme = tmp_path / "README.md"
@@ -91,7 +117,9 @@ def test_small_benchmark_calibrates_on_calibration_seeds_and_reports_held_out(ti
     rule = json.loads((out / "rule.json").read_text())
     assert rule["source"].startswith("make verdicts: calibration seeds [1, 2]")
     assert bench.THRESHOLDS[0] <= rule["threshold"] <= bench.THRESHOLDS[-1] and set(rule["leave_one_seed_out"]) == {
-        "1", "2"}
+        "1",
+        "2",
+    }
     cases = json.loads((out / "cases.json").read_text())["cases"]
     # per seed: 4 branches x 2 checkpoints against the baseline, the 2 single ones' final against the base
     assert len(cases) == 3 * (4 * 2 + 2)

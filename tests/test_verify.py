@@ -2,6 +2,7 @@
 fixtures), damaged one way per case: it names the damaged file and what depends on it, exits 1,
 `--repair` removes exactly the damaged entry (everything else keeps every byte), the store then
 verifies clean, and the next run of the study rebuilds what was removed."""
+
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,11 @@ from test_integrity import rerun, sample_folders, store, trained, zero_middle  #
 
 def snapshot(runs: Path) -> dict:
     """Every file's sha256 but the verified records (a cache a study rewrites)."""
-    return {p.relative_to(runs): sha256_file(p) for p in runs.rglob("*")
-            if p.is_file() and p.name != ".verified.json" and not p.name.endswith(".lock")}
+    return {
+        p.relative_to(runs): sha256_file(p)
+        for p in runs.rglob("*")
+        if p.is_file() and p.name != ".verified.json" and not p.name.endswith(".lock")
+    }
 
 
 def stage_folder(run_dir, study, name) -> Path:
@@ -82,8 +86,19 @@ def state_without_record(runs, study, run_dir):
     return stage_folder(run_dir, study, "te_lo"), ["has no state.json"]
 
 
-CASES = {f.__name__: f for f in (zeroed_parent, truncated_checkpoint, deleted_parent_checkpoint, garbage_metrics,
-                                 garbage_index, cut_png, leftover_tmp, state_without_record)}
+CASES = {
+    f.__name__: f
+    for f in (
+        zeroed_parent,
+        truncated_checkpoint,
+        deleted_parent_checkpoint,
+        garbage_metrics,
+        garbage_index,
+        cut_png,
+        leftover_tmp,
+        state_without_record,
+    )
+}
 
 
 def test_a_sound_store_verifies_clean(store, capsys):
@@ -134,8 +149,9 @@ def test_the_next_run_rebuilds_what_repair_removed(store, tiny_model, tiny_data,
     assert main([str(runs)]) == 0
     rebuilt = snapshot(runs)
     varying = ("metrics.jsonl", "config.yaml")  # a measured peak-memory row; paths.runs of the copy
-    assert {p: h for p, h in rebuilt.items() if p.name not in varying} == \
-        {p: h for p, h in intact.items() if p.name not in varying}
+    assert {p: h for p, h in rebuilt.items() if p.name not in varying} == {
+        p: h for p, h in intact.items() if p.name not in varying
+    }
 
 
 def test_the_console_script_exits_1_on_damage_and_2_without_a_store(store, tmp_path):

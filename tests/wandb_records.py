@@ -6,6 +6,7 @@ LAST 4) and its payload; a block's tail shorter than a header is padding. The fi
 starts with wandb's own 7-byte file header (`:W&B` magic, version). The payloads put together
 are `wandb.proto.wandb_internal_pb2.Record` messages.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,8 @@ def records(path: Path) -> Iterator[object]:
         if room < HEADER:  # the block's padding
             position += room
             continue
-        length, kind = struct.unpack("<HB", data[position + 4:position + 7])
-        payload = data[position + HEADER:position + HEADER + length]
+        length, kind = struct.unpack("<HB", data[position + 4 : position + 7])
+        payload = data[position + HEADER : position + HEADER + length]
         position += HEADER + length
         if kind == 0 and length == 0:  # zeros: nothing more written
             break
@@ -53,8 +54,11 @@ def _key(item) -> str:
 
 def history(path: Path) -> List[Dict[str, object]]:
     """The run's history rows as {key: value} (media as their JSON descriptions), with `_step`."""
-    return [{_key(item): _value(item) for item in record.history.item}
-            for record in records(path) if record.WhichOneof("record_type") == "history"]
+    return [
+        {_key(item): _value(item) for item in record.history.item}
+        for record in records(path)
+        if record.WhichOneof("record_type") == "history"
+    ]
 
 
 def config(path: Path) -> Dict[str, object]:

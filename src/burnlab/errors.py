@@ -5,6 +5,7 @@ Anything raised as `UserError` reaches the user as `burnlab: <message>` and exit
 the config (a bad override, a value of the wrong type, an unknown key or config option), in
 Hydra's words but led by the key; every other exception is a bug and keeps its traceback.
 """
+
 import re
 from dataclasses import fields, is_dataclass
 
@@ -63,8 +64,12 @@ def paragraph(error: Exception) -> str:
             texts.append(str(cause))
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and is_dataclass(cause.object_type):  # no such key
             texts.append(schema_keys(cause.object_type, key.rpartition(".")[0]))
-    lines = [line.strip() for text in texts for line in text.splitlines()
-             if line.strip() and not _OMEGACONF_DETAIL.match(line)]
+    lines = [
+        line.strip()
+        for text in texts
+        for line in text.splitlines()
+        if line.strip() and not _OMEGACONF_DETAIL.match(line)
+    ]
     text = " ".join(line if line.endswith((".", ":")) else line + "." for line in lines)
     return f"config key `{key}`: {text}" if key else text
 

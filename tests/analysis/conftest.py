@@ -8,6 +8,7 @@ marker (pixel 0,0: white = what the prompt asked, black = something else) goes w
 `MarkerProbe` reads as a stand-in for the toy probe. The hi stage burns in proportion to its
 learning rate (HI_LR: as hard as above).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,13 @@ from burnlab.analysis.features import Instruments
 SIZE = 16
 SEEDS = list(range(1000, 1009))
 PROMPT_SETS = {
-    "person": {"prompt": "a photo of ada", "activation": False, "expect": {"subject": "person"},
-               "hue": (200, 120, 90)},
-    "sunglasses": {"prompt": "a man wearing sunglasses, zorblax style", "activation": True,
-                   "expect": {"subject": "sunglasses"}, "hue": (90, 140, 190)},
+    "person": {"prompt": "a photo of ada", "activation": False, "expect": {"subject": "person"}, "hue": (200, 120, 90)},
+    "sunglasses": {
+        "prompt": "a man wearing sunglasses, zorblax style",
+        "activation": True,
+        "expect": {"subject": "sunglasses"},
+        "hue": (90, 140, 190),
+    },
 }
 BURNS = {  # run name -> (leaf branch, trained component, lo stage, hi stage)
     "burn_unet": ("unet_hi", "unet", "unet_lo", "unet_hi"),
@@ -45,8 +49,7 @@ def burn_level(index: int, hi_strength: float = 1.0) -> float:
     return level if level <= 0.5 else 0.5 + (level - 0.5) * hi_strength
 
 
-def sample_pixels(prompt_set: str, seed: int, index: int, component: str,
-                  hi_strength: float = 1.0) -> np.ndarray:
+def sample_pixels(prompt_set: str, seed: int, index: int, component: str, hi_strength: float = 1.0) -> np.ndarray:
     """A 16x16 sample: the prompt set's colour with a per-seed pattern, burnt by the branch."""
     rng = np.random.default_rng(seed)
     base = np.array(PROMPT_SETS[prompt_set]["hue"], dtype=float)
@@ -54,8 +57,8 @@ def sample_pixels(prompt_set: str, seed: int, index: int, component: str,
     burn = burn_level(index, hi_strength)
     if component == "unet":
         grey = base.mean()
-        base = grey + (base - grey) * (1 + 2.5 * burn)   # saturate away from grey
-        pattern = pattern * (1 - 0.8 * burn)             # seeds converge: variability falls
+        base = grey + (base - grey) * (1 + 2.5 * burn)  # saturate away from grey
+        pattern = pattern * (1 - 0.8 * burn)  # seeds converge: variability falls
     pixels = np.clip(base + pattern, 0, 255).astype(np.uint8)
     on_subject = component != "text_encoder" or burn < 0.3
     pixels[0, 0] = 255 if on_subject else 0
@@ -70,8 +73,11 @@ class MarkerProbe:
 
     def predict(self, images: np.ndarray) -> dict:
         subjects = ["person" if image[0, 0, 0] > 128 else "circles" for image in images]
-        return {"subject": subjects, "identity": [None] * len(images),
-                "style": np.asarray(images, dtype=np.float32).std(axis=(1, 2, 3)) / 128}
+        return {
+            "subject": subjects,
+            "identity": [None] * len(images),
+            "style": np.asarray(images, dtype=np.float32).std(axis=(1, 2, 3)) / 128,
+        }
 
 
 def write_json(path: Path, content) -> None:
@@ -89,13 +95,29 @@ def stage_rows(stage: str, offset: int, epochs: int, start_loss: float) -> list[
     rows = []
     for step in range(2 * epochs):
         epoch = (step + 1) / 2
-        rows.append({"type": "train", "stage": stage, "step": step, "epoch": epoch,
-                     "study_epoch": offset + epoch, "train_loss": start_loss / (1 + 0.1 * step)
-                     + 0.01 * (step % 3), "lr_unet": 1e-4})
+        rows.append(
+            {
+                "type": "train",
+                "stage": stage,
+                "step": step,
+                "epoch": epoch,
+                "study_epoch": offset + epoch,
+                "train_loss": start_loss / (1 + 0.1 * step) + 0.01 * (step % 3),
+                "lr_unet": 1e-4,
+            }
+        )
     for epoch in range(0, epochs + 1, 2):
-        rows.append({"type": "val", "stage": stage, "step": 2 * epoch, "epoch": epoch,
-                     "study_epoch": offset + epoch, "val_loss": start_loss * 1.1 + 0.002 * epoch,
-                     "stabilized_loss": start_loss * 0.9 - 0.001 * epoch})
+        rows.append(
+            {
+                "type": "val",
+                "stage": stage,
+                "step": 2 * epoch,
+                "epoch": epoch,
+                "study_epoch": offset + epoch,
+                "val_loss": start_loss * 1.1 + 0.002 * epoch,
+                "stabilized_loss": start_loss * 0.9 - 0.001 * epoch,
+            }
+        )
     return rows
 
 
@@ -111,35 +133,87 @@ def write_run(store: Path, study: str, run_dir: Path | None = None, hi_lr: float
         return Path(os.path.relpath(store / "cache" / Path(*parts), run_dir)).as_posix()
 
     stages = {
-        "baseline": {"parent": "base", "train": ["unet", "text_encoder"], "lr": 1e-4,
-                     "epochs": BASELINE_EPOCHS, "save_epochs": [BASELINE_EPOCHS], "epoch_offset": 0},
-        lo: {"parent": "baseline", "train": [component], "lr": 1e-4, "epochs": BURN_EPOCHS,
-             "save_epochs": SAVE_EPOCHS, "epoch_offset": BASELINE_EPOCHS},
-        hi: {"parent": lo, "train": [component], "lr": hi_lr, "epochs": BURN_EPOCHS,
-             "save_epochs": SAVE_EPOCHS, "epoch_offset": BASELINE_EPOCHS + BURN_EPOCHS},
+        "baseline": {
+            "parent": "base",
+            "train": ["unet", "text_encoder"],
+            "lr": 1e-4,
+            "epochs": BASELINE_EPOCHS,
+            "save_epochs": [BASELINE_EPOCHS],
+            "epoch_offset": 0,
+        },
+        lo: {
+            "parent": "baseline",
+            "train": [component],
+            "lr": 1e-4,
+            "epochs": BURN_EPOCHS,
+            "save_epochs": SAVE_EPOCHS,
+            "epoch_offset": BASELINE_EPOCHS,
+        },
+        hi: {
+            "parent": lo,
+            "train": [component],
+            "lr": hi_lr,
+            "epochs": BURN_EPOCHS,
+            "save_epochs": SAVE_EPOCHS,
+            "epoch_offset": BASELINE_EPOCHS + BURN_EPOCHS,
+        },
     }
     for name, stage in stages.items():
         stage.update(identity=identity[name], dir=cache("stages", identity[name]), status="complete")
-    plan = [{"index": 0, "label": "0 base", "stage": None, "epoch": 0, "study_epoch": 0,
-             "checkpoint_id": "base0", "dir": None},
-            {"index": 1, "label": "1 baseline", "stage": "baseline", "epoch": BASELINE_EPOCHS,
-             "study_epoch": BASELINE_EPOCHS, "checkpoint_id": "baseline0-e5",
-             "dir": cache("stages", "baseline0", "checkpoints", "epoch_0005")}]
+    plan = [
+        {
+            "index": 0,
+            "label": "0 base",
+            "stage": None,
+            "epoch": 0,
+            "study_epoch": 0,
+            "checkpoint_id": "base0",
+            "dir": None,
+        },
+        {
+            "index": 1,
+            "label": "1 baseline",
+            "stage": "baseline",
+            "epoch": BASELINE_EPOCHS,
+            "study_epoch": BASELINE_EPOCHS,
+            "checkpoint_id": "baseline0-e5",
+            "dir": cache("stages", "baseline0", "checkpoints", "epoch_0005"),
+        },
+    ]
     for stage in (lo, hi):
         for epoch in SAVE_EPOCHS:
             index = len(plan)
-            plan.append({"index": index, "label": f"{index} {stage} e{epoch}", "stage": stage,
-                         "epoch": epoch, "study_epoch": stages[stage]["epoch_offset"] + epoch,
-                         "checkpoint_id": f"{identity[stage]}-e{epoch}",
-                         "dir": cache("stages", identity[stage], "checkpoints", f"epoch_{epoch:04d}")})
-    write_json(run_dir / "study.json", {
-        "study": study, "base": {"path": "/models/toy", "identity": "base0"}, "stages": stages,
-        "branches": {leaf: {"component": [component], "stages": ["baseline", lo, hi]}},
-        "testing_plan": {leaf: plan}})
+            plan.append(
+                {
+                    "index": index,
+                    "label": f"{index} {stage} e{epoch}",
+                    "stage": stage,
+                    "epoch": epoch,
+                    "study_epoch": stages[stage]["epoch_offset"] + epoch,
+                    "checkpoint_id": f"{identity[stage]}-e{epoch}",
+                    "dir": cache("stages", identity[stage], "checkpoints", f"epoch_{epoch:04d}"),
+                }
+            )
+    write_json(
+        run_dir / "study.json",
+        {
+            "study": study,
+            "base": {"path": "/models/toy", "identity": "base0"},
+            "stages": stages,
+            "branches": {leaf: {"component": [component], "stages": ["baseline", lo, hi]}},
+            "testing_plan": {leaf: plan},
+        },
+    )
     for name, stage in stages.items():
-        write_jsonl(run_dir / stage["dir"] / "metrics.jsonl",
-                    stage_rows(name, stage["epoch_offset"], stage["epochs"],
-                               0.2 if name == "baseline" else 0.15 if component == "unet" else 0.17))
+        write_jsonl(
+            run_dir / stage["dir"] / "metrics.jsonl",
+            stage_rows(
+                name,
+                stage["epoch_offset"],
+                stage["epochs"],
+                0.2 if name == "baseline" else 0.15 if component == "unet" else 0.17,
+            ),
+        )
     samples = []
     for checkpoint in plan:
         folder = store / "cache" / "samples" / f"{checkpoint['checkpoint_id']}-s1"
@@ -147,20 +221,34 @@ def write_run(store: Path, study: str, run_dir: Path | None = None, hi_lr: float
             for seed in SEEDS:
                 png = folder / prompt_set / f"{seed}.png"
                 png.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(sample_pixels(prompt_set, seed, checkpoint["index"], component,
-                                              hi_lr / HI_LR)).save(png)
-                samples.append({
-                    "branch": leaf, "index": checkpoint["index"], "label": checkpoint["label"],
-                    "stage": checkpoint["stage"], "epoch": checkpoint["epoch"],
-                    "checkpoint_id": checkpoint["checkpoint_id"], "prompt_set": prompt_set,
-                    "prompt": prompt["prompt"], "activation": prompt["activation"], "seed": seed,
-                    "path": Path(os.path.relpath(png, run_dir)).as_posix(),
-                    "expect": prompt["expect"], "width": SIZE, "height": SIZE, "steps": 2,
-                    "guidance_scale": 5.0})
+                Image.fromarray(sample_pixels(prompt_set, seed, checkpoint["index"], component, hi_lr / HI_LR)).save(
+                    png
+                )
+                samples.append(
+                    {
+                        "branch": leaf,
+                        "index": checkpoint["index"],
+                        "label": checkpoint["label"],
+                        "stage": checkpoint["stage"],
+                        "epoch": checkpoint["epoch"],
+                        "checkpoint_id": checkpoint["checkpoint_id"],
+                        "prompt_set": prompt_set,
+                        "prompt": prompt["prompt"],
+                        "activation": prompt["activation"],
+                        "seed": seed,
+                        "path": Path(os.path.relpath(png, run_dir)).as_posix(),
+                        "expect": prompt["expect"],
+                        "width": SIZE,
+                        "height": SIZE,
+                        "steps": 2,
+                        "guidance_scale": 5.0,
+                    }
+                )
     write_jsonl(run_dir / "samples.jsonl", samples)
     data = Path(os.path.relpath(store / "data" / "style", run_dir)).as_posix()
-    (run_dir / "config.yaml").write_text(f"name: {study}\ndata:\n  path: {data}\n  resolution: {SIZE}\n"
-                                         f"stages:\n  {hi}:\n    lr: {hi_lr}\n")
+    (run_dir / "config.yaml").write_text(
+        f"name: {study}\ndata:\n  path: {data}\n  resolution: {SIZE}\nstages:\n  {hi}:\n    lr: {hi_lr}\n"
+    )
     return run_dir
 
 
@@ -193,7 +281,8 @@ def build_sweep_store(root: Path) -> Path:
         job = write_run(root, "burn_unet", multirun / f"job{number}", hi_lr=float(lr))
         (job / ".hydra").mkdir()
         (job / ".hydra" / "overrides.yaml").write_text(
-            f"- experiment=burn_unet\n- stages.unet_hi.lr={lr}\n- stages.baseline.epochs={BASELINE_EPOCHS}\n")
+            f"- experiment=burn_unet\n- stages.unet_hi.lr={lr}\n- stages.baseline.epochs={BASELINE_EPOCHS}\n"
+        )
     return multirun
 
 

@@ -1,8 +1,9 @@
 """A report opened in headless Chromium: which of its images loaded. Shared by the report tests.
 
-    check = images_in_chromium(out / "report.html", tmp_path / "profile")
-    check["broken"] == [] and check["total"] == len(image_links(out / "report.html"))
+check = images_in_chromium(out / "report.html", tmp_path / "profile")
+check["broken"] == [] and check["total"] == len(image_links(out / "report.html"))
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,8 @@ window.addEventListener("load", () => {
 """
 needs_chromium = pytest.mark.skipif(
     shutil.which("chromium") is None,
-    reason="Debian's chromium is not installed (scripts/ensure_chromium.sh installs it)")
+    reason="Debian's chromium is not installed (scripts/ensure_chromium.sh installs it)",
+)
 
 
 class Links(HTMLParser):
@@ -55,14 +57,26 @@ def images_in_chromium(report: Path, profile: Path) -> dict:
     of the report beside it (so that its relative links resolve) with a script that counts them
     once the page has loaded."""
     page = report.with_name("image_check.html")
-    page.write_text(report.read_text(encoding="utf-8").replace("</body>", IMAGE_CHECK + "</body>"),
-                    encoding="utf-8")
+    page.write_text(report.read_text(encoding="utf-8").replace("</body>", IMAGE_CHECK + "</body>"), encoding="utf-8")
     result = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--no-first-run",
-         "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     found = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout)
     assert found, f"no image check in the DOM; chromium said: {result.stderr[-2000:]}"
     return json.loads(found.group(1))

@@ -1,7 +1,8 @@
 """Bootstrap intervals (burnlab/analysis/estimates.py) on samples with known answers.
 
-    .venv/bin/python -m pytest tests/analysis/test_estimates.py -q
+.venv/bin/python -m pytest tests/analysis/test_estimates.py -q
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,7 +1,8 @@
 """Metrics with known answers, and the metric table over the tiny synthetic store.
 
-    .venv/bin/python -m pytest tests/analysis/test_metrics.py -q
+.venv/bin/python -m pytest tests/analysis/test_metrics.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,7 @@ def box_blur(images: np.ndarray) -> np.ndarray:
     """Each pixel the mean of its 3x3 neighbourhood (edges repeated)."""
     padded = np.pad(np.asarray(images, dtype=np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     height, width = images.shape[1:3]
-    return sum(padded[:, dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)) / 9
+    return sum(padded[:, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)) / 9
 
 
 def test_high_frequency_share_of_flat_smooth_checkerboard_and_noise_images():
@@ -102,7 +103,8 @@ def test_high_frequency_ratio_rises_with_added_noise_and_falls_with_blur():
     assert metrics.high_frequency_ratio(blurred, images) < 0.2
     # per-image values average to the checkpoint's value (bootstrap over images)
     assert metrics.high_frequency_ratios(noisy, images).mean() == pytest.approx(
-        metrics.high_frequency_ratio(noisy, images))
+        metrics.high_frequency_ratio(noisy, images)
+    )
     # a share of energy: halving the contrast leaves it (nearly: uint8 rounding) unchanged
     assert metrics.high_frequency_shares(grey((blobs + edges) / 2)) == pytest.approx(shares, rel=0.01)
     flat = grey(np.full((2, 64, 64), 128.0))
@@ -136,8 +138,7 @@ def test_centroid_distance_weighs_each_training_image_the_same():
     long the training features are; averaging them unnormalised would lean towards (10, 0)."""
     reference = np.array([[10.0, 0.0], [0.0, 1.0]])
     assert metrics.centroid_distance(np.array([[1.0, 1.0]]), reference) == pytest.approx(0.0, abs=1e-12)
-    assert metrics.centroid_distance(np.array([[3.0, 0.0], [0.0, 2.0]]), reference) == \
-        pytest.approx(1 - 1 / np.sqrt(2))
+    assert metrics.centroid_distance(np.array([[3.0, 0.0], [0.0, 2.0]]), reference) == pytest.approx(1 - 1 / np.sqrt(2))
 
 
 def test_a_training_image_scores_as_memorised(shared_store):
@@ -183,8 +184,7 @@ def test_metric_table_over_both_runs(shared_store, instruments):
     refs = [BranchRef(run, branch) for run in runs for branch in run.branches.values()]
     table = measure(refs, SampleImages(), instruments)
     assert len(table.rows) == 2 * 8 * 2 and table.notes == []
-    assert all(row[metric] is not None for row in table.rows for metric in METRICS
-               if metric != "clip_score")
+    assert all(row[metric] is not None for row in table.rows for metric in METRICS if metric != "clip_score")
     unet_saturation = table.series("burn_unet", "unet_hi", "person", "saturation")
     te_saturation = table.series("burn_te", "te_hi", "person", "saturation")
     assert unet_saturation[7] > unet_saturation[1] + 0.2
@@ -200,8 +200,7 @@ def test_without_instruments_or_data_the_table_says_what_is_missing(store):
     run = LocalRun(store / "burn_unet").load()
     assert dataset_folder(run)[0] is None
     table = measure([BranchRef(run, run.branches["unet_hi"])], SampleImages(), Instruments())
-    assert all(row["style_distance"] is None and row["variability_feature"] is None
-               for row in table.rows)
+    assert all(row["style_distance"] is None and row["variability_feature"] is None for row in table.rows)
     assert all(row["saturation"] is not None for row in table.rows)
     assert any("data.path '/nowhere' is not a folder" in note for note in table.notes)
 
@@ -230,10 +229,11 @@ def test_a_local_clip_folder_gives_clip_scores_and_features(shared_store, tiny_c
 def test_a_hub_id_neither_cached_nor_reachable_is_a_note_not_a_failure(offline_hub):
     instruments = load_instruments(clip_model="openai/clip-vit-large-patch14", use_probe=False)
     assert instruments.clip is None and instruments.features is None
-    assert ("CLIP model openai/clip-vit-large-patch14 not found in the local Hugging Face cache and the "
-            "hub is unreachable: CLIP score, CLIP variability and CLIP style distance not measured; "
-            "download it with `hf download openai/clip-vit-large-patch14` or set analysis.clip_model=/path"
-            ) in instruments.notes[0]
+    assert (
+        "CLIP model openai/clip-vit-large-patch14 not found in the local Hugging Face cache and the "
+        "hub is unreachable: CLIP score, CLIP variability and CLIP style distance not measured; "
+        "download it with `hf download openai/clip-vit-large-patch14` or set analysis.clip_model=/path"
+    ) in instruments.notes[0]
 
 
 def test_a_hub_id_in_the_local_cache_is_used_offline(offline_hub, tiny_clip):
@@ -249,11 +249,14 @@ def test_a_hub_id_in_the_local_cache_is_used_offline(offline_hub, tiny_clip):
     assert not any("CLIP model" in note for note in instruments.notes)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("{tmp}/text_encoder", "config.json describes a 'clip_text_model' model, not CLIP"),
-    ("{tmp}/text_encoder/config.json", "is not a folder with a config.json"),
-    ("./no/such/clip", "no such folder, and not a hub id"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{tmp}/text_encoder", "config.json describes a 'clip_text_model' model, not CLIP"),
+        ("{tmp}/text_encoder/config.json", "is not a folder with a config.json"),
+        ("./no/such/clip", "no such folder, and not a hub id"),
+    ],
+)
 def test_a_clip_model_value_that_names_no_clip_model_is_refused(tmp_path, spec, message):
     (tmp_path / "text_encoder").mkdir()
     (tmp_path / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "clip_text_model"}))

@@ -3,6 +3,7 @@
 
     .venv/bin/python -m pytest tests/analysis/test_pictures.py -q
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -85,7 +86,7 @@ def test_undecodable_png_becomes_a_blank_cell_and_a_problem(store):
     images = SampleImages()
     grid = np.asarray(comparison_grid(images, ref, "person"))
     assert grid.shape == (20 + 8 * 16, 120 + 9 * 16, 3)
-    cell = grid[20 + 2 * 16:20 + 3 * 16, 120:136]
+    cell = grid[20 + 2 * 16 : 20 + 3 * 16, 120:136]
     assert (cell == (200, 200, 200)).all(axis=-1).mean() > 0.5  # mostly placeholder grey
     assert len(images.problems) == 1 and str(broken) in images.problems[0]
     assert "cannot be decoded" in images.problems[0]
@@ -100,8 +101,11 @@ def test_loss_overlay_series_come_from_both_runs(refs, tmp_path):
     series = plot_losses(refs, tmp_path / "losses.png", log_scale=True)
     assert (tmp_path / "losses.png").stat().st_size > 0
     by_key = {(line.branch, line.kind): line for line in series}
-    assert set(by_key) == {(branch, kind) for branch in ("burn_unet/unet_hi", "burn_te/te_hi")
-                           for kind in (TRAIN, TRAIN_EMA, VALIDATION, STABILIZED)}
+    assert set(by_key) == {
+        (branch, kind)
+        for branch in ("burn_unet/unet_hi", "burn_te/te_hi")
+        for kind in (TRAIN, TRAIN_EMA, VALIDATION, STABILIZED)
+    }
     for ref in refs:
         rows = ref.run.branch_losses(ref.branch.name)
         train = by_key[(ref.title, TRAIN)]
@@ -123,10 +127,10 @@ def test_relative_losses_start_every_stage_at_0(refs, tmp_path):
             pieces = [line for line in series if (line.branch, line.kind) == (ref.title, kind)]
             assert [line.stage for line in pieces] == list(ref.branch.stages)
             for line in pieces:
-                values = [getattr(row, attribute) for row in rows
-                          if row.kind == "val" and row.stage == line.stage]
+                values = [getattr(row, attribute) for row in rows if row.kind == "val" and row.stage == line.stage]
                 assert line.y[0] == 0.0
                 assert line.y == pytest.approx([value - values[0] for value in values])
         # the train loss is drawn as it was logged
-        assert [line for line in series if line.branch == ref.title and line.kind in (TRAIN, TRAIN_EMA)] \
-            == [line for line in loss_series([ref]) if line.kind in (TRAIN, TRAIN_EMA)]
+        assert [line for line in series if line.branch == ref.title and line.kind in (TRAIN, TRAIN_EMA)] == [
+            line for line in loss_series([ref]) if line.kind in (TRAIN, TRAIN_EMA)
+        ]

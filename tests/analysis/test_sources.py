@@ -7,6 +7,7 @@ holding what burnlab's W&B mirror logs: a run per branch grouped by the study, t
 `study_json`, history rows as `loss/<kind>` beside `study_epoch` and `stage/index`, and a
 `samples-<checkpoint_id>` artifact per checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,11 @@ class StandInApi:
 
     def runs(self, project: str, filters: dict) -> list[StandInRun]:
         """wandb.Api.runs(entity/project, filters={"group": ...})"""
-        return [run for path, run in self.by_path.items()
-                if path.startswith(project + "/") and run.group == filters["group"]]
+        return [
+            run
+            for path, run in self.by_path.items()
+            if path.startswith(project + "/") and run.group == filters["group"]
+        ]
 
 
 def mirrored(run_dir: Path) -> dict[str, StandInRun]:
@@ -71,32 +75,53 @@ def mirrored(run_dir: Path) -> dict[str, StandInRun]:
     prompts = {}
     for line in (run_dir / "samples.jsonl").read_text().splitlines():
         row = json.loads(line)
-        files.setdefault(row["checkpoint_id"], {})[f"{row['prompt_set']}/{row['seed']}.png"] = \
-            run_dir / row["path"]
-        prompts[row["prompt_set"]] = {"prompt": row["prompt"], "activation": row["activation"],
-                                      "expect": row["expect"]}
+        files.setdefault(row["checkpoint_id"], {})[f"{row['prompt_set']}/{row['seed']}.png"] = run_dir / row["path"]
+        prompts[row["prompt_set"]] = {"prompt": row["prompt"], "activation": row["activation"], "expect": row["expect"]}
     runs = {}
     for branch, info in study["branches"].items():
         history = []
         for index, stage in enumerate(info["stages"]):
             for line in (run_dir / study["stages"][stage]["dir"] / "metrics.jsonl").read_text().splitlines():
                 row = json.loads(line)
-                history.append({"_step": len(history), "study_epoch": row["study_epoch"],
-                                "stage/index": index, **dashboard_values(row)})
-        config = flatten_config({"name": study["study"], "data": {"path": "../data/style"},
-                                 "sampling": {"prompts": prompts}})
+                history.append(
+                    {
+                        "_step": len(history),
+                        "study_epoch": row["study_epoch"],
+                        "stage/index": index,
+                        **dashboard_values(row),
+                    }
+                )
+        config = flatten_config(
+            {"name": study["study"], "data": {"path": "../data/style"}, "sampling": {"prompts": prompts}}
+        )
         config.update(study_json=json.dumps(study), branch=branch, stages=info["stages"], study_run=run_dir.name)
         plan = {entry["checkpoint_id"] for entry in study["testing_plan"][branch]}
-        artifacts = [StandInArtifact(f"samples-{checkpoint}:v0", pngs) for checkpoint, pngs in files.items()
-                     if checkpoint in plan]
+        artifacts = [
+            StandInArtifact(f"samples-{checkpoint}:v0", pngs)
+            for checkpoint, pngs in files.items()
+            if checkpoint in plan
+        ]
         name = f"{run_dir.name}-{branch}"
         runs[f"team/burnlab/{name}"] = StandInRun(name, config, history, artifacts, group=run_dir.name)
     return runs
 
 
 def sample_keys(run) -> set:
-    return {(s.branch, s.index, s.label, s.checkpoint_id, s.prompt_set, s.prompt, s.activation,
-             s.seed, tuple(sorted(s.expect.items())), s.image.read_bytes()) for s in run.samples}
+    return {
+        (
+            s.branch,
+            s.index,
+            s.label,
+            s.checkpoint_id,
+            s.prompt_set,
+            s.prompt,
+            s.activation,
+            s.seed,
+            tuple(sorted(s.expect.items())),
+            s.image.read_bytes(),
+        )
+        for s in run.samples
+    }
 
 
 def test_local_run_maps_study_losses_and_samples(shared_store):
@@ -146,14 +171,18 @@ def test_wandb_without_a_key_says_so_before_importing_wandb(tmp_path, monkeypatc
 
 
 def test_analysis_does_not_import_wandb_or_training_code():
-    code = ("import sys, burnlab.analysis.cli, burnlab.analysis.products; "
-            "print(sorted(m for m in sys.modules if m == 'wandb' or "
-            "(m.startswith('burnlab') and not m.startswith('burnlab.analysis'))))")
+    code = (
+        "import sys, burnlab.analysis.cli, burnlab.analysis.products; "
+        "print(sorted(m for m in sys.modules if m == 'wandb' or "
+        "(m.startswith('burnlab') and not m.startswith('burnlab.analysis'))))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # only the run store's layout and file primitives and the W&B mirror's keys, no training code
-    assert result.stdout.strip() == ("['burnlab', 'burnlab.dashboards', 'burnlab.dashboards.keys', "
-                                     "'burnlab.dashboards.wandb_key', 'burnlab.store', 'burnlab.store.files', "
-                                     "'burnlab.store.layout']")
+    assert result.stdout.strip() == (
+        "['burnlab', 'burnlab.dashboards', 'burnlab.dashboards.keys', "
+        "'burnlab.dashboards.wandb_key', 'burnlab.store', 'burnlab.store.files', "
+        "'burnlab.store.layout']"
+    )
 
 
 def test_not_a_run_and_missing_folder_are_clear_errors(tmp_path):
@@ -205,16 +234,26 @@ def test_missing_checkpoints_and_images_are_listed(store):
 
 def test_wandb_history_of_one_run_per_study_still_reads():
     """Runs logged before per-branch runs: `<stage>/<key>` beside `study_epoch`."""
-    rows = [{"_step": 0, "study_epoch": 0.5, "baseline/train_loss": 0.5, "baseline/lr_unet": 1e-6},
-            {"_step": 1, "study_epoch": 1, "baseline/val_loss": 0.25, "baseline/stabilized_loss": 0.125}]
+    rows = [
+        {"_step": 0, "study_epoch": 0.5, "baseline/train_loss": 0.5, "baseline/lr_unet": 1e-6},
+        {"_step": 1, "study_epoch": 1, "baseline/val_loss": 0.25, "baseline/stabilized_loss": 0.125},
+    ]
     losses = history_losses(rows, ["baseline"], "W&B run x")
     assert [(r.kind, r.study_epoch, r.train_loss, r.val_loss, r.stabilized_loss) for r in losses["baseline"]] == [
-        ("train", 0.5, 0.5, None, None), ("val", 1.0, None, 0.25, 0.125)]
+        ("train", 0.5, 0.5, None, None),
+        ("val", 1.0, None, 0.25, 0.125),
+    ]
 
 
-LONG_CAPTIONS = {"limit": 77, "count": 3, "by_set": {"train": 2, "validation": 1},
-                 "examples": [{"set": "train", "file": "painting0.txt", "cut": "zorblax style"},
-                              {"set": "validation", "file": "painting3.txt", "cut": "style"}]}
+LONG_CAPTIONS = {
+    "limit": 77,
+    "count": 3,
+    "by_set": {"train": 2, "validation": 1},
+    "examples": [
+        {"set": "train", "file": "painting0.txt", "cut": "zorblax style"},
+        {"set": "validation", "file": "painting3.txt", "cut": "style"},
+    ],
+}
 
 
 def record_long_captions(run_dir: Path, record) -> None:
@@ -226,20 +265,25 @@ def record_long_captions(run_dir: Path, record) -> None:
 def test_long_captions_are_read_from_the_run_and_from_wandb(store, tmp_path):
     record_long_captions(store / "burn_te", LONG_CAPTIONS)
     local = LocalRun(store / "burn_te").load()
-    assert local.long_captions == LongCaptions(count=3, limit=77, examples=(
-        ("painting0.txt", "zorblax style"), ("painting3.txt", "style")))
-    remote = WandbRun("team/burnlab/burn_te-te_hi", api=StandInApi(mirrored(store / "burn_te")),
-                      download_root=tmp_path).load()
+    assert local.long_captions == LongCaptions(
+        count=3, limit=77, examples=(("painting0.txt", "zorblax style"), ("painting3.txt", "style"))
+    )
+    remote = WandbRun(
+        "team/burnlab/burn_te-te_hi", api=StandInApi(mirrored(store / "burn_te")), download_root=tmp_path
+    ).load()
     assert remote.long_captions == local.long_captions
     assert LocalRun(store / "burn_unet").load().long_captions is None  # a store from before the record
 
 
-@pytest.mark.parametrize("record, message", [
-    ("many", r"long_captions: expected a JSON object \(a list of \{file, cut\} objects under 'examples'\)"),
-    (LONG_CAPTIONS | {"count": "3"}, r"long_captions: 'count' is '3'; expected the number of captions"),
-    (LONG_CAPTIONS | {"examples": "painting0.txt"}, r"'examples' is 'painting0.txt'; expected a list"),
-    (LONG_CAPTIONS | {"examples": [{"file": "painting0.txt"}]}, r"long_captions.examples: key 'cut' is missing"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ("many", r"long_captions: expected a JSON object \(a list of \{file, cut\} objects under 'examples'\)"),
+        (LONG_CAPTIONS | {"count": "3"}, r"long_captions: 'count' is '3'; expected the number of captions"),
+        (LONG_CAPTIONS | {"examples": "painting0.txt"}, r"'examples' is 'painting0.txt'; expected a list"),
+        (LONG_CAPTIONS | {"examples": [{"file": "painting0.txt"}]}, r"long_captions.examples: key 'cut' is missing"),
+    ],
+)
 def test_a_bad_long_captions_record_names_what_is_wrong(store, record, message):
     record_long_captions(store / "burn_te", record)
     with pytest.raises(AnalysisError, match=message):

@@ -1,6 +1,7 @@
 """The swap verdict's numbers (burnlab/analysis/attribution.py) on synthetic corner features: distances in
 seed spreads, the Shapley split, intervals, the verdict and its sentence; and that none of them
 grows with the number of prompt sets or seeds."""
+
 import re
 
 import numpy as np
@@ -18,8 +19,9 @@ from burnlab.analysis.attribution import (
 from burnlab.analysis.run import AnalysisError
 
 
-def corners(unet_move: float, te_move: float, seeds: int = 9, prompt_sets: int = 3, dim: int = 16,
-            rng_seed: int = 0) -> dict:
+def corners(
+    unet_move: float, te_move: float, seeds: int = 9, prompt_sets: int = 3, dim: int = 16, rng_seed: int = 0
+) -> dict:
     """Features of the four corners: R's seeds spread around 0; the tuned UNet shifts every image
     by `unet_move` along one axis, the tuned text encoder by `te_move` along another; M has both."""
     rng = np.random.default_rng(rng_seed)
@@ -63,8 +65,10 @@ def test_verdicts(unet, te, expected):
 
 
 def test_an_interval_that_straddles_the_threshold_is_undetermined():
-    statuses, verdict = judge({"unet": Interval(0.6, 0.4, 0.8), "text_encoder": Interval(0.0, 0.0, 0.1),
-                               "interaction": Interval(0, 0, 0)}, threshold=0.5)
+    statuses, verdict = judge(
+        {"unet": Interval(0.6, 0.4, 0.8), "text_encoder": Interval(0.0, 0.0, 0.1), "interaction": Interval(0, 0, 0)},
+        threshold=0.5,
+    )
     assert verdict == "undetermined" and statuses["unet"] == "unsure"
 
 
@@ -87,8 +91,9 @@ def test_the_sentence_says_what_the_numbers_say():
     _, _, shares, statuses, verdict = attribute(corners(2.0, 0.1), ACTIVATION, threshold=0.5)
     text = sentence("7 unet_hi e500", "1 baseline", shares, statuses, verdict, 0.5)
     numbers = [float(n) for n in re.findall(r"-?\d+\.\d+", text)]
-    assert numbers[:6] == [round(shares[c].__getattribute__(f), 2) for c in ("unet", "text_encoder")
-                           for f in ("value", "low", "high")]
+    assert numbers[:6] == [
+        round(shares[c].__getattribute__(f), 2) for c in ("unet", "text_encoder") for f in ("value", "low", "high")
+    ]
     assert numbers[6] == 0.5
     assert numbers[0] > numbers[6] > numbers[5]  # the UNet's share above the threshold, the TE's interval below
     assert "the UNet's interval lies above it" in text and "text encoder's interval lies below it" in text

@@ -6,6 +6,7 @@ bad input.
 
     .venv/bin/python -m pytest tests/analysis/test_sweep_report.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -52,23 +53,46 @@ def write_swap_corners(job: Path) -> None:
     for index in (1, max(row["index"] for row in rows)):
         of_checkpoint = [row for row in rows if row["index"] == index]
         folder = (job / of_checkpoint[0]["path"]).parent.parent
-        (folder / "index.jsonl").write_text("".join(
-            json.dumps({"prompt_set": row["prompt_set"], "seed": row["seed"],
-                        "path": (job / row["path"]).relative_to(folder).as_posix()}) + "\n" for row in of_checkpoint))
+        (folder / "index.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "prompt_set": row["prompt_set"],
+                        "seed": row["seed"],
+                        "path": (job / row["path"]).relative_to(folder).as_posix(),
+                    }
+                )
+                + "\n"
+                for row in of_checkpoint
+            )
+        )
         folders[index] = (of_checkpoint[0]["label"], Path(os.path.relpath(folder, job)).as_posix())
     (baseline, before), (final, after) = folders.values()
-    (job / "attribution.json").write_text(json.dumps({
-        "prompts": {"person": {"activation": False}, "sunglasses": {"activation": True}},
-        "pairs": [{"branch": "unet_hi", "reference": {"label": baseline}, "tuned": {"label": final},
-                   "corners": {"R": before, "M_unet+R_te": after, "R_unet+M_te": before, "M": after}}]}))
+    (job / "attribution.json").write_text(
+        json.dumps(
+            {
+                "prompts": {"person": {"activation": False}, "sunglasses": {"activation": True}},
+                "pairs": [
+                    {
+                        "branch": "unet_hi",
+                        "reference": {"label": baseline},
+                        "tuned": {"label": final},
+                        "corners": {"R": before, "M_unet+R_te": after, "R_unet+M_te": before, "M": after},
+                    }
+                ],
+            }
+        )
+    )
 
 
 def verdict_rows(report: Path) -> list[list[str]]:
     """The cells of each job row of the report's verdict table."""
     html = (report / "report.html").read_text(encoding="utf-8")
     table = html.split("<table id='verdicts'>")[1].split("</table>")[0]
-    return [[unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
-            for row in re.findall(r"<tr class='job'>(.*?)</tr>", table)]
+    return [
+        [unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in re.findall(r"<tr class='job'>(.*?)</tr>", table)
+    ]
 
 
 def test_the_verdict_table_has_a_row_per_job_in_swept_value_order(report):
@@ -86,8 +110,10 @@ def test_the_verdict_table_has_a_row_per_job_in_swept_value_order(report):
         assert row[7] == "0.00 [0.00, 0.00]" and float(row[6].split()[0]) > 0.5
     profiles = json.loads((report / "symptoms.json").read_text())["profiles"]
     assert [(p["run"], p["branch"]) for p in profiles] == [(label, "unet_hi") for label in LABELS]
-    assert [row[8:-1] for row in rows] == [["-" if p["symptoms"][name] is None else f"{p['symptoms'][name]:.2f}"
-                                           for name in SYMPTOM_NAMES] for p in profiles]
+    assert [row[8:-1] for row in rows] == [
+        ["-" if p["symptoms"][name] is None else f"{p['symptoms'][name]:.2f}" for name in SYMPTOM_NAMES]
+        for p in profiles
+    ]
     pairs = json.loads((report / "attribution.json").read_text())["pairs"]
     assert [(pair["run"], pair["verdict"]) for pair in pairs] == [(label, row[4]) for label, row in zip(LABELS, rows)]
     assert not (report / "detector.json").exists()
@@ -119,8 +145,9 @@ def test_the_grids_have_a_row_per_swept_value_at_the_checkpoints_shown(report):
     sweep = json.loads((report / "sweep.json").read_text())
     shown = {(grid["prompt_set"], grid["checkpoints"]): grid for grid in sweep["grids"]}
     # by default: where the jobs start to differ (the hi stage's first save), and the final one
-    assert sorted(shown) == [(prompt_set, choice) for prompt_set in ("person", "sunglasses")
-                             for choice in ("5 unet_hi e2", "final")]
+    assert sorted(shown) == [
+        (prompt_set, choice) for prompt_set in ("person", "sunglasses") for choice in ("5 unet_hi e2", "final")
+    ]
     final = shown["person", "final"]
     assert final["rows"] == [{"job": label, "checkpoint": "7 unet_hi e10"} for label in LABELS]
     with Image.open(report / final["path"]) as png:
@@ -129,7 +156,7 @@ def test_the_grids_have_a_row_per_swept_value_at_the_checkpoints_shown(report):
     assert grid.shape[0] == 20 + 3 * SIZE
     for row, lr in enumerate((1e-4, 3e-4, 1e-3)):  # each row shows its own job's sample
         top = 20 + row * SIZE
-        cell = grid[top:top + SIZE, label_width:label_width + SIZE]
+        cell = grid[top : top + SIZE, label_width : label_width + SIZE]
         assert np.array_equal(cell, sample_pixels("person", SEEDS[0], 7, "unet", lr / HI_LR))
 
 
@@ -144,6 +171,7 @@ def test_each_metric_is_plotted_against_the_swept_value(report):
 
 def test_the_value_axis_is_the_learning_rate_on_a_log_scale(shared_sweep):
     from burnlab.analysis.sources import open_run
+
     axis = value_axis(describe([open_run(spec) for spec in job_specs([str(shared_sweep)])]))
     assert axis.title == "stages.unet_hi.lr" and axis.log
     assert list(axis.x.values()) == [1e-4, 3e-4, 1e-3]
@@ -156,16 +184,27 @@ def test_report_links_resolve_and_every_image_loads_in_headless_chromium(report,
         pytest.skip("Debian's chromium is not installed (scripts/ensure_chromium.sh installs it)")
     check = images_in_chromium(report / "report.html", tmp_path / "profile")
     assert check["broken"] == []
-    assert check["total"] == len(image_links(report / "report.html")) == 1 + 2 * 2 + len(
-        list((report / "metrics").glob("*.png")))
+    assert (
+        check["total"]
+        == len(image_links(report / "report.html"))
+        == 1 + 2 * 2 + len(list((report / "metrics").glob("*.png")))
+    )
 
 
 # ------------------------------------------------------------------ jobs and swept keys
 def bare_run(folder: Path, config: dict | None = None) -> Run:
     """A Run with only what describe() reads: its folder and config."""
     folder.mkdir(parents=True, exist_ok=True)
-    return Run(name="study", location=str(folder), stages={}, branches={}, losses={}, samples=[],
-               config=config or {}, local_dir=folder)
+    return Run(
+        name="study",
+        location=str(folder),
+        stages={},
+        branches={},
+        losses={},
+        samples=[],
+        config=config or {},
+        local_dir=folder,
+    )
 
 
 def test_job_json_comes_before_hydras_overrides(tmp_path):
@@ -182,18 +221,25 @@ def test_two_swept_keys_label_rows_by_both_sorted_numerically(tmp_path):
     runs = []
     for number, (lr, seed) in enumerate(settings):
         runs.append(bare_run(tmp_path / f"job{number}"))
-        (runs[-1].local_dir / "job.json").write_text(json.dumps(
-            {"overrides": ["experiment=burn_unet", f"stages.unet_hi.lr={lr}", f"train.seed={seed}"]}))
+        (runs[-1].local_dir / "job.json").write_text(
+            json.dumps({"overrides": ["experiment=burn_unet", f"stages.unet_hi.lr={lr}", f"train.seed={seed}"]})
+        )
     sweep = describe(runs)
     assert sweep.keys == ("stages.unet_hi.lr", "train.seed")
     assert [job.label for job in sweep.jobs] == [
-        "lr=2e-4, seed=2", "lr=0.0003, seed=10", "lr=1e-3, seed=2", "lr=1e-3, seed=10"]
+        "lr=2e-4, seed=2",
+        "lr=0.0003, seed=10",
+        "lr=1e-3, seed=2",
+        "lr=1e-3, seed=10",
+    ]
     assert value_axis(sweep).groups["lr=2e-4, seed=2"] == "seed=2"  # a line per seed in the metric plots
 
 
 def test_a_key_one_job_did_not_override_is_read_from_its_config(tmp_path):
-    runs = [bare_run(tmp_path / "a", {"stages": {"unet_hi": {"lr": 0.0003}}}),
-            bare_run(tmp_path / "b", {"stages": {"unet_hi": {"lr": 0.001}}})]
+    runs = [
+        bare_run(tmp_path / "a", {"stages": {"unet_hi": {"lr": 0.0003}}}),
+        bare_run(tmp_path / "b", {"stages": {"unet_hi": {"lr": 0.001}}}),
+    ]
     for run, overrides in zip(runs, (["experiment=burn_unet"], ["experiment=burn_unet", "stages.unet_hi.lr=1e-3"])):
         (run.local_dir / "job.json").write_text(json.dumps({"overrides": overrides}))
     sweep = describe(runs)
@@ -206,8 +252,10 @@ def test_a_list_of_runs_without_overrides_is_compared_by_config(sweep, capsys):
     for job in jobs:
         shutil.rmtree(job / ".hydra")
     out = sweep.parent / "out"
-    assert main([*map(str, jobs), "--out", str(out), "--features", "none", "--no-probe",
-                 "--checkpoints", "21,unet_hi e2"]) == 0
+    assert (
+        main([*map(str, jobs), "--out", str(out), "--features", "none", "--no-probe", "--checkpoints", "21,unet_hi e2"])
+        == 0
+    )
     made = json.loads((out / "sweep.json").read_text())
     assert made["source"] == "config.yaml" and made["keys"] == ["stages.unet_hi.lr"]
     assert [job["label"] for job in made["jobs"]] == ["lr=0.0001", "lr=0.0003", "lr=0.001"]  # as config.yaml has them
@@ -218,14 +266,20 @@ def test_a_list_of_runs_without_overrides_is_compared_by_config(sweep, capsys):
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("arguments, message", [
-    (["{store}/empty"], "empty is not a burnlab run: it has no study.json, and none of its subfolders is a sweep job"),
-    (["{sweep}", "--checkpoints", "999"], "--checkpoints '999' names no checkpoint of the jobs' testing plans"),
-    (["{sweep}/job0", "{sweep}/job1", "{store}/empty"], "empty is not a burnlab run: it has no study.json"),
-    (["{sweep}/job0", "{store}/burn_te"], "a sweep report compares runs of one study"),
-    (["{sweep}/job0", "{sweep}/job1", "--compare", "{sweep}/job2"], "expected one run beside it"),
-    (["{sweep}/job0", "--checkpoints", "final"], "applies to a sweep report"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["{store}/empty"],
+            "empty is not a burnlab run: it has no study.json, and none of its subfolders is a sweep job",
+        ),
+        (["{sweep}", "--checkpoints", "999"], "--checkpoints '999' names no checkpoint of the jobs' testing plans"),
+        (["{sweep}/job0", "{sweep}/job1", "{store}/empty"], "empty is not a burnlab run: it has no study.json"),
+        (["{sweep}/job0", "{store}/burn_te"], "a sweep report compares runs of one study"),
+        (["{sweep}/job0", "{sweep}/job1", "--compare", "{sweep}/job2"], "expected one run beside it"),
+        (["{sweep}/job0", "--checkpoints", "final"], "applies to a sweep report"),
+    ],
+)
 def test_bad_sweep_input_is_one_paragraph_and_exit_2(sweep, arguments, message, capsys):
     store = sweep.parent
     (store / "empty").mkdir()
@@ -248,8 +302,10 @@ def _plan(job: int, *weights: str) -> tuple:
     """A testing plan whose checkpoints have these weights; ids of stages no other job shares."""
     from burnlab.analysis.run import Checkpoint
 
-    return tuple(Checkpoint(index, f"{index} c", "s", index, float(index),
-                            w if w in ("b", "base", "lo") else f"job{job}-{w}", w) for index, w in enumerate(weights))
+    return tuple(
+        Checkpoint(index, f"{index} c", "s", index, float(index), w if w in ("b", "base", "lo") else f"job{job}-{w}", w)
+        for index, w in enumerate(weights)
+    )
 
 
 def test_by_default_the_grids_show_where_the_weights_start_to_differ_and_the_final_ones():

@@ -4,6 +4,7 @@ checkpoint, unmeasured symptoms, symptoms.json.
 
     .venv/bin/python -m pytest tests/analysis/test_symptoms.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -29,21 +30,31 @@ from burnlab.analysis.symptoms import (
     signals,
 )
 
-LABELS = ["0 base", "1 baseline", "2 lo e100", "3 lo e300", "4 lo e500", "5 hi e100", "6 hi e300",
-          "7 hi e500"]
+LABELS = ["0 base", "1 baseline", "2 lo e100", "3 lo e300", "4 lo e500", "5 hi e100", "6 hi e300", "7 hi e500"]
 ACTIVATION = {"person": False, "circles": False, "sunglasses": True}
 
 
-def series(component: str = "unet", values: dict | None = None, errors: dict | None = None,
-           n_images: int = 9, labels: list[str] = LABELS, activation: dict = ACTIVATION) -> BranchSeries:
+def series(
+    component: str = "unet",
+    values: dict | None = None,
+    errors: dict | None = None,
+    n_images: int = 9,
+    labels: list[str] = LABELS,
+    activation: dict = ACTIVATION,
+) -> BranchSeries:
     """values/errors: {(metric, prompt_set): a number per label}; every other metric flat at 0.5
     with standard error 0.01 on every prompt set."""
     values, errors, n = values or {}, errors or {}, len(labels)
     return BranchSeries(
-        "study", f"{component}_hi", component, list(labels), dict(activation),
+        "study",
+        f"{component}_hi",
+        component,
+        list(labels),
+        dict(activation),
         {m: {p: list(values.get((m, p), [0.5] * n)) for p in activation} for m in WATCHED},
         {m: {p: list(errors.get((m, p), [0.01] * n)) for p in activation} for m in WATCHED},
-        {p: [n_images] * n for p in activation})
+        {p: [n_images] * n for p in activation},
+    )
 
 
 def test_symptoms_watch_known_metrics_in_valid_directions():
@@ -59,7 +70,7 @@ def test_noise_comes_from_both_checkpoints_standard_errors():
     noisy = {("saturation", "person"): [0.1] * 8}
     found = signals(series(values=moved, errors=noisy))
     assert [(s.metric, s.index) for s in found] == [("saturation", 2)]
-    assert found[0].z == pytest.approx(0.3 / (0.1 * 2 ** 0.5))  # 2.12
+    assert found[0].z == pytest.approx(0.3 / (0.1 * 2**0.5))  # 2.12
     noisier = {("saturation", "person"): [0.11] * 8}  # z 1.93: below Z_MIN = 2
     assert Z_MIN == 2 and signals(series(values=moved, errors=noisier)) == []
 
@@ -71,14 +82,16 @@ def test_two_of_nine_seeds_is_noise_but_a_total_collapse_is_not():
     all_lost = {("adherence", "person"): [1, 1] + [0] * 6}
     found = signals(series(values=all_lost, errors={("adherence", "person"): [0] * 8}))
     # both standard errors are 0: each is floored at half an image of nine
-    assert {s.index for s in found} == set(range(2, 8)) and found[0].z == pytest.approx(1 / (0.5 / 9 * 2 ** 0.5))
+    assert {s.index for s in found} == set(range(2, 8)) and found[0].z == pytest.approx(1 / (0.5 / 9 * 2**0.5))
 
 
 def test_a_metric_the_baseline_already_moved_can_still_signal():
     collapse = {("variability_pixel", "sunglasses"): [0.30, 0.18, 0.12, 0.05, 0, 0, 0, 0]}
     found = signals(series(values=collapse, errors={("variability_pixel", "sunglasses"): [0.02] * 8}))
-    assert {(s.symptom, s.index) for s in found} >= {("variety collapse with the phrase", 2),
-                                                     ("variety collapse with the phrase", 4)}
+    assert {(s.symptom, s.index) for s in found} >= {
+        ("variety collapse with the phrase", 2),
+        ("variety collapse with the phrase", 4),
+    }
 
 
 def test_colour_shifts_count_both_ways_and_bleed_only_without_the_phrase():
@@ -107,7 +120,7 @@ def settled(after_baseline: int, without_phrase: tuple[str, ...] = ("person", "c
     activation = {**{p: False for p in without_phrase}, "sunglasses": True}
     n = len(labels)
     se = 0.02
-    values = {("probe_style", p): [0.1, 0.1] + [0.1 + 4 * se * 2 ** 0.5] * (n - 2) for p in without_phrase}
+    values = {("probe_style", p): [0.1, 0.1] + [0.1 + 4 * se * 2**0.5] * (n - 2) for p in without_phrase}
     values.update({("saturation", p): [0.4, 0.4] + [0.9] * (n - 2) for p in activation})
     errors = {("probe_style", p): [se] * n for p in without_phrase}
     return series(values=values, errors=errors, n_images=1000, labels=labels, activation=activation)
@@ -129,17 +142,20 @@ def test_the_profile_is_the_same_number_with_3_6_or_12_checkpoints_and_1_or_2_pr
 def test_the_profile_per_checkpoint_shows_when_a_symptom_moved():
     late = {("saturation", p): [0.4, 0.4, 0.4, 0.4, 0.4, 0.9, 0.9, 0.9] for p in ACTIVATION}
     one_bleeds = {("probe_style", "person"): [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2, 0.2]}
-    found = profile(series(values={**late, **one_bleeds}, errors={("probe_style", "person"): [0.02] * 8},
-                           n_images=1000))
+    found = profile(
+        series(values={**late, **one_bleeds}, errors={("probe_style", "person"): [0.02] * 8}, n_images=1000)
+    )
     assert list(found.by_checkpoint) == LABELS[2:]
     assert [at["colour shift"] for at in found.by_checkpoint.values()] == [0, 0, 0, Z_CAP, Z_CAP, Z_CAP]
     assert found.symptoms["colour shift"] == Z_CAP / 2  # 3 of 6 checkpoints, every prompt set
-    z = 0.1 / (0.02 * 2 ** 0.5)  # 3.54 on one of the two prompt sets without the phrase
+    z = 0.1 / (0.02 * 2**0.5)  # 3.54 on one of the two prompt sets without the phrase
     assert [at["style bleed"] for at in found.by_checkpoint.values()] == pytest.approx([0, 0, 0, 0, z / 2, z / 2])
     assert found.symptoms["style bleed"] == pytest.approx(2 * z / 12)
-    assert found.summary() == (f"study/unet_hi (trains unet): symptoms moved (mean capped z per prompt set and "
-                               f"checkpoint, 0 to 10): colour shift 5.00, style bleed {2 * z / 12:.2f}; first signal "
-                               f"at '5 hi e100'.")
+    assert found.summary() == (
+        f"study/unet_hi (trains unet): symptoms moved (mean capped z per prompt set and "
+        f"checkpoint, 0 to 10): colour shift 5.00, style bleed {2 * z / 12:.2f}; first signal "
+        f"at '5 hi e100'."
+    )
 
 
 def test_a_symptom_without_measurements_is_none_and_a_flat_branch_moved_nothing():
@@ -148,8 +164,9 @@ def test_a_symptom_without_measurements_is_none_and_a_flat_branch_moved_nothing(
     assert found.symptoms["style bleed"] is None and found.symptoms["phrase weakening"] is None
     assert found.by_checkpoint["7 hi e500"]["style bleed"] is None
     assert found.symptoms["colour shift"] == 0.0 and found.signals == []
-    assert found.summary() == ("study/text_encoder_hi (trains text_encoder): no symptom moved 2 standard errors from "
-                               "the baseline.")
+    assert found.summary() == (
+        "study/text_encoder_hi (trains text_encoder): no symptom moved 2 standard errors from the baseline."
+    )
 
 
 def test_symptoms_json_holds_the_fixed_rule_the_definitions_and_each_profile():
@@ -157,8 +174,11 @@ def test_symptoms_json_holds_the_fixed_rule_the_definitions_and_each_profile():
     assert (document["z_min"], document["z_cap"]) == (2.0, 10.0)
     assert [symptom["name"] for symptom in document["symptoms"]] == list(SYMPTOM_NAMES)
     (entry,) = document["profiles"]
-    assert entry["symptoms"]["style bleed"] == 4.0 and list(entry["by_checkpoint"]) == ["2 hi e100", "3 hi e200",
-                                                                                          "4 hi e300"]
+    assert entry["symptoms"]["style bleed"] == 4.0 and list(entry["by_checkpoint"]) == [
+        "2 hi e100",
+        "3 hi e200",
+        "4 hi e300",
+    ]
     assert len(entry["signals"]) == 3 * 3 + 3 * 2  # saturation x 3 prompt sets, style x 2, at 3 checkpoints
     assert entry["summary"].startswith("study/unet_hi (trains unet): symptoms moved")
 
@@ -172,8 +192,13 @@ def test_the_profile_of_the_tiny_store_is_the_mean_of_its_cells(shared_store, in
     for found, one in zip(profiles, all_series):
         assert all(signal.z >= Z_MIN for signal in found.signals)
         for name, cell in cells(one, found.signals).items():
-            capped = {key: max([min(s.z, Z_CAP) for s in found.signals
-                                if (s.symptom, s.prompt_set, s.index) == (name, *key)], default=0.0) for key in cell}
+            capped = {
+                key: max(
+                    [min(s.z, Z_CAP) for s in found.signals if (s.symptom, s.prompt_set, s.index) == (name, *key)],
+                    default=0.0,
+                )
+                for key in cell
+            }
             assert found.symptoms[name] == pytest.approx(sum(capped.values()) / len(capped) if capped else None)
     unet, te = profiles
     # the store's UNet branch saturates its colours; its TE branch keeps them

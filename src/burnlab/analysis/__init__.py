@@ -16,11 +16,13 @@ Modules, in the order data flows: sources (run folder / W&B -> model), images (d
 grids and gifs, losses (overlay) and loss_stats (its numbers), dataset + features + metrics +
 estimates (bootstrap intervals) + measure (metric table), attribution (which component burned,
 from the component swap's corners; threshold in attribution_rule.json), symptoms (the symptom
-profile: what moved and when, blaming nothing), metric_plots, tracking (W&B), products (every product), report (HTML), cli. results holds the
+profile: what moved and when, blaming nothing), metric_plots, tracking (W&B), products (every
+product), report (HTML), cli. results holds the
 options and products dataclasses. A sweep: sweep_jobs (which runs, what was swept),
 sweep_checkpoints (which checkpoint of each job), sweep_plots (metrics against the swept value),
 sweep_products (every product), sweep_report (HTML).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -25,6 +25,7 @@ with the reference text encoder), R_unet+M_te and M with the same prompts and se
   when it lies below; `unet`, `text_encoder`, `both`, `none`, or `undetermined` when an interval
   straddles the threshold.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,9 +61,11 @@ class AttributionRule:
             data = json.loads(path.read_text())
             rule = cls(float(data["threshold"]), str(data.get("source", "")))
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise AnalysisError(f"attribution rule {path}: not readable ({type(error).__name__}: {error}); "
-                                f"expected the JSON that `make verdicts` writes, with a number `threshold` "
-                                f"> 0.") from None
+            raise AnalysisError(
+                f"attribution rule {path}: not readable ({type(error).__name__}: {error}); "
+                f"expected the JSON that `make verdicts` writes, with a number `threshold` "
+                f"> 0."
+            ) from None
         if not rule.threshold > 0:
             raise AnalysisError(f"attribution rule {path}: threshold {rule.threshold}; expected a number > 0.")
         return rule
@@ -81,6 +84,7 @@ class Interval:
 @dataclass
 class Attribution:
     """One (reference, tuned) pair: corner distances per prompt group, the shares, the verdict."""
+
     run: str
     branch: str
     reference: str
@@ -113,9 +117,11 @@ def corner_images(folder: Path) -> dict[str, dict[int, Path]]:
                 row = json.loads(line)
                 found.setdefault(row["prompt_set"], {})[int(row["seed"])] = folder / row["path"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise AnalysisError(f"swap-corner samples {index}: unreadable ({type(error).__name__}: {error}); expected "
-                            f"the index.jsonl of a complete sample folder. Delete the folder and run the "
-                            f"study again to sample it anew.") from None
+        raise AnalysisError(
+            f"swap-corner samples {index}: unreadable ({type(error).__name__}: {error}); expected "
+            f"the index.jsonl of a complete sample folder. Delete the folder and run the "
+            f"study again to sample it anew."
+        ) from None
     return found
 
 
@@ -124,8 +130,9 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def corner_features(corners: dict[str, Path], instruments: Instruments
-                    ) -> tuple[dict[str, dict[str, np.ndarray]], list[int], str]:
+def corner_features(
+    corners: dict[str, Path], instruments: Instruments
+) -> tuple[dict[str, dict[str, np.ndarray]], list[int], str]:
     """corner -> prompt set -> features [N, D] in seed order, over the seeds every corner has."""
     paths = {name: corner_images(folder) for name, folder in corners.items()}
     prompt_sets = [p for p in paths["R"] if all(p in paths[name] for name in CORNERS)]
@@ -140,8 +147,10 @@ def corner_features(corners: dict[str, Path], instruments: Instruments
             try:
                 images = np.stack([load_rgb(paths[name][prompt_set][seed]) for seed in seeds])
             except (OSError, ValueError) as error:
-                raise AnalysisError(f"swap-corner sample of {prompt_set} in {corners[name]}: cannot be decoded "
-                                    f"({error}); delete that folder and run again to sample it anew.") from None
+                raise AnalysisError(
+                    f"swap-corner sample of {prompt_set} in {corners[name]}: cannot be decoded "
+                    f"({error}); delete that folder and run again to sample it anew."
+                ) from None
             found[name][prompt_set] = np.asarray(extract(images), dtype=np.float64)
     return found, seeds, space
 
@@ -160,9 +169,11 @@ def per_seed_distances(features: dict[str, dict[str, np.ndarray]]) -> dict[str, 
     for prompt_set, reference in features["R"].items():
         unit = seed_spread(reference)
         if unit <= 0:
-            raise AnalysisError(f"swap corners of {prompt_set}: the reference's seeds give identical images, so "
-                                f"there is no seed spread to measure in; sample at least 2 seeds "
-                                f"(sampling.images_per_prompt).")
+            raise AnalysisError(
+                f"swap corners of {prompt_set}: the reference's seeds give identical images, so "
+                f"there is no seed spread to measure in; sample at least 2 seeds "
+                f"(sampling.images_per_prompt)."
+            )
         for name in CORNERS:
             found[name][prompt_set] = np.linalg.norm(features[name][prompt_set] - reference, axis=-1) / unit
     return found
@@ -171,8 +182,11 @@ def per_seed_distances(features: dict[str, dict[str, np.ndarray]]) -> dict[str, 
 def shares_of(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The Shapley split of a 2x2 whose R corner is at 0 (each array: one value per resample)."""
     unet, text_encoder, both = d["M_unet+R_te"], d["R_unet+M_te"], d["M"]
-    return {"unet": (unet + both - text_encoder) / 2, "text_encoder": (text_encoder + both - unet) / 2,
-            "interaction": both - unet - text_encoder}
+    return {
+        "unet": (unet + both - text_encoder) / 2,
+        "text_encoder": (text_encoder + both - unet) / 2,
+        "interaction": both - unet - text_encoder,
+    }
 
 
 def interval(values: np.ndarray, full: float) -> Interval:
@@ -191,37 +205,49 @@ def judge(shares: dict[str, Interval], threshold: float) -> tuple[dict[str, str]
     return statuses, {0: "none", 1: burned[0] if burned else "", 2: "both"}[len(burned)]
 
 
-def sentence(tuned: str, reference: str, shares: dict[str, Interval], statuses: dict[str, str],
-             verdict: str, threshold: float) -> str:
+def sentence(
+    tuned: str, reference: str, shares: dict[str, Interval], statuses: dict[str, str], verdict: str, threshold: float
+) -> str:
     """One sentence whose numbers are the ones the verdict was read from."""
-    moved = (f"Of the move from '{reference}' to '{tuned}', the UNet accounts for {shares['unet'].text()} seed "
-             f"spreads and the text encoder for {shares['text_encoder'].text()} (threshold {threshold:.2f}; "
-             f"interaction {shares['interaction'].value:+.2f})")
+    moved = (
+        f"Of the move from '{reference}' to '{tuned}', the UNet accounts for {shares['unet'].text()} seed "
+        f"spreads and the text encoder for {shares['text_encoder'].text()} (threshold {threshold:.2f}; "
+        f"interaction {shares['interaction'].value:+.2f})"
+    )
     words = {"burned": "lies above", "clear": "lies below", "unsure": "straddles"}
     parts = [f"{NAMES[c]}'s interval {words[statuses[c]]} it" for c in ("unet", "text_encoder")]
-    outcome = {"unet": "the UNet burned", "text_encoder": "the text encoder burned", "both": "both burned",
-               "none": "neither burned", "undetermined": "undetermined"}[verdict]
+    outcome = {
+        "unet": "the UNet burned",
+        "text_encoder": "the text encoder burned",
+        "both": "both burned",
+        "none": "neither burned",
+        "undetermined": "undetermined",
+    }[verdict]
     return f"{moved}: {parts[0]} and {parts[1]}, so {outcome}."
 
 
-def attribute(features: dict[str, dict[str, np.ndarray]], activation: dict[str, bool], threshold: float
-              ) -> tuple[dict, dict, dict, dict[str, str], str]:
+def attribute(
+    features: dict[str, dict[str, np.ndarray]], activation: dict[str, bool], threshold: float
+) -> tuple[dict, dict, dict, dict[str, str], str]:
     """(distances per group, distances per prompt set, shares, statuses, verdict) of one pair."""
     distances = per_seed_distances(features)
     prompt_sets = list(distances["R"])
     n = len(distances["R"][prompt_sets[0]])
     draws = np.random.default_rng(BOOTSTRAP_SEED).integers(0, n, size=(RESAMPLES, n))
-    groups = {"all prompts": prompt_sets,
-              "without the phrase": [p for p in prompt_sets if not activation.get(p, False)],
-              "with the phrase": [p for p in prompt_sets if activation.get(p, False)]}
+    groups = {
+        "all prompts": prompt_sets,
+        "without the phrase": [p for p in prompt_sets if not activation.get(p, False)],
+        "with the phrase": [p for p in prompt_sets if activation.get(p, False)],
+    }
     by_group: dict[str, dict[str, Interval]] = {}
     shares: dict[str, Interval] = {}
     for group, members in groups.items():
         if not members:
             continue
         full = {name: float(np.mean([distances[name][p].mean() for p in members])) for name in CORNERS}
-        resampled = {name: np.mean([distances[name][p][draws].mean(axis=1) for p in members], axis=0)
-                     for name in CORNERS}
+        resampled = {
+            name: np.mean([distances[name][p][draws].mean(axis=1) for p in members], axis=0) for name in CORNERS
+        }
         by_group[group] = {name: interval(resampled[name], full[name]) for name in CORNERS}
         if group == "all prompts":
             full_shares = shares_of({name: np.asarray(full[name]) for name in CORNERS})
@@ -231,16 +257,35 @@ def attribute(features: dict[str, dict[str, np.ndarray]], activation: dict[str, 
     return by_group, by_prompt_set, shares, statuses, verdict
 
 
-def attribute_pair(record: dict, base: Path, activation: dict[str, bool], instruments: Instruments,
-                   rule: AttributionRule, run: str = "") -> Attribution:
+def attribute_pair(
+    record: dict,
+    base: Path,
+    activation: dict[str, bool],
+    instruments: Instruments,
+    rule: AttributionRule,
+    run: str = "",
+) -> Attribution:
     corners = {name: (base / record["corners"][name]) for name in CORNERS}
     features, seeds, space = corner_features(corners, instruments)
     by_group, by_prompt_set, shares, statuses, verdict = attribute(features, activation, rule.threshold)
     reference, tuned = record["reference"]["label"], record["tuned"]["label"]
-    return Attribution(run, record.get("branch", ""), reference, tuned, space, len(seeds), by_group, by_prompt_set,
-                       shares, rule.threshold, statuses, verdict,
-                       sentence(tuned, reference, shares, statuses, verdict, rule.threshold), record.get("drift", {}),
-                       {name: str(folder) for name, folder in corners.items()})
+    return Attribution(
+        run,
+        record.get("branch", ""),
+        reference,
+        tuned,
+        space,
+        len(seeds),
+        by_group,
+        by_prompt_set,
+        shares,
+        rule.threshold,
+        statuses,
+        verdict,
+        sentence(tuned, reference, shares, statuses, verdict, rule.threshold),
+        record.get("drift", {}),
+        {name: str(folder) for name, folder in corners.items()},
+    )
 
 
 def read_attribution_file(path: Path) -> dict:
@@ -249,14 +294,15 @@ def read_attribution_file(path: Path) -> dict:
         if not isinstance(document.get("pairs"), list):
             raise ValueError("no list `pairs`")
     except (OSError, ValueError, AttributeError) as error:
-        raise AnalysisError(f"{path}: not an attribution file ({type(error).__name__}: {error}); expected the "
-                            f"attribution.json a study or burnlab-diagnose writes. Run the study again "
-                            f"(its samples are cached) to write it anew.") from None
+        raise AnalysisError(
+            f"{path}: not an attribution file ({type(error).__name__}: {error}); expected the "
+            f"attribution.json a study or burnlab-diagnose writes. Run the study again "
+            f"(its samples are cached) to write it anew."
+        ) from None
     return document
 
 
-def attribute_run(run_dir: Path, instruments: Instruments, rule: AttributionRule, run: str = ""
-                  ) -> list[Attribution]:
+def attribute_run(run_dir: Path, instruments: Instruments, rule: AttributionRule, run: str = "") -> list[Attribution]:
     """Every pair of a run dir's attribution.json ([] when the run has none)."""
     path = Path(run_dir) / ATTRIBUTION
     if not path.exists():
@@ -281,8 +327,12 @@ def shown(found: list[Attribution]) -> list[Attribution]:
     return picked
 
 
-CORNER_TITLES = {"R": "R: {reference}", "M_unet+R_te": "tuned UNet + ref. TE", "R_unet+M_te": "ref. UNet + tuned TE",
-                 "M": "M: {tuned}"}
+CORNER_TITLES = {
+    "R": "R: {reference}",
+    "M_unet+R_te": "tuned UNet + ref. TE",
+    "R_unet+M_te": "ref. UNet + tuned TE",
+    "M": "M: {tuned}",
+}
 
 
 def corner_rows(pair: Attribution, prompt_set: str) -> list[tuple[str, list]]:
@@ -295,6 +345,13 @@ def corner_rows(pair: Attribution, prompt_set: str) -> list[tuple[str, list]]:
         distance = pair.by_prompt_set.get(prompt_set, {}).get(name)
         label = title if name == "R" or distance is None else f"{title} ({distance:.2f})"
         images = corner_images(Path(pair.corners[name])).get(prompt_set, {})
-        rows.append((label, [SampleRow(pair.branch, 0, label, "", prompt_set, "", False, seed, path)
-                             for seed, path in sorted(images.items())]))
+        rows.append(
+            (
+                label,
+                [
+                    SampleRow(pair.branch, 0, label, "", prompt_set, "", False, seed, path)
+                    for seed, path in sorted(images.items())
+                ],
+            )
+        )
     return rows

@@ -8,6 +8,7 @@ replacement) to B values, so a metric is recomputed on a thousand resamples in a
 numpy calls. The same fixed-seed resamples serve every metric of a table: intervals are
 reproducible, and two checkpoints' intervals come from the same draws.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ Statistic = Callable[[np.ndarray], np.ndarray]  # int [B, N] image indices -> fl
 @dataclass(frozen=True)
 class Estimate:
     """A metric's value on all N samples, its bootstrap percentile interval and standard error."""
+
     value: float
     low: float
     high: float
@@ -41,6 +43,7 @@ def per_image_mean(values: np.ndarray) -> Statistic:
         counts = np.sum(~np.isnan(picked), axis=1)
         sums = np.nansum(picked, axis=1)
         return np.divide(sums, counts, out=np.full(len(indices), np.nan), where=counts > 0)
+
     return statistic
 
 
@@ -59,8 +62,8 @@ def pairwise_mean(distances: np.ndarray) -> Statistic:
         distinct = indices[:, :, None] != indices[:, None, :]
         picked = distances[indices[:, :, None], indices[:, None, :]]
         counts = distinct.sum(axis=(1, 2))
-        return np.divide((picked * distinct).sum(axis=(1, 2)), counts, out=np.zeros(len(indices)),
-                         where=counts > 0)
+        return np.divide((picked * distinct).sum(axis=(1, 2)), counts, out=np.zeros(len(indices)), where=counts > 0)
+
     return statistic
 
 
@@ -75,6 +78,7 @@ def pooled_hellinger(histograms: np.ndarray, reference: np.ndarray) -> Statistic
         pooled /= pooled.sum(axis=1, keepdims=True)
         overlap = np.sqrt(pooled * reference[None, :]).sum(axis=1)
         return np.sqrt(np.clip(1.0 - overlap, 0.0, None))
+
     return statistic
 
 

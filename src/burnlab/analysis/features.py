@@ -9,6 +9,7 @@ folder (transformers' save_pretrained layout) or a hub id: taken from the local 
 cache when it is there, else downloaded when the hub answers, else left out with a note saying
 how to get it (load_clip). Tests inject their own extractor (`Instruments(features=..., ...)`).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ class Instruments:
     """features: uint8 [N,H,W,3] -> float [N,D] (None: no feature space); probe: has
     .predict(images) -> {"subject": [...], "identity": [...], "style": float [N]};
     clip: a ClipModel for CLIP scores; notes: what is unavailable and why."""
+
     features: Callable[[np.ndarray], np.ndarray] | None = None
     feature_space: str = "none"
     probe: Any | None = None
@@ -47,28 +49,37 @@ class ClipModel:
     def __init__(self, source: str | Path, local_files_only: bool = True):
         import torch
         from transformers import AutoConfig, CLIPModel, CLIPProcessor
+
         config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
         if config.model_type != "clip":  # CLIPModel would load e.g. a CLIP text encoder half random
             raise ValueError(f"its config describes a {config.model_type!r} model, not CLIP (model_type 'clip')")
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         # safetensors only, as burnlab's models: pickle weights (pytorch_model.bin) can run code when loaded
-        self.model = CLIPModel.from_pretrained(source, config=config, local_files_only=local_files_only,
-                                               use_safetensors=True)
+        self.model = CLIPModel.from_pretrained(
+            source, config=config, local_files_only=local_files_only, use_safetensors=True
+        )
         self.model = self.model.to(self.device).eval()
         self.processor = CLIPProcessor.from_pretrained(source, local_files_only=local_files_only)
 
     def image_features(self, images: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
-            return np.concatenate([
-                projected(self.model.get_image_features(**self.processor(
-                    images=list(images[start:start + self.BATCH]), return_tensors="pt").to(self.device)))
-                for start in range(0, len(images), self.BATCH)])
+            return np.concatenate(
+                [
+                    projected(
+                        self.model.get_image_features(
+                            **self.processor(images=list(images[start : start + self.BATCH]), return_tensors="pt").to(
+                                self.device
+                            )
+                        )
+                    )
+                    for start in range(0, len(images), self.BATCH)
+                ]
+            )
 
     def text_features(self, prompt: str) -> np.ndarray:
         with self.torch.no_grad():
-            inputs = self.processor(text=[prompt], return_tensors="pt", padding=True,
-                                    truncation=True)
+            inputs = self.processor(text=[prompt], return_tensors="pt", padding=True, truncation=True)
             return projected(self.model.get_text_features(**inputs.to(self.device)))
 
 
@@ -130,8 +141,10 @@ def load_clip(spec: str | Path) -> tuple[ClipModel | None, str | None]:
     a hub id from the local Hugging Face cache (local_files_only first), else downloaded when
     the hub answers. A hub id that cannot be had is a note, not a failed analysis; a value that
     names no CLIP model (clip_model_problem) or a folder that does not load is an AnalysisError."""
-    expected = (f"expected a hub id such as {CLIP_EXAMPLE} or a local CLIP model folder "
-                f"(transformers' save_pretrained layout: config.json, .safetensors weights, processor files)")
+    expected = (
+        f"expected a hub id such as {CLIP_EXAMPLE} or a local CLIP model folder "
+        f"(transformers' save_pretrained layout: config.json, .safetensors weights, processor files)"
+    )
     problem = clip_model_problem(spec)
     if problem:
         raise AnalysisError(f"CLIP model {str(spec)!r} (--clip-model, analysis.clip_model): {problem}; {expected}.")
@@ -141,8 +154,9 @@ def load_clip(spec: str | Path) -> tuple[ClipModel | None, str | None]:
         try:
             return ClipModel(folder), None
         except (OSError, ValueError) as error:
-            raise AnalysisError(f"CLIP model folder {folder} (--clip-model, analysis.clip_model) does "
-                                f"not load ({error}); {expected}.") from None
+            raise AnalysisError(
+                f"CLIP model folder {folder} (--clip-model, analysis.clip_model) does not load ({error}); {expected}."
+            ) from None
     try:
         return ClipModel(hub_id), None
     except ValueError as error:  # in the local cache, but not a CLIP model
@@ -154,8 +168,10 @@ def load_clip(spec: str | Path) -> tuple[ClipModel | None, str | None]:
                 return ClipModel(hub_id, local_files_only=False), None
             except (OSError, ValueError) as error:
                 where = f"could not be loaded from the hub ({error})"
-    return None, (f"CLIP model {hub_id} {where}: {CLIP_MEASURES}; download it with `hf download "
-                  f"{hub_id}` or set analysis.clip_model=/path (burnlab-analyze: --clip-model /path).")
+    return None, (
+        f"CLIP model {hub_id} {where}: {CLIP_MEASURES}; download it with `hf download "
+        f"{hub_id}` or set analysis.clip_model=/path (burnlab-analyze: --clip-model /path)."
+    )
 
 
 def hub_problem(hub_id: str) -> str | None:
@@ -173,19 +189,25 @@ def hub_problem(hub_id: str) -> str | None:
     return None
 
 
-def load_instruments(feature_space: str = "auto", clip_model: str | Path | None = None, use_probe: bool = True,
-                     probe_loader: Callable[[], tuple[Any, str | None]] = load_toy_probe) -> Instruments:
+def load_instruments(
+    feature_space: str = "auto",
+    clip_model: str | Path | None = None,
+    use_probe: bool = True,
+    probe_loader: Callable[[], tuple[Any, str | None]] = load_toy_probe,
+) -> Instruments:
     """The instruments the options ask for; what is unavailable is noted, not fatal, except an
     option that names something unusable (a bad feature space, a folder that is not CLIP)."""
     if feature_space not in FEATURE_SPACES:
-        raise AnalysisError(f"--features {feature_space!r} is not a feature space; expected one of "
-                            f"{', '.join(FEATURE_SPACES)}.")
+        raise AnalysisError(
+            f"--features {feature_space!r} is not a feature space; expected one of {', '.join(FEATURE_SPACES)}."
+        )
     if feature_space == "clip" and clip_model is None:
         raise AnalysisError("--features clip needs --clip-model (a hub id or a local CLIP model folder).")
     instruments = Instruments()
     if clip_model is None:
-        instruments.notes.append("CLIP score not measured: no CLIP model given (analysis.clip_model, "
-                                 "burnlab-analyze --clip-model).")
+        instruments.notes.append(
+            "CLIP score not measured: no CLIP model given (analysis.clip_model, burnlab-analyze --clip-model)."
+        )
     else:
         instruments.clip, why_not = load_clip(clip_model)
         if why_not:
@@ -199,6 +221,8 @@ def load_instruments(feature_space: str = "auto", clip_model: str | Path | None 
     elif instruments.probe is not None and feature_space in ("auto", "probe"):
         instruments.features, instruments.feature_space = instruments.probe.features, "toy probe features"
     elif feature_space != "none":
-        instruments.notes.append("Feature-space variability and style distance not measured: no "
-                                 "feature extractor (toy probe or CLIP model) is available.")
+        instruments.notes.append(
+            "Feature-space variability and style distance not measured: no "
+            "feature extractor (toy probe or CLIP model) is available."
+        )
     return instruments

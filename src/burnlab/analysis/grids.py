@@ -12,6 +12,7 @@ with font_size = clamp(cell_h // 5, 10, 28), label_width = 12 * font_size and
 header_height = 2 * font_size (a 16 px cell: 120 and 20; a 64 px cell: 144 and 24); a
 labelled grid with fit_labels widens its label column to its longest label.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,16 +67,22 @@ def cell_size(images: SampleImages, rows: list[SampleRow], max_cell: int) -> tup
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def comparison_grid(images: SampleImages, ref: BranchRef, prompt_set: str,
-                    max_cell: int = 256) -> Image.Image:
+def comparison_grid(images: SampleImages, ref: BranchRef, prompt_set: str, max_cell: int = 256) -> Image.Image:
     """One prompt set on one branch: a row per testing-plan checkpoint, a column per seed."""
-    rows = [(checkpoint.label, ref.run.samples_of(ref.branch.name, prompt_set, checkpoint.index))
-            for checkpoint in ref.branch.plan]
+    rows = [
+        (checkpoint.label, ref.run.samples_of(ref.branch.name, prompt_set, checkpoint.index))
+        for checkpoint in ref.branch.plan
+    ]
     return labelled_grid(images, f"{prompt_set} / seed", rows, max_cell)
 
 
-def labelled_grid(images: SampleImages, corner: str, rows: list[tuple[str, list[SampleRow]]],
-                  max_cell: int = 256, fit_labels: bool = False) -> Image.Image:
+def labelled_grid(
+    images: SampleImages,
+    corner: str,
+    rows: list[tuple[str, list[SampleRow]]],
+    max_cell: int = 256,
+    fit_labels: bool = False,
+) -> Image.Image:
     """A row per (label, samples), a column per seed found in any row; `corner` heads the label
     column. fit_labels: the label column widens to the longest label instead of cutting it."""
     samples = [sample for _, row_samples in rows for sample in row_samples]
@@ -84,13 +91,13 @@ def labelled_grid(images: SampleImages, corner: str, rows: list[tuple[str, list[
     if fit_labels:
         layout = layout.fitting([label for label, _ in rows])
     cell_w, cell_h = layout.cell
-    grid = Image.new("RGB", (layout.label_width + len(seeds) * cell_w,
-                             layout.header_height + len(rows) * cell_h), BACKGROUND)
+    grid = Image.new(
+        "RGB", (layout.label_width + len(seeds) * cell_w, layout.header_height + len(rows) * cell_h), BACKGROUND
+    )
     draw = ImageDraw.Draw(grid)
     draw_text(draw, layout, corner, (0, 0), (layout.label_width, layout.header_height))
     for column, seed in enumerate(seeds):
-        draw_text(draw, layout, str(seed), (layout.label_width + column * cell_w, 0),
-                  (cell_w, layout.header_height))
+        draw_text(draw, layout, str(seed), (layout.label_width + column * cell_w, 0), (cell_w, layout.header_height))
     for row_number, (label, row_samples) in enumerate(rows):
         top = layout.header_height + row_number * cell_h
         draw_text(draw, layout, label, (0, top), (layout.label_width, cell_h))
@@ -100,16 +107,16 @@ def labelled_grid(images: SampleImages, corner: str, rows: list[tuple[str, list[
     return grid
 
 
-def checkpoint_grid(images: SampleImages, rows: list[SampleRow], label: str,
-                    max_cell: int = 256, cell: tuple[int, int] | None = None) -> Image.Image:
+def checkpoint_grid(
+    images: SampleImages, rows: list[SampleRow], label: str, max_cell: int = 256, cell: tuple[int, int] | None = None
+) -> Image.Image:
     """The first 9 samples (seed order) as a 3x3 grid under a title bar holding `label`;
     always 3x3 (blank cells for missing samples) so that GIF frames share one size."""
     layout = Layout.for_cell(cell or cell_size(images, rows, max_cell))
     cell_w, cell_h = layout.cell
-    grid = Image.new("RGB", (GRID_SIDE * cell_w, layout.header_height + GRID_SIDE * cell_h),
-                     BACKGROUND)
+    grid = Image.new("RGB", (GRID_SIDE * cell_w, layout.header_height + GRID_SIDE * cell_h), BACKGROUND)
     draw_text(ImageDraw.Draw(grid), layout, label, (0, 0), (grid.width, layout.header_height))
-    first_nine = sorted(rows, key=lambda row: row.seed)[:GRID_SIDE * GRID_SIDE]
+    first_nine = sorted(rows, key=lambda row: row.seed)[: GRID_SIDE * GRID_SIDE]
     for position in range(GRID_SIDE * GRID_SIDE):
         row = first_nine[position] if position < len(first_nine) else None
         left = (position % GRID_SIDE) * cell_w
@@ -118,8 +125,9 @@ def checkpoint_grid(images: SampleImages, rows: list[SampleRow], label: str,
     return grid
 
 
-def paste_cell(grid: Image.Image, images: SampleImages, row: SampleRow | None, layout: Layout,
-               corner: tuple[int, int]) -> None:
+def paste_cell(
+    grid: Image.Image, images: SampleImages, row: SampleRow | None, layout: Layout, corner: tuple[int, int]
+) -> None:
     """A sample at `corner`, or a grey cell crossed in red where it is missing or undecodable."""
     pixels = images.get(row) if row is not None else None
     if pixels is not None:
@@ -133,8 +141,9 @@ def paste_cell(grid: Image.Image, images: SampleImages, row: SampleRow | None, l
     draw.line((left, bottom, right, top), fill=PLACEHOLDER_MARK, width=2)
 
 
-def draw_text(draw: ImageDraw.ImageDraw, layout: Layout, text: str, corner: tuple[int, int],
-              box: tuple[int, int]) -> None:
+def draw_text(
+    draw: ImageDraw.ImageDraw, layout: Layout, text: str, corner: tuple[int, int], box: tuple[int, int]
+) -> None:
     """`text` left-aligned and vertically centred in a box, cut with '…' when it is too wide."""
     font = layout.font
     fitted = fit_text(draw, font, spaced(text), box[0] - 2 * layout.padding)

@@ -6,6 +6,7 @@
 A PNG that is missing or fails to decode (a half-written file) is reported once in `problems`;
 grids draw a placeholder in its place and metrics are computed over the images that remain.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,7 @@ class SampleImages:
         if not decoded:
             return [], None
         height, width = decoded[0][1].shape[:2]
-        return ([row for row, _ in decoded],
-                np.stack([resize(image, (width, height)) for _, image in decoded]))
+        return ([row for row, _ in decoded], np.stack([resize(image, (width, height)) for _, image in decoded]))
 
     def decode(self, row: SampleRow) -> np.ndarray | None:
         if not row.image.is_file():
@@ -42,9 +42,11 @@ class SampleImages:
         try:
             return load_rgb(row.image)
         except (OSError, UnidentifiedImageError) as error:
-            self.problems.append(f"sample image {row.image} (checkpoint '{row.label}', "
-                                 f"{row.prompt_set}, seed {row.seed}) cannot be decoded "
-                                 f"({error}); expected a complete PNG. Shown as a blank cell.")
+            self.problems.append(
+                f"sample image {row.image} (checkpoint '{row.label}', "
+                f"{row.prompt_set}, seed {row.seed}) cannot be decoded "
+                f"({error}); expected a complete PNG. Shown as a blank cell."
+            )
             return None
 
 

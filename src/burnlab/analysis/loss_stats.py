@@ -9,6 +9,7 @@ noise on a fixed subset of the training set) keeps falling is the overfitting si
 study's loss charts show; a training loss that jumps more from step to step in the hi stage
 than in the lo stage is the hi learning rate's instability.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -23,15 +24,16 @@ SLOPE_EPOCHS = 100  # slopes are per this many epochs: the testing plan's checkp
 @dataclass(frozen=True)
 class StageLossStats:
     """One stage on one branch. None where the stage has too few points for the number."""
-    branch: str                         # BranchRef.title
+
+    branch: str  # BranchRef.title
     stage: str
-    trains: str                         # e.g. "unet", "unet+text_encoder"
-    val_passes: int                     # validation passes logged in the stage
-    val_slope: float | None             # least-squares slope of val_loss, per SLOPE_EPOCHS epochs
-    val_change: float | None            # val_loss at the stage's last pass minus its first
-    stabilized_slope: float | None      # the same for stabilized_loss
+    trains: str  # e.g. "unet", "unet+text_encoder"
+    val_passes: int  # validation passes logged in the stage
+    val_slope: float | None  # least-squares slope of val_loss, per SLOPE_EPOCHS epochs
+    val_change: float | None  # val_loss at the stage's last pass minus its first
+    stabilized_slope: float | None  # the same for stabilized_loss
     stabilized_change: float | None
-    train_roughness: float | None       # std of step-to-step differences of train_loss
+    train_roughness: float | None  # std of step-to-step differences of train_loss
     roughness_vs_previous: float | None  # train_roughness over the previous stage's on the branch
 
 
@@ -60,14 +62,18 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def stage_statistics(branch: str, stage: Stage, rows: list[LossRow],
-                     previous_roughness: float | None) -> StageLossStats:
+def stage_statistics(
+    branch: str, stage: Stage, rows: list[LossRow], previous_roughness: float | None
+) -> StageLossStats:
     """The numbers of one stage from its loss rows (any order; sorted by study_epoch here)."""
     rows = sorted(rows, key=lambda row: row.study_epoch)
 
     def points(kind: str, attribute: str) -> tuple[list[float], list[float]]:
-        pairs = [(row.study_epoch, getattr(row, attribute)) for row in rows
-                 if row.kind == kind and getattr(row, attribute) is not None]
+        pairs = [
+            (row.study_epoch, getattr(row, attribute))
+            for row in rows
+            if row.kind == kind and getattr(row, attribute) is not None
+        ]
         return [epoch for epoch, _ in pairs], [value for _, value in pairs]
 
     val_epochs, val = points("val", "val_loss")
@@ -75,12 +81,17 @@ def stage_statistics(branch: str, stage: Stage, rows: list[LossRow],
     _, train = points("train", "train_loss")
     train_roughness = roughness(train)
     return StageLossStats(
-        branch=branch, stage=stage.name, trains="+".join(stage.train),
+        branch=branch,
+        stage=stage.name,
+        trains="+".join(stage.train),
         val_passes=len([row for row in rows if row.kind == "val"]),
-        val_slope=slope(val_epochs, val), val_change=change(val),
-        stabilized_slope=slope(stabilized_epochs, stabilized), stabilized_change=change(stabilized),
+        val_slope=slope(val_epochs, val),
+        val_change=change(val),
+        stabilized_slope=slope(stabilized_epochs, stabilized),
+        stabilized_change=change(stabilized),
         train_roughness=train_roughness,
-        roughness_vs_previous=ratio(train_roughness, previous_roughness))
+        roughness_vs_previous=ratio(train_roughness, previous_roughness),
+    )
 
 
 def branch_statistics(branch: str, stages: list[Stage], rows: list[LossRow]) -> list[StageLossStats]:
@@ -89,16 +100,19 @@ def branch_statistics(branch: str, stages: list[Stage], rows: list[LossRow]) -> 
     statistics: list[StageLossStats] = []
     for stage in stages:
         previous = statistics[-1].train_roughness if statistics else None
-        statistics.append(stage_statistics(
-            branch, stage, [row for row in rows if row.stage == stage.name], previous))
+        statistics.append(stage_statistics(branch, stage, [row for row in rows if row.stage == stage.name], previous))
     return statistics
 
 
 def loss_statistics(refs: list[BranchRef]) -> list[StageLossStats]:
     """branch_statistics of every branch in `refs`."""
-    return [stats for ref in refs for stats in branch_statistics(
-        ref.title, [ref.run.stages[name] for name in ref.branch.stages],
-        ref.run.branch_losses(ref.branch.name))]
+    return [
+        stats
+        for ref in refs
+        for stats in branch_statistics(
+            ref.title, [ref.run.stages[name] for name in ref.branch.stages], ref.run.branch_losses(ref.branch.name)
+        )
+    ]
 
 
 def statistics_json(statistics: list[StageLossStats]) -> dict:

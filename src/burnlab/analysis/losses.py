@@ -14,6 +14,7 @@ logs the stabilized loss (and, with use_relative_loss, the validation loss) rela
 training run's first pass, and each stage of the study was a training run of its own, so its
 charts show every stage starting at 0, going negative as the loss falls.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,11 +30,18 @@ from burnlab.analysis.run import BranchRef  # noqa: E402
 
 TRAIN, TRAIN_EMA, VALIDATION, STABILIZED = "train", "train (EMA)", "validation", "stabilized"
 PANEL_TITLES = ("train loss", "validation loss", "stabilized loss")
-RELATIVE_PANEL_TITLES = ("train loss", "validation loss\nminus its stage's first pass",
-                         "stabilized loss\nminus its stage's first pass")
+RELATIVE_PANEL_TITLES = (
+    "train loss",
+    "validation loss\nminus its stage's first pass",
+    "stabilized loss\nminus its stage's first pass",
+)
 PANEL_OF = {TRAIN: 0, TRAIN_EMA: 0, VALIDATION: 1, STABILIZED: 2}
-LINE_STYLE = {TRAIN: {"alpha": 0.3, "linewidth": 0.8}, TRAIN_EMA: {"linewidth": 1.8},
-              VALIDATION: {"marker": "o", "markersize": 3}, STABILIZED: {"marker": "o", "markersize": 3}}
+LINE_STYLE = {
+    TRAIN: {"alpha": 0.3, "linewidth": 0.8},
+    TRAIN_EMA: {"linewidth": 1.8},
+    VALIDATION: {"marker": "o", "markersize": 3},
+    STABILIZED: {"marker": "o", "markersize": 3},
+}
 
 
 @dataclass(frozen=True)
@@ -51,23 +59,27 @@ def ema(values: list[float], smoothing: float) -> list[float]:
     smoothed, average = [], 0.0
     for step, value in enumerate(values, 1):
         average = smoothing * average + (1 - smoothing) * value
-        smoothed.append(average / (1 - smoothing ** step))
+        smoothed.append(average / (1 - smoothing**step))
     return smoothed
 
 
-def loss_series(refs: list[BranchRef], smoothing: float = DEFAULT_SMOOTHING,
-                relative: bool = False) -> list[Series]:
+def loss_series(refs: list[BranchRef], smoothing: float = DEFAULT_SMOOTHING, relative: bool = False) -> list[Series]:
     """Per branch: train (raw and EMA), validation and stabilized loss against study_epoch.
     A kind with no values on a branch (e.g. an empty validation split) is left out. relative:
     validation and stabilized loss become a series per stage, minus the stage's first pass."""
     series = []
     for ref in refs:
         rows = sorted(ref.run.branch_losses(ref.branch.name), key=lambda row: row.study_epoch)
-        for kind, attribute, row_kind in ((TRAIN, "train_loss", "train"),
-                                          (VALIDATION, "val_loss", "val"),
-                                          (STABILIZED, "stabilized_loss", "val")):
-            points = [(row.stage, row.study_epoch, getattr(row, attribute)) for row in rows
-                      if row.kind == row_kind and getattr(row, attribute) is not None]
+        for kind, attribute, row_kind in (
+            (TRAIN, "train_loss", "train"),
+            (VALIDATION, "val_loss", "val"),
+            (STABILIZED, "stabilized_loss", "val"),
+        ):
+            points = [
+                (row.stage, row.study_epoch, getattr(row, attribute))
+                for row in rows
+                if row.kind == row_kind and getattr(row, attribute) is not None
+            ]
             if not points:
                 continue
             if relative and kind != TRAIN:
@@ -95,8 +107,14 @@ def stage_spans(refs: list[BranchRef]) -> dict[tuple[float, float], list[str]]:
     return spans
 
 
-def plot_losses(refs: list[BranchRef], path: Path, *, log_scale: bool = False,
-                smoothing: float = DEFAULT_SMOOTHING, relative: bool = False) -> list[Series]:
+def plot_losses(
+    refs: list[BranchRef],
+    path: Path,
+    *,
+    log_scale: bool = False,
+    smoothing: float = DEFAULT_SMOOTHING,
+    relative: bool = False,
+) -> list[Series]:
     """Write the overlay PNG to `path`; return the plotted series. With `relative`, log_scale
     applies to the train loss only (relative losses go below 0)."""
     series = loss_series(refs, smoothing, relative)
@@ -105,15 +123,26 @@ def plot_losses(refs: list[BranchRef], path: Path, *, log_scale: bool = False,
     labelled = set()  # relative losses come in a piece per stage: one legend entry for them all
     for line in series:
         label = f"{line.branch} {line.kind}"
-        axes[PANEL_OF[line.kind]].plot(line.x, line.y, color=colours[line.branch],
-                                       label=None if label in labelled else label,
-                                       **LINE_STYLE[line.kind])
+        axes[PANEL_OF[line.kind]].plot(
+            line.x,
+            line.y,
+            color=colours[line.branch],
+            label=None if label in labelled else label,
+            **LINE_STYLE[line.kind],
+        )
         labelled.add(label)
     for (start, end), stages in stage_spans(refs).items():
         for axis in axes:
             axis.axvline(end, color="grey", linestyle="--", linewidth=0.8)
-        axes[0].annotate(" / ".join(stages), ((start + end) / 2, 1.02), ha="center", va="bottom",
-                         xycoords=("data", "axes fraction"), fontsize=8, color="dimgrey")
+        axes[0].annotate(
+            " / ".join(stages),
+            ((start + end) / 2, 1.02),
+            ha="center",
+            va="bottom",
+            xycoords=("data", "axes fraction"),
+            fontsize=8,
+            color="dimgrey",
+        )
     titles = RELATIVE_PANEL_TITLES if relative else PANEL_TITLES
     for number, (axis, title) in enumerate(zip(axes, titles)):
         axis.set_ylabel(title)

@@ -7,6 +7,7 @@ set of the testing plan, over the checkpoint's N samples.
 A metric that cannot be measured (no feature extractor, no training images, no probe, no CLIP)
 is None in every row, and `table.notes` says why.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ METRICS = {
     "rms_contrast": "RMS contrast (std of luma), 0-0.5",
     "histogram_distance": "colour-histogram distance to the base checkpoint's samples (Hellinger), 0-1",
     "high_frequency_ratio": "share of luma energy above half Nyquist over the base checkpoint's, "
-                            "0-inf (1 = as base; texture artifacts raise it)",
+    "0-inf (1 = as base; texture artifacts raise it)",
     "variability_pixel": "mean pairwise RMS pixel distance among the N samples, 0-1",
     "variability_feature": "mean pairwise cosine distance of the samples' features, 0-2",
     "style_distance": "mean cosine distance to the style dataset's feature centroid, 0-2 (lower = more style)",
@@ -35,7 +36,8 @@ METRICS = {
     "adherence": "toy probe: fraction of samples showing what the prompt expects, 0-1",
     "clip_score": "CLIP score of sample vs prompt, 0-100",
     "nearest_training_distance": "mean RMS pixel distance to the nearest training image, 0-1",
-    "near_copies": "fraction of samples that are near-copies of a training image or its mirror image (brightness and contrast aside), 0-1",
+    "near_copies": "fraction of samples that are near-copies of a training image or its mirror image "
+    "(brightness and contrast aside), 0-1",
 }
 
 
@@ -54,21 +56,22 @@ class MetricTable:
         return [row.get("interval", {}).get(metric) for row in self.branch_rows(run, branch, prompt_set)]
 
     def branch_rows(self, run: str, branch: str, prompt_set: str) -> list[dict]:
-        rows = [row for row in self.rows if (row["run"], row["branch"], row["prompt_set"])
-                == (run, branch, prompt_set)]
+        rows = [row for row in self.rows if (row["run"], row["branch"], row["prompt_set"]) == (run, branch, prompt_set)]
         return sorted(rows, key=lambda row: row["index"])
 
 
 @dataclass
 class TrainingReference:
     """What samples are compared with: training pixels (memorisation), feature centroid (style)."""
+
     pixels: np.ndarray
     features: np.ndarray | None
 
 
 class Measurer:
-    def __init__(self, images: SampleImages, instruments: Instruments,
-                 near_copy_distance: float = metrics.NEAR_COPY_DISTANCE):
+    def __init__(
+        self, images: SampleImages, instruments: Instruments, near_copy_distance: float = metrics.NEAR_COPY_DISTANCE
+    ):
         self.images = images
         self.instruments = instruments
         self.near_copy_distance = near_copy_distance
@@ -83,20 +86,28 @@ class Measurer:
                 self.notes.append(f"Style distance and memorisation not measured for {why_not}.")
             for prompt_set in ref.run.prompt_sets():
                 _, base_images = self.images.stack(
-                    ref.run.samples_of(ref.branch.name, prompt_set, ref.branch.plan[0].index))
+                    ref.run.samples_of(ref.branch.name, prompt_set, ref.branch.plan[0].index)
+                )
                 for checkpoint in ref.branch.plan:
                     samples = ref.run.samples_of(ref.branch.name, prompt_set, checkpoint.index)
-                    rows.append({
-                        "run": ref.run.name, "branch": ref.branch.name,
-                        "component": "+".join(ref.branch.component), "index": checkpoint.index,
-                        "label": checkpoint.label, "study_epoch": checkpoint.study_epoch,
-                        "prompt_set": prompt_set,
-                        "activation": any(row.activation for row in ref.run.samples_in(ref.branch.name, prompt_set)),
-                        **self.checkpoint_metrics(samples, base_images, folder)})
+                    rows.append(
+                        {
+                            "run": ref.run.name,
+                            "branch": ref.branch.name,
+                            "component": "+".join(ref.branch.component),
+                            "index": checkpoint.index,
+                            "label": checkpoint.label,
+                            "study_epoch": checkpoint.study_epoch,
+                            "prompt_set": prompt_set,
+                            "activation": any(
+                                row.activation for row in ref.run.samples_in(ref.branch.name, prompt_set)
+                            ),
+                            **self.checkpoint_metrics(samples, base_images, folder),
+                        }
+                    )
         return MetricTable(rows, self.instruments.feature_space, list(dict.fromkeys(self.notes)))
 
-    def checkpoint_metrics(self, samples: list[SampleRow], base_images: np.ndarray | None,
-                           folder: Path | None) -> dict:
+    def checkpoint_metrics(self, samples: list[SampleRow], base_images: np.ndarray | None, folder: Path | None) -> dict:
         """Every metric over the checkpoint's samples, with its bootstrap interval and standard
         error over those samples (`interval` and `se`, keyed by metric)."""
         values: dict = {"n_images": 0, **{name: None for name in METRICS}, "interval": {}, "se": {}}
@@ -112,19 +123,22 @@ class Measurer:
                 values["se"][name] = found.se
         return values
 
-    def statistics(self, samples: list[SampleRow], images: np.ndarray, base_images: np.ndarray | None,
-                   folder: Path | None) -> dict[str, estimates.Statistic]:
+    def statistics(
+        self, samples: list[SampleRow], images: np.ndarray, base_images: np.ndarray | None, folder: Path | None
+    ) -> dict[str, estimates.Statistic]:
         """Each measurable metric as a statistic over resampled image indices."""
-        singles = [images[number:number + 1] for number in range(len(images))]
+        singles = [images[number : number + 1] for number in range(len(images))]
         pixels = metrics.comparable_pixels(images)
         found = {
             "saturation": estimates.per_image_mean([metrics.mean_saturation(one) for one in singles]),
             "colourfulness": estimates.per_image_mean([metrics.colourfulness(one) for one in singles]),
             "rms_contrast": estimates.per_image_mean([metrics.rms_contrast(one) for one in singles]),
-            "variability_pixel": estimates.pairwise_mean(metrics.rms_distances(pixels, pixels))}
+            "variability_pixel": estimates.pairwise_mean(metrics.rms_distances(pixels, pixels)),
+        }
         if base_images is not None:
             found["histogram_distance"] = estimates.pooled_hellinger(
-                np.stack([metrics.colour_histogram(one) for one in singles]), metrics.colour_histogram(base_images))
+                np.stack([metrics.colour_histogram(one) for one in singles]), metrics.colour_histogram(base_images)
+            )
             ratios = metrics.high_frequency_ratios(images, base_images)
             if ratios is not None:
                 found["high_frequency_ratio"] = estimates.per_image_mean(ratios)
@@ -139,13 +153,16 @@ class Measurer:
             found["near_copies"] = estimates.per_image_mean(copies)
             if features is not None:
                 found["style_distance"] = estimates.per_image_mean(
-                    metrics.centroid_distances(features, reference.features))
+                    metrics.centroid_distances(features, reference.features)
+                )
         probe = self.instruments.probe
         if probe is not None:
             predictions = probe.predict(images)
             found["probe_style"] = estimates.per_image_mean(predictions["style"])
-            hits = [metrics.subject_accuracy({key: [labels[number]] for key, labels in predictions.items()},
-                                             [row.expect]) for number, row in enumerate(samples)]
+            hits = [
+                metrics.subject_accuracy({key: [labels[number]] for key, labels in predictions.items()}, [row.expect])
+                for number, row in enumerate(samples)
+            ]
             if any(hit is not None for hit in hits):
                 found["adherence"] = estimates.per_image_mean([np.nan if hit is None else hit for hit in hits])
         clip = self.instruments.clip
@@ -153,7 +170,9 @@ class Measurer:
             by_prompt = {prompt: clip.text_features(prompt) for prompt in {row.prompt for row in samples}}
             texts = np.concatenate([by_prompt[row.prompt] for row in samples])
             # with CLIP as the feature space its image features are already computed
-            image_features = features if self.instruments.features == clip.image_features else clip.image_features(images)
+            image_features = (
+                features if self.instruments.features == clip.image_features else clip.image_features(images)
+            )
             cosines = 1.0 - np.diag(metrics.cosine_distances(image_features, texts))
             found["clip_score"] = estimates.clipped_mean(cosines, 100.0)
         return found
@@ -167,6 +186,10 @@ class Measurer:
         return self.references[key]
 
 
-def measure(refs: list[BranchRef], images: SampleImages, instruments: Instruments,
-            near_copy_distance: float = metrics.NEAR_COPY_DISTANCE) -> MetricTable:
+def measure(
+    refs: list[BranchRef],
+    images: SampleImages,
+    instruments: Instruments,
+    near_copy_distance: float = metrics.NEAR_COPY_DISTANCE,
+) -> MetricTable:
     return Measurer(images, instruments, near_copy_distance).measure(refs)

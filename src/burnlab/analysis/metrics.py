@@ -7,6 +7,7 @@ Each docstring says what is measured and its range. Images are uint8 RGB arrays
 [N, H, W, 3]; features are float arrays [N, D] from a feature extractor (the toy probe, or
 CLIP image features). burnlab/analysis/measure.py applies them over a run's testing plan.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,7 @@ def mean_saturation(images: np.ndarray) -> float:
     of all images. Range [0, 1]: 0 for greys, 1 for fully saturated colours."""
     rgb = unit_rgb(images)
     brightest, darkest = rgb.max(axis=-1), rgb.min(axis=-1)
-    saturation = np.divide(brightest - darkest, brightest, out=np.zeros_like(brightest),
-                           where=brightest > 0)
+    saturation = np.divide(brightest - darkest, brightest, out=np.zeros_like(brightest), where=brightest > 0)
     return float(saturation.mean())
 
 
@@ -73,7 +73,8 @@ def high_frequency_shares(images: np.ndarray, cutoff: float = HIGH_FREQUENCY_CUT
     spectrum is the orthonormal 2-D DCT, which mirrors the image at its borders, so the border
     is not read as an edge (a smooth gradient stays smooth). Range [0, 1]: 0 for a flat or smooth
     image, ~0.80 for white noise at the default cutoff (the share of DCT frequencies above it:
-    1 - pi/16 on a large image, 0.796 at 64x64), ~1 for a one-pixel checkerboard. A share of energy, so a contrast change alone leaves it
+    1 - pi/16 on a large image, 0.796 at 64x64), ~1 for a one-pixel checkerboard. A share of
+    energy, so a contrast change alone leaves it
     unchanged. Returns an array [N]."""
     luma = unit_rgb(images) @ LUMA_WEIGHTS
     _, height, width = luma.shape
@@ -86,8 +87,9 @@ def high_frequency_shares(images: np.ndarray, cutoff: float = HIGH_FREQUENCY_CUT
     return np.divide(high, total, out=np.zeros_like(total), where=total > FLAT_ENERGY)
 
 
-def high_frequency_ratios(images: np.ndarray, reference: np.ndarray,
-                          cutoff: float = HIGH_FREQUENCY_CUTOFF) -> np.ndarray | None:
+def high_frequency_ratios(
+    images: np.ndarray, reference: np.ndarray, cutoff: float = HIGH_FREQUENCY_CUTOFF
+) -> np.ndarray | None:
     """Per sample, its high-frequency share (high_frequency_shares) over the mean share of the
     `reference` samples (the base checkpoint's samples of the same prompt); their mean is
     high_frequency_ratio. None when the reference has no energy above the cutoff."""
@@ -97,8 +99,9 @@ def high_frequency_ratios(images: np.ndarray, reference: np.ndarray,
     return high_frequency_shares(images, cutoff) / reference_share
 
 
-def high_frequency_ratio(images: np.ndarray, reference: np.ndarray,
-                         cutoff: float = HIGH_FREQUENCY_CUTOFF) -> float | None:
+def high_frequency_ratio(
+    images: np.ndarray, reference: np.ndarray, cutoff: float = HIGH_FREQUENCY_CUTOFF
+) -> float | None:
     """Texture artifacts: the samples' mean high-frequency share over the base checkpoint's
     (`reference`) mean share for the same prompt. Range [0, inf): 1 = as much fine texture as
     the base, 2 = twice the share of energy above the cutoff, < 1 = smoother; None when the
@@ -111,7 +114,7 @@ def colour_histogram(images: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarr
     """Joint RGB histogram of all pixels of all images, `bins` per channel, summing to 1."""
     quantized = (np.asarray(images, dtype=np.int64) * bins) // 256
     cells = (quantized[..., 0] * bins + quantized[..., 1]) * bins + quantized[..., 2]
-    counts = np.bincount(cells.ravel(), minlength=bins ** 3).astype(np.float64)
+    counts = np.bincount(cells.ravel(), minlength=bins**3).astype(np.float64)
     return counts / counts.sum()
 
 
@@ -130,7 +133,7 @@ def comparable_pixels(images: np.ndarray) -> np.ndarray:
 
 def rms_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """[N, M] root-mean-square distances between the rows of two [N, D] and [M, D] arrays."""
-    squared = ((first ** 2).sum(1)[:, None] + (second ** 2).sum(1)[None, :] - 2 * first @ second.T)
+    squared = (first**2).sum(1)[:, None] + (second**2).sum(1)[None, :] - 2 * first @ second.T
     return np.sqrt(np.clip(squared, 0, None) / first.shape[1])
 
 
@@ -221,9 +224,11 @@ def subject_accuracy(predictions: dict[str, list], expects: list[dict[str, str]]
     prediction matches every label its prompt expects (e.g. subject 'person', identity 'ada')
     that the probe predicts; samples expecting nothing the probe predicts are left out.
     Range [0, 1]: 1 = every sample shows what was asked; None when no sample expects anything."""
-    hits = [all(predictions[key][number] == value for key, value in keys)
-            for number, expect in enumerate(expects)
-            if (keys := [(key, value) for key, value in expect.items() if key in predictions])]
+    hits = [
+        all(predictions[key][number] == value for key, value in keys)
+        for number, expect in enumerate(expects)
+        if (keys := [(key, value) for key, value in expect.items() if key in predictions])
+    ]
     return float(np.mean(hits)) if hits else None
 
 

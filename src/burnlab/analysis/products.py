@@ -16,6 +16,7 @@ Layout of the output folder (all links in report.html are relative to it):
   side_by_side/<prompt_set>.gif       UNet burn vs TE burn, when two branches are analysed
 A local run also gets its own metrics.json, symptoms.json and attribution.json in RUN/analysis/.
 """
+
 from __future__ import annotations
 
 import re
@@ -69,48 +70,82 @@ def distinct_names(runs: list[Run]) -> None:
             run.name = f"{run.name} ({run.location})"
 
 
-def build_products(runs: list[Run], out: Path, instruments: Instruments, options: Options,
-                   attribution_rule: attribution.AttributionRule) -> Products:
+def build_products(
+    runs: list[Run],
+    out: Path,
+    instruments: Instruments,
+    options: Options,
+    attribution_rule: attribution.AttributionRule,
+) -> Products:
     out.mkdir(parents=True, exist_ok=True)
     refs = [BranchRef(run, branch) for run in runs for branch in run.branches.values()]
     images = SampleImages()
-    per_branch = {(ref.title, prompt_set): branch_products(images, ref, prompt_set, out, options)
-                  for ref in refs for prompt_set in ref.run.prompt_sets()}
+    per_branch = {
+        (ref.title, prompt_set): branch_products(images, ref, prompt_set, out, options)
+        for ref in refs
+        for prompt_set in ref.run.prompt_sets()
+    }
     pair = side_by_side_pair(refs)
-    side_by_side = {} if pair is None else {
-        prompt_set: write_gif(side_by_side_frames(images, *pair, prompt_set, options.max_cell),
-                              out / "side_by_side" / f"{safe(prompt_set)}.gif")
-        for prompt_set in dict.fromkeys(p for ref in pair for p in ref.run.prompt_sets())}
+    side_by_side = (
+        {}
+        if pair is None
+        else {
+            prompt_set: write_gif(
+                side_by_side_frames(images, *pair, prompt_set, options.max_cell),
+                out / "side_by_side" / f"{safe(prompt_set)}.gif",
+            )
+            for prompt_set in dict.fromkeys(p for ref in pair for p in ref.run.prompt_sets())
+        }
+    )
     table = measure(refs, images, instruments, options.near_copy_distance)
     profiles = symptoms.profile_all(symptoms.branch_series(table))
-    attributions = [pair for run in runs if run.local_dir is not None
-                    for pair in attribution.attribute_run(run.local_dir, instruments, attribution_rule, run.name)]
+    attributions = [
+        pair
+        for run in runs
+        if run.local_dir is not None
+        for pair in attribution.attribute_run(run.local_dir, instruments, attribution_rule, run.name)
+    ]
     products = Products(
-        out=out, refs=refs,
+        out=out,
+        refs=refs,
         losses_png=out / "losses.png",
-        loss_series=plot_losses(refs, out / "losses.png", log_scale=options.log_scale,
-                                smoothing=options.smoothing, relative=options.relative_losses),
+        loss_series=plot_losses(
+            refs,
+            out / "losses.png",
+            log_scale=options.log_scale,
+            smoothing=options.smoothing,
+            relative=options.relative_losses,
+        ),
         loss_statistics=loss_statistics(refs),
-        per_branch=per_branch, side_by_side=side_by_side, side_by_side_pair=pair,
-        metric_plots=plot_metrics(table, refs, out / "metrics"), table=table, profiles=profiles,
-        attributions=attributions, swap_grids=swap_grids(images, attributions, out, options.max_cell),
-        problems=[f"{run.name}: {problem}" for run in runs for problem in run.problems]
-        + images.problems)
+        per_branch=per_branch,
+        side_by_side=side_by_side,
+        side_by_side_pair=pair,
+        metric_plots=plot_metrics(table, refs, out / "metrics"),
+        table=table,
+        profiles=profiles,
+        attributions=attributions,
+        swap_grids=swap_grids(images, attributions, out, options.max_cell),
+        problems=[f"{run.name}: {problem}" for run in runs for problem in run.problems] + images.problems,
+    )
     write_results(out, table, profiles, attributions)
     atomic_write_json(out / "loss_stats.json", statistics_json(products.loss_statistics))
     for run in runs:
         if run.local_dir is not None:
-            write_results(run.local_dir / "analysis", filter_table(table, run.name),
-                          [p for p in profiles if p.run == run.name],
-                          [a for a in attributions if a.run == run.name])
+            write_results(
+                run.local_dir / "analysis",
+                filter_table(table, run.name),
+                [p for p in profiles if p.run == run.name],
+                [a for a in attributions if a.run == run.name],
+            )
     products.logged_to = log_results(products, project=options.wandb_project, directory=out)
     report.write_summary(products)
     products.report = report.write_report(products)
     return products
 
 
-def branch_products(images: SampleImages, ref: BranchRef, prompt_set: str, out: Path,
-                    options: Options) -> PromptSetProducts:
+def branch_products(
+    images: SampleImages, ref: BranchRef, prompt_set: str, out: Path, options: Options
+) -> PromptSetProducts:
     folder = out / safe(ref.run.name) / safe(ref.branch.name) / safe(prompt_set)
     folder.mkdir(parents=True, exist_ok=True)
     grid = folder / "grid.png"
@@ -121,8 +156,7 @@ def branch_products(images: SampleImages, ref: BranchRef, prompt_set: str, out: 
         rows = ref.run.samples_of(ref.branch.name, prompt_set, checkpoint.index)
         checkpoint_grid(images, rows, checkpoint.label, options.max_cell).save(path)
         checkpoint_grids.append((checkpoint.label, path))
-    gif = write_gif(progression_frames(images, ref, prompt_set, options.max_cell),
-                    folder / "progression.gif")
+    gif = write_gif(progression_frames(images, ref, prompt_set, options.max_cell), folder / "progression.gif")
     return PromptSetProducts(grid, checkpoint_grids, gif)
 
 
@@ -141,20 +175,22 @@ def safe(name: str) -> str:
 
 
 def filter_table(table: MetricTable, run: str) -> MetricTable:
-    return MetricTable([row for row in table.rows if row["run"] == run], table.feature_space,
-                       table.notes)
+    return MetricTable([row for row in table.rows if row["run"] == run], table.feature_space, table.notes)
 
 
-def write_results(folder: Path, table: MetricTable, profiles: list[symptoms.Profile],
-                  attributions: list[attribution.Attribution]) -> None:
-    atomic_write_json(folder / "metrics.json", {"feature_space": table.feature_space,
-                                         "notes": table.notes, "rows": table.rows})
+def write_results(
+    folder: Path, table: MetricTable, profiles: list[symptoms.Profile], attributions: list[attribution.Attribution]
+) -> None:
+    atomic_write_json(
+        folder / "metrics.json", {"feature_space": table.feature_space, "notes": table.notes, "rows": table.rows}
+    )
     atomic_write_json(folder / "symptoms.json", symptoms.profiles_json(profiles))
     atomic_write_json(folder / ATTRIBUTION, {"pairs": [pair.to_json() for pair in attributions]})
 
 
-def swap_grids(images: SampleImages, attributions: list[attribution.Attribution], out: Path,
-               max_cell: int) -> dict[tuple[int, str], Path]:
+def swap_grids(
+    images: SampleImages, attributions: list[attribution.Attribution], out: Path, max_cell: int
+) -> dict[tuple[int, str], Path]:
     """(index in `attributions`, prompt set) -> the 2x2 swap grid (a row per corner, a column per
     seed) of each pair the report shows."""
     grids = {}
@@ -164,12 +200,11 @@ def swap_grids(images: SampleImages, attributions: list[attribution.Attribution]
         folder.mkdir(parents=True, exist_ok=True)
         for prompt_set in pair.by_prompt_set:
             path = folder / f"{safe(prompt_set)}.png"
-            labelled_grid(images, f"{prompt_set} / seed", attribution.corner_rows(pair, prompt_set), max_cell,
-                          fit_labels=True).save(path)
+            labelled_grid(
+                images, f"{prompt_set} / seed", attribution.corner_rows(pair, prompt_set), max_cell, fit_labels=True
+            ).save(path)
             grids[(number, prompt_set)] = path
     return grids
-
-
 
 
 def diagnosis(out: Path, pair: attribution.Attribution) -> Path:
@@ -180,8 +215,9 @@ def diagnosis(out: Path, pair: attribution.Attribution) -> Path:
     for prompt_set in pair.by_prompt_set:
         path = out / "analysis" / f"swap_{safe(prompt_set)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        labelled_grid(images, f"{prompt_set} / seed", attribution.corner_rows(pair, prompt_set), 256,
-                      fit_labels=True).save(path)
+        labelled_grid(
+            images, f"{prompt_set} / seed", attribution.corner_rows(pair, prompt_set), 256, fit_labels=True
+        ).save(path)
         grids[prompt_set] = path
     atomic_write_json(out / "analysis" / ATTRIBUTION, {"pairs": [pair.to_json()]})
     document = attribution.read_attribution_file(out / attribution.ATTRIBUTION)

@@ -9,6 +9,7 @@ SweepProducts).
 
 Only dataclasses and defaults: importing this module loads nothing heavy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Options:
 @dataclass
 class PromptSetProducts:
     """One prompt set on one branch: the comparison grid, 3x3 grids and progression GIF."""
+
     grid: Path
     checkpoint_grids: list[tuple[str, Path]]
     gif: Path
@@ -56,6 +58,7 @@ class PromptSetProducts:
 class BaseProducts:
     """What every report is made of: the loss overlay, metric table and plots, symptom profiles,
     the component swap's verdicts, what is missing, and where it all went."""
+
     out: Path
     refs: list[BranchRef]
     losses_png: Path
@@ -73,8 +76,9 @@ class BaseProducts:
 @dataclass(kw_only=True)
 class Products(BaseProducts):
     """A run's report, or two runs side by side."""
+
     loss_statistics: list[StageLossStats]
-    per_branch: dict[tuple[str, str], PromptSetProducts]   # (ref.title, prompt set) -> products
+    per_branch: dict[tuple[str, str], PromptSetProducts]  # (ref.title, prompt set) -> products
     side_by_side: dict[str, Path]
     side_by_side_pair: tuple[BranchRef, BranchRef] | None
 
@@ -83,6 +87,7 @@ class Products(BaseProducts):
 class ValueGrid:
     """One grid of a sweep report: a row per job (its label, and the label of the checkpoint
     shown, None where the job has no such checkpoint), a column per seed."""
+
     branch: str
     prompt_set: str
     choice: str
@@ -93,5 +98,6 @@ class ValueGrid:
 @dataclass(kw_only=True)
 class SweepProducts(BaseProducts):
     """A sweep report; `refs` holds a branch of a job each, the jobs in swept-value order."""
+
     sweep: Sweep
     grids: list[ValueGrid]

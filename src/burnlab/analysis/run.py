@@ -9,6 +9,7 @@ The shapes mirror docs/run_store.md (study.json, metrics.jsonl, samples.jsonl); 
 files or API objects into these and records what it could not find in `Run.problems`, so that
 the report can say what is missing and still build the rest.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class AnalysisError(Exception):
 @dataclass(frozen=True)
 class Branch:
     """The path from the base to a leaf stage; `component` is what the leaf stage trains."""
+
     name: str
     component: tuple[str, ...]
     stages: tuple[str, ...]
@@ -37,6 +39,7 @@ class Branch:
 @dataclass(frozen=True)
 class LossRow:
     """One metrics.jsonl row: `kind` is "train" or "val"; absent losses are None."""
+
     kind: str
     stage: str
     study_epoch: float
@@ -48,6 +51,7 @@ class LossRow:
 @dataclass(frozen=True)
 class SampleRow:
     """One sampled image of the testing plan; `image` is the local file holding its PNG."""
+
     branch: str
     index: int
     label: str
@@ -65,6 +69,7 @@ class LongCaptions:
     """Training captions (and validation ones) longer than the tokenizer's limit, which training
     cut there: `count` of them, `limit` in tokens (BOS and EOS included), and up to ten
     `examples` as (the caption's file in its data folder, the words cut)."""
+
     count: int
     limit: int
     examples: tuple[tuple[str, str], ...]
@@ -72,8 +77,7 @@ class LongCaptions:
     def note(self) -> str:
         """One sentence for the report: how many, the limit, and the first example."""
         captions = "1 caption is" if self.count == 1 else f"{self.count} captions are"
-        text = (f"{captions} longer than the tokenizer's {self.limit} tokens; words past the limit "
-                f"are not trained")
+        text = f"{captions} longer than the tokenizer's {self.limit} tokens; words past the limit are not trained"
         if not self.examples:
             return text + "."
         file, cut = self.examples[0]
@@ -88,6 +92,7 @@ class Run:
     `losses` maps a stage name to its rows; `config` is the resolved config (a nested dict);
     `problems` lists, in plain words, what was missing or unreadable; `long_captions` is None
     when the run store does not say (written before burnlab recorded it)."""
+
     name: str
     location: str
     stages: dict[str, Stage]
@@ -120,6 +125,7 @@ class Run:
 @dataclass(frozen=True)
 class BranchRef:
     """A branch of a particular run: the unit the report compares (UNet burn vs TE burn)."""
+
     run: Run
     branch: Branch
 

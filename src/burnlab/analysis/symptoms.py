@@ -23,6 +23,7 @@ a branch that sits at the same distance from its baseline scores the same with 3
 mean over the symptom's prompt sets there shows which symptoms moved when. A symptom with no
 measured cell (e.g. style metrics without a feature space) is None: not measured, not "did not move".
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from burnlab.analysis.measure import MetricTable
 class Symptom:
     """One of the study's observations: metrics with the direction a burn moves them (+1 up,
     -1 down, 0 either way), on prompt sets with or without the activation phrase, or all."""
+
     name: str
     metrics: dict
     prompts: str  # "all", "with_phrase", "without_phrase"
@@ -43,31 +45,63 @@ class Symptom:
 
 
 SYMPTOMS = (
-    Symptom("colour shift", {"saturation": 0, "colourfulness": 0, "rms_contrast": 0}, "all",
-            "UNet: saturation and contrast up; TE: a late colour shift"),
+    Symptom(
+        "colour shift",
+        {"saturation": 0, "colourfulness": 0, "rms_contrast": 0},
+        "all",
+        "UNet: saturation and contrast up; TE: a late colour shift",
+    ),
     Symptom("colour distribution", {"histogram_distance": +1}, "all", "the palette moves away from the base"),
     Symptom("texture", {"high_frequency_ratio": +1}, "all", "UNet: texture artifacts"),
-    Symptom("style bleed", {"probe_style": +1, "style_distance": -1}, "without_phrase",
-            "UNet: the style appears on prompts without the activation phrase"),
-    Symptom("phrase weakening", {"probe_style": -1, "style_distance": +1}, "with_phrase",
-            "TE: the activation phrase loses its effect"),
-    Symptom("variety collapse with the phrase", {"variability_pixel": -1, "variability_feature": -1},
-            "with_phrase", "UNet: the activation prompt's seeds give one image; TE: variety kept"),
-    Symptom("variety loss without the phrase", {"variability_pixel": -1, "variability_feature": -1},
-            "without_phrase", "fewer distinct images on the other prompts"),
-    Symptom("prompt following", {"adherence": -1, "clip_score": -1}, "all",
-            "TE: prompt-following failures"),
-    Symptom("memorisation", {"nearest_training_distance": -1, "near_copies": +1}, "all",
-            "samples drift towards training images"),
+    Symptom(
+        "style bleed",
+        {"probe_style": +1, "style_distance": -1},
+        "without_phrase",
+        "UNet: the style appears on prompts without the activation phrase",
+    ),
+    Symptom(
+        "phrase weakening",
+        {"probe_style": -1, "style_distance": +1},
+        "with_phrase",
+        "TE: the activation phrase loses its effect",
+    ),
+    Symptom(
+        "variety collapse with the phrase",
+        {"variability_pixel": -1, "variability_feature": -1},
+        "with_phrase",
+        "UNet: the activation prompt's seeds give one image; TE: variety kept",
+    ),
+    Symptom(
+        "variety loss without the phrase",
+        {"variability_pixel": -1, "variability_feature": -1},
+        "without_phrase",
+        "fewer distinct images on the other prompts",
+    ),
+    Symptom("prompt following", {"adherence": -1, "clip_score": -1}, "all", "TE: prompt-following failures"),
+    Symptom(
+        "memorisation",
+        {"nearest_training_distance": -1, "near_copies": +1},
+        "all",
+        "samples drift towards training images",
+    ),
 )
 SYMPTOM_NAMES = tuple(symptom.name for symptom in SYMPTOMS)
 # The smallest standard error a metric is given: its resolution. Shares of images (adherence,
 # near-copies) and the probe's near-binary style score move in steps of one image of N, so they
 # get half a step; continuous metrics a thousandth of their range (see burnlab/analysis/measure.py).
 HALF_IMAGE_STEP = {"adherence", "near_copies", "probe_style"}
-RANGES = {"saturation": 1.0, "colourfulness": 300.0, "rms_contrast": 0.5, "histogram_distance": 1.0,
-          "high_frequency_ratio": 1.0, "variability_pixel": 1.0, "variability_feature": 1.0,
-          "style_distance": 1.0, "clip_score": 100.0, "nearest_training_distance": 1.0}
+RANGES = {
+    "saturation": 1.0,
+    "colourfulness": 300.0,
+    "rms_contrast": 0.5,
+    "histogram_distance": 1.0,
+    "high_frequency_ratio": 1.0,
+    "variability_pixel": 1.0,
+    "variability_feature": 1.0,
+    "style_distance": 1.0,
+    "clip_score": 100.0,
+    "nearest_training_distance": 1.0,
+}
 Z_MIN = 2.0  # a signal: a move of at least two standard errors in the symptom's direction (fixed, not fitted)
 # beyond ten standard errors a move is certain; the cap keeps one metric with a tiny error from outweighing the rest
 Z_CAP = 10.0
@@ -78,6 +112,7 @@ WATCHED = sorted({metric for symptom in SYMPTOMS for metric in symptom.metrics})
 class BranchSeries:
     """One branch's metric values along its testing plan: values[metric][prompt_set][index], and
     their bootstrap standard errors in the same layout; n_images[prompt_set][index]."""
+
     run: str
     branch: str
     component: str
@@ -99,9 +134,11 @@ class Signal:
     z: float  # the change in standard errors, in the symptom's direction
 
     def describe(self) -> str:
-        return (f"{self.symptom}: {self.metric} {'up' if self.change > 0 else 'down'} on "
-                f"{self.prompt_set} at '{self.label}' ({self.change:+.3g} from the baseline, "
-                f"{self.z:.1f} standard errors)")
+        return (
+            f"{self.symptom}: {self.metric} {'up' if self.change > 0 else 'down'} on "
+            f"{self.prompt_set} at '{self.label}' ({self.change:+.3g} from the baseline, "
+            f"{self.z:.1f} standard errors)"
+        )
 
 
 @dataclass
@@ -109,6 +146,7 @@ class Profile:
     """One branch's symptom profile: per symptom the mean capped z over its cells (None: not
     measured), per checkpoint after the baseline the same over its prompt sets there, and every
     signal."""
+
     run: str
     branch: str
     component: str  # what the branch's leaf stage trains (said, not judged)
@@ -125,8 +163,10 @@ class Profile:
         if not moved:
             return f"{head}: no symptom moved {Z_MIN:g} standard errors from the baseline."
         listed = ", ".join(f"{name} {value:.2f}" for name, value in moved)
-        return (f"{head}: symptoms moved (mean capped z per prompt set and checkpoint, 0 to {Z_CAP:g}): {listed}; "
-                f"first signal at '{self.signals[0].label}'.")
+        return (
+            f"{head}: symptoms moved (mean capped z per prompt set and checkpoint, 0 to {Z_CAP:g}): {listed}; "
+            f"first signal at '{self.signals[0].label}'."
+        )
 
 
 def branch_series(table: MetricTable) -> list[BranchSeries]:
@@ -134,9 +174,19 @@ def branch_series(table: MetricTable) -> list[BranchSeries]:
     grouped: dict[tuple[str, str], BranchSeries] = {}
     for row in sorted(table.rows, key=lambda row: row["index"]):
         key = (row["run"], row["branch"])
-        series = grouped.setdefault(key, BranchSeries(
-            row["run"], row["branch"], row["component"], [], {},
-            {m: {} for m in WATCHED}, {m: {} for m in WATCHED}, {}))
+        series = grouped.setdefault(
+            key,
+            BranchSeries(
+                row["run"],
+                row["branch"],
+                row["component"],
+                [],
+                {},
+                {m: {} for m in WATCHED},
+                {m: {} for m in WATCHED},
+                {},
+            ),
+        )
         if row["label"] not in series.labels:
             series.labels.append(row["label"])
         series.activation[row["prompt_set"]] = row["activation"]
@@ -157,16 +207,19 @@ def concerns(symptom: Symptom, has_phrase: bool) -> bool:
     return symptom.prompts == "all" or (symptom.prompts == "with_phrase") == has_phrase
 
 
-def move(series: BranchSeries, metric: str, prompt_set: str, index: int, reference: int = 1
-         ) -> tuple[float, float] | None:
+def move(
+    series: BranchSeries, metric: str, prompt_set: str, index: int, reference: int = 1
+) -> tuple[float, float] | None:
     """(change, change / noise) of a metric from checkpoint `reference` to `index`, the noise
     from both values' standard errors (at least the metric's resolution); None if unmeasured."""
     values = series.values[metric].get(prompt_set, [])
     if max(index, reference) >= len(values) or values[index] is None or values[reference] is None:
         return None
     errors, counts = series.errors[metric][prompt_set], series.n_images[prompt_set]
-    noise = np.hypot(max(errors[reference] or 0.0, resolution(metric, counts[reference])),
-                     max(errors[index] or 0.0, resolution(metric, counts[index])))
+    noise = np.hypot(
+        max(errors[reference] or 0.0, resolution(metric, counts[reference])),
+        max(errors[index] or 0.0, resolution(metric, counts[index])),
+    )
     change = values[index] - values[reference]
     return change, round(change / noise, 9)
 
@@ -186,8 +239,7 @@ def signals(series: BranchSeries) -> list[Signal]:
                         continue
                     z = abs(moved[1]) if direction == 0 else direction * moved[1]
                     if z >= Z_MIN:
-                        found.append(Signal(symptom.name, metric, prompt_set, index,
-                                            series.labels[index], moved[0], z))
+                        found.append(Signal(symptom.name, metric, prompt_set, index, series.labels[index], moved[0], z))
     return sorted(found, key=lambda s: (s.index, SYMPTOM_NAMES.index(s.symptom), s.prompt_set, s.metric))
 
 
@@ -198,9 +250,11 @@ def cells(series: BranchSeries, found: list[Signal]) -> dict[str, dict[tuple[str
     for symptom in SYMPTOMS:
         table[symptom.name] = {
             (prompt_set, index): 0.0
-            for prompt_set, has_phrase in series.activation.items() if concerns(symptom, has_phrase)
+            for prompt_set, has_phrase in series.activation.items()
+            if concerns(symptom, has_phrase)
             for index in range(2, len(series.labels))
-            if any(move(series, metric, prompt_set, index) is not None for metric in symptom.metrics)}
+            if any(move(series, metric, prompt_set, index) is not None for metric in symptom.metrics)
+        }
     for signal in found:
         cell = table[signal.symptom]
         key = (signal.prompt_set, signal.index)
@@ -216,11 +270,20 @@ def mean(values: list[float]) -> float | None:
 def profile(series: BranchSeries) -> Profile:
     found = signals(series)
     table = cells(series, found)
-    by_checkpoint = {series.labels[index]: {name: mean([z for (_, at), z in cell.items() if at == index])
-                                            for name, cell in table.items()}
-                     for index in range(2, len(series.labels))}
-    return Profile(series.run, series.branch, series.component,
-                   {name: mean(list(cell.values())) for name, cell in table.items()}, by_checkpoint, found)
+    by_checkpoint = {
+        series.labels[index]: {
+            name: mean([z for (_, at), z in cell.items() if at == index]) for name, cell in table.items()
+        }
+        for index in range(2, len(series.labels))
+    }
+    return Profile(
+        series.run,
+        series.branch,
+        series.component,
+        {name: mean(list(cell.values())) for name, cell in table.items()},
+        by_checkpoint,
+        found,
+    )
 
 
 def profile_all(all_series: list[BranchSeries]) -> list[Profile]:
@@ -229,5 +292,9 @@ def profile_all(all_series: list[BranchSeries]) -> list[Profile]:
 
 def profiles_json(profiles: list[Profile]) -> dict:
     """symptoms.json: the fixed rule, the symptoms' definitions and every branch's profile."""
-    return {"z_min": Z_MIN, "z_cap": Z_CAP, "symptoms": [asdict(symptom) for symptom in SYMPTOMS],
-            "profiles": [{**asdict(found), "summary": found.summary()} for found in profiles]}
+    return {
+        "z_min": Z_MIN,
+        "z_cap": Z_CAP,
+        "symptoms": [asdict(symptom) for symptom in SYMPTOMS],
+        "profiles": [{**asdict(found), "summary": found.summary()} for found in profiles],
+    }

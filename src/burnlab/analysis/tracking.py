@@ -7,6 +7,7 @@ Logs into the W&B run already active in this process (wandb.run), else into a ne
 `project` (job_type "analysis") when a project is given; otherwise does nothing. wandb is
 imported only then; WANDB_MODE=offline works (the tests use it).
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,11 +24,13 @@ def branch_summary(products: BaseProducts, profile: Profile) -> dict:
     """A branch's run-summary values: the swap verdict of its final checkpoint against the baseline
     (None without swap corners) and its symptom profile (symptoms/<symptom>)."""
     pair = final_against_baseline(products.attributions, profile.run, profile.branch)
-    return {"attribution/verdict": pair.verdict if pair else None,
-            "attribution/sentence": pair.sentence if pair else None,
-            "attribution/unet_share": pair.shares["unet"].value if pair else None,
-            "attribution/text_encoder_share": pair.shares["text_encoder"].value if pair else None,
-            **{f"symptoms/{name}": profile.symptoms[name] for name in SYMPTOM_NAMES}}
+    return {
+        "attribution/verdict": pair.verdict if pair else None,
+        "attribution/sentence": pair.sentence if pair else None,
+        "attribution/unet_share": pair.shares["unet"].value if pair else None,
+        "attribution/text_encoder_share": pair.shares["text_encoder"].value if pair else None,
+        **{f"symptoms/{name}": profile.symptoms[name] for name in SYMPTOM_NAMES},
+    }
 
 
 def log_results(products: BaseProducts, *, project: str | None = None, directory: Path | None = None) -> str | None:
@@ -37,22 +40,30 @@ def log_results(products: BaseProducts, *, project: str | None = None, directory
     if active is None and not project:
         return None
     import wandb
-    run = active or wandb.init(project=project, job_type="analysis",
-                               dir=str(directory) if directory else None)
+
+    run = active or wandb.init(project=project, job_type="analysis", dir=str(directory) if directory else None)
     rows = products.table.rows
     columns = list(rows[0]) if rows else []
-    run.log({
-        "analysis/metrics": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
-        "analysis/symptoms": wandb.Table(
-            columns=["run", "branch", "component", *SYMPTOM_NAMES, "summary"],
-            data=[[p.run, p.branch, p.component, *[p.symptoms[name] for name in SYMPTOM_NAMES], p.summary()]
-                  for p in products.profiles]),
-        "analysis/attribution": wandb.Table(
-            columns=[*PAIR_COLUMNS, "unet_share", "text_encoder_share"],
-            data=[[getattr(pair, c) for c in PAIR_COLUMNS] + [pair.shares["unet"].value,
-                                                              pair.shares["text_encoder"].value]
-                  for pair in products.attributions]),
-    })
+    run.log(
+        {
+            "analysis/metrics": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
+            "analysis/symptoms": wandb.Table(
+                columns=["run", "branch", "component", *SYMPTOM_NAMES, "summary"],
+                data=[
+                    [p.run, p.branch, p.component, *[p.symptoms[name] for name in SYMPTOM_NAMES], p.summary()]
+                    for p in products.profiles
+                ],
+            ),
+            "analysis/attribution": wandb.Table(
+                columns=[*PAIR_COLUMNS, "unet_share", "text_encoder_share"],
+                data=[
+                    [getattr(pair, c) for c in PAIR_COLUMNS]
+                    + [pair.shares["unet"].value, pair.shares["text_encoder"].value]
+                    for pair in products.attributions
+                ],
+            ),
+        }
+    )
     for profile in products.profiles:
         # one W&B run may hold several branches: the run and branch go into each key
         for key, value in branch_summary(products, profile).items():

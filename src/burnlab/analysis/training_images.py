@@ -7,6 +7,7 @@ The folder holds images with same-name .txt captions, in any sub-folder (jpg, jp
 every image counts. A relative data.path is looked up beside the run folder first, then from
 the current directory (where the study was launched).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,13 +27,18 @@ def dataset_folder(run: Run) -> tuple[Path | None, str | None]:
     path = data.get("path") if isinstance(data, dict) else None
     if not path:
         return None, f"{run.name}: the config has no data.path"
-    candidates = [Path(path)] if Path(path).is_absolute() else \
-        [folder / path for folder in (run.local_dir, Path.cwd()) if folder is not None]
+    candidates = (
+        [Path(path)]
+        if Path(path).is_absolute()
+        else [folder / path for folder in (run.local_dir, Path.cwd()) if folder is not None]
+    )
     for candidate in candidates:
         if candidate.is_dir() and image_files(candidate):
             return candidate, None
-    return None, (f"{run.name}: data.path {path!r} is not a folder of training images "
-                  f"(looked in {', '.join(str(c) for c in candidates)})")
+    return None, (
+        f"{run.name}: data.path {path!r} is not a folder of training images "
+        f"(looked in {', '.join(str(c) for c in candidates)})"
+    )
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -49,8 +55,10 @@ def decode_training_image(path: Path) -> np.ndarray:
     try:
         return load_rgb(path)
     except OSError as error:
-        raise AnalysisError(f"training image {path} cannot be decoded ({error}); expected the "
-                            f"training set's images to be complete jpg/png/webp files.") from None
+        raise AnalysisError(
+            f"training image {path} cannot be decoded ({error}); expected the "
+            f"training set's images to be complete jpg/png/webp files."
+        ) from None
 
 
 def crop_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -58,5 +66,5 @@ def crop_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     aspect = size[0] / size[1]
     crop_w, crop_h = min(width, round(height * aspect)), min(height, round(width / aspect))
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    image = Image.fromarray(pixels[top:top + crop_h, left:left + crop_w])
+    image = Image.fromarray(pixels[top : top + crop_h, left : left + crop_w])
     return np.asarray(image.resize(size, Image.Resampling.BILINEAR))

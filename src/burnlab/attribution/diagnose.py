@@ -14,6 +14,7 @@ analysis/attribution.json (the numbers), report.html (per prompt set a swap grid
 the verdict's sentence), samples/ (the corners' images, reused by a second run); prints the
 verdict. Bad input is one paragraph (exit status 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,13 @@ def sampling_config(toy: bool, args):
         for prompt in raw.prompts.values():
             if prompt.activation:
                 prompt.prompt = f"{prompt.prompt.split(',')[0]}, {args.activation}"
-    for key, value in (("images_per_prompt", args.seeds), ("steps", args.steps), ("guidance_scale", args.guidance),
-                       ("width", args.resolution), ("height", args.resolution)):
+    for key, value in (
+        ("images_per_prompt", args.seeds),
+        ("steps", args.steps),
+        ("guidance_scale", args.guidance),
+        ("width", args.resolution),
+        ("height", args.resolution),
+    ):
         if value is not None:
             raw[key] = value
     if not toy:
@@ -64,8 +70,10 @@ def prompts_from_file(path: Path, activation: str | None) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"--prompts-file {path}: cannot be read ({error}); expected a UTF-8 text file with a "
-                        f"prompt a line, or a YAML mapping of prompt sets.") from None
+        raise UserError(
+            f"--prompts-file {path}: cannot be read ({error}); expected a UTF-8 text file with a "
+            f"prompt a line, or a YAML mapping of prompt sets."
+        ) from None
     if path.suffix in (".yaml", ".yml"):
         loaded = OmegaConf.create(text)
         if not isinstance(loaded, type(OmegaConf.create({}))) or not loaded:
@@ -74,8 +82,10 @@ def prompts_from_file(path: Path, activation: str | None) -> dict:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise UserError(f"--prompts-file {path}: holds no prompt; expected a prompt a line.")
-    return {f"prompt_{i + 1}": {"prompt": line, "activation": bool(activation and activation in line)}
-            for i, line in enumerate(lines)}
+    return {
+        f"prompt_{i + 1}": {"prompt": line, "activation": bool(activation and activation in line)}
+        for i, line in enumerate(lines)
+    }
 
 
 def share_unchanged(reference, tuned) -> None:
@@ -107,8 +117,10 @@ def diagnose(args) -> int:
     tuned = load_model(args.tuned, base=base_spec, allow_pickle=args.allow_pickle)
     pipeline_root = reference.pipeline_folder or tuned.pipeline_folder
     if pipeline_root is None:
-        raise UserError(f"--base {base_spec}: a single file has no VAE, tokenizer or scheduler of its own; give a "
-                        f"diffusers folder or a cached hub id as --base (the model the fine-tune started from).")
+        raise UserError(
+            f"--base {base_spec}: a single file has no VAE, tokenizer or scheduler of its own; give a "
+            f"diffusers folder or a cached hub id as --base (the model the fine-tune started from)."
+        )
     # the toy world's models (its base, or a checkpoint burnlab trained from it) get the toy's
     # prompts, size and probe; any other model the study's SD 1.5 prompt sets at 512 px
     toy = Path(pipeline_root).resolve() == asset_dir("base").resolve()
@@ -120,17 +132,31 @@ def diagnose(args) -> int:
     base = {"path": pipeline_root, "revision": None, "variant": None, "allow_pickle_weights": args.allow_pickle}
     sampler = Sampler(config, base, out / "samples", accelerator)
     pipeline = base_pipeline(base)
-    models = [Model("REF", hash_json(["diagnose", base_spec]),
-                    {"unet": reference.unet, "text_encoder": reference.text_encoder}),
-              Model("TUNED", hash_json(["diagnose", base_spec, args.tuned]),
-                    {"unet": tuned.unet, "text_encoder": tuned.text_encoder})]
+    models = [
+        Model(
+            "REF", hash_json(["diagnose", base_spec]), {"unet": reference.unet, "text_encoder": reference.text_encoder}
+        ),
+        Model(
+            "TUNED",
+            hash_json(["diagnose", base_spec, args.tuned]),
+            {"unet": tuned.unet, "text_encoder": tuned.text_encoder},
+        ),
+    ]
     record = attribute_pair(sampler, *models, out, pipeline.tokenizer, pipeline.scheduler)
-    atomic_write_json(out / ATTRIBUTION, {
-        "prompts": prompt_sets(config),
-        "tuned": {"spec": args.tuned, "kind": tuned.kind, "description": tuned.description,
-                  "lora_components": list(tuned.lora_components)},
-        "reference": {"spec": base_spec, "kind": reference.kind, "description": reference.description},
-        "pairs": [{"branch": "diagnosis", **record}]})
+    atomic_write_json(
+        out / ATTRIBUTION,
+        {
+            "prompts": prompt_sets(config),
+            "tuned": {
+                "spec": args.tuned,
+                "kind": tuned.kind,
+                "description": tuned.description,
+                "lora_components": list(tuned.lora_components),
+            },
+            "reference": {"spec": base_spec, "kind": reference.kind, "description": reference.description},
+            "pairs": [{"branch": "diagnosis", **record}],
+        },
+    )
     instruments = load_instruments("auto", args.clip_model, use_probe=toy)
     rule = AttributionRule.load(args.rule)
     found = attribute_run(out, instruments, rule, "diagnose")[0]
@@ -150,9 +176,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampling steps (default: the study's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the study's)")
     p.add_argument("--resolution", type=int, help="sample width and height (default: the model's / 512)")
-    p.add_argument("--clip-model", help="CLIP model measuring the distances (a folder or cached hub id); "
-                                        "default: the toy probe on the toy world, else pixels")
-    p.add_argument("--rule", type=Path, help="the verdict's threshold file (default burnlab/analysis/attribution_rule.json)")
+    p.add_argument(
+        "--clip-model",
+        help="CLIP model measuring the distances (a folder or cached hub id); "
+        "default: the toy probe on the toy world, else pixels",
+    )
+    p.add_argument(
+        "--rule", type=Path, help="the verdict's threshold file (default burnlab/analysis/attribution_rule.json)"
+    )
     p.add_argument("--allow-pickle", action="store_true", help="load .ckpt (pickle) files: they can run code")
     return p
 

@@ -13,6 +13,7 @@ from a reference R, measured without sampling a single image.
 All are ratios ||M - R|| / ||R||, the same size whatever the number of prompts or blocks. They
 explain and gate; the verdict is the swap's (burnlab/analysis/attribution.py).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -46,8 +47,11 @@ def _module(component: Component, name: str) -> torch.nn.Module:
 def _plain_weights(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """Its floating-point weights under the plain model's names: a merged adapter's own
     parameters left out, a wrapped layer's `base_layer` level removed."""
-    return {name.replace(".base_layer.", "."): value for name, value in model.state_dict().items()
-            if value.is_floating_point() and ".lora_" not in name}
+    return {
+        name.replace(".base_layer.", "."): value
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and ".lora_" not in name
+    }
 
 
 def _relative(changed: torch.Tensor, reference: torch.Tensor) -> float:
@@ -55,17 +59,21 @@ def _relative(changed: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def _states(text_encoder: torch.nn.Module, tokenizer, prompts: List[str], device) -> torch.Tensor:
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
     with torch.no_grad():
         return text_encoder(ids)[0].float()
 
 
-def text_encoder_drift(reference: torch.nn.Module, tuned: torch.nn.Module, tokenizer, prompts: List[str],
-                       device) -> Dict[str, float]:
+def text_encoder_drift(
+    reference: torch.nn.Module, tuned: torch.nn.Module, tokenizer, prompts: List[str], device
+) -> Dict[str, float]:
     groups = {"study prompts": prompts, "unrelated prompts": list(UNRELATED_PROMPTS), "empty prompt": [""]}
-    return {group: _relative(_states(tuned, tokenizer, texts, device), _states(reference, tokenizer, texts, device))
-            for group, texts in groups.items()}
+    return {
+        group: _relative(_states(tuned, tokenizer, texts, device), _states(reference, tokenizer, texts, device))
+        for group, texts in groups.items()
+    }
 
 
 def timestep_ranges(num_train_timesteps: int) -> Dict[str, List[int]]:
@@ -79,8 +87,9 @@ def timestep_ranges(num_train_timesteps: int) -> Dict[str, List[int]]:
     return ranges
 
 
-def unet_prediction_drift(reference: torch.nn.Module, tuned: torch.nn.Module, text_states: torch.Tensor,
-                          num_train_timesteps: int, device) -> Dict[str, float]:
+def unet_prediction_drift(
+    reference: torch.nn.Module, tuned: torch.nn.Module, text_states: torch.Tensor, num_train_timesteps: int, device
+) -> Dict[str, float]:
     config = reference.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
     generator = torch.Generator().manual_seed(NOISE_SEED)
@@ -103,7 +112,7 @@ def block_of(parameter: str) -> str:
     parts = parameter.split(".")
     for position, part in enumerate(parts[:-1]):
         if part.isdigit():
-            return ".".join(parts[:position + 1])
+            return ".".join(parts[: position + 1])
     return ".".join(parts[:-1][:2])
 
 
@@ -119,24 +128,31 @@ def weight_drift(reference: torch.nn.Module, tuned: torch.nn.Module) -> dict:
         entry[1] += size
     total_delta = sum(delta for delta, _ in squares.values())
     total_size = sum(size for _, size in squares.values())
-    return {"total": (total_delta / max(total_size, 1e-24)) ** 0.5,
-            "blocks": {block: (delta / max(size, 1e-24)) ** 0.5 for block, (delta, size) in squares.items()}}
+    return {
+        "total": (total_delta / max(total_size, 1e-24)) ** 0.5,
+        "blocks": {block: (delta / max(size, 1e-24)) ** 0.5 for block, (delta, size) in squares.items()},
+    }
 
 
-def measure(reference: Dict[str, Component], tuned: Dict[str, Component], tokenizer, noise_scheduler,
-            prompts: List[str], device) -> dict:
+def measure(
+    reference: Dict[str, Component], tuned: Dict[str, Component], tokenizer, noise_scheduler, prompts: List[str], device
+) -> dict:
     """Every instrument for one pair. A component the two share (the same Source or module) is
     not loaded: its drift is 0."""
     same = {name: reference[name] == tuned[name] for name in ("unet", "text_encoder")}
     te_reference = _module(reference["text_encoder"], "text_encoder").to(device).eval()
-    te_tuned = (te_reference if same["text_encoder"]
-                else _module(tuned["text_encoder"], "text_encoder").to(device).eval())
-    found = {"text_encoder": text_encoder_drift(te_reference, te_tuned, tokenizer, prompts, device),
-             "weights": {"text_encoder": weight_drift(te_reference, te_tuned)}}
+    te_tuned = (
+        te_reference if same["text_encoder"] else _module(tuned["text_encoder"], "text_encoder").to(device).eval()
+    )
+    found = {
+        "text_encoder": text_encoder_drift(te_reference, te_tuned, tokenizer, prompts, device),
+        "weights": {"text_encoder": weight_drift(te_reference, te_tuned)},
+    }
     text_states = _states(te_reference, tokenizer, prompts, device)
     unet_reference = _module(reference["unet"], "unet").to(device).eval()
     unet_tuned = unet_reference if same["unet"] else _module(tuned["unet"], "unet").to(device).eval()
-    found["unet"] = unet_prediction_drift(unet_reference, unet_tuned, text_states,
-                                          int(noise_scheduler.config.num_train_timesteps), device)
+    found["unet"] = unet_prediction_drift(
+        unet_reference, unet_tuned, text_states, int(noise_scheduler.config.num_train_timesteps), device
+    )
     found["weights"]["unet"] = weight_drift(unet_reference, unet_tuned)
     return found

@@ -18,6 +18,7 @@ In a study each branch is attributed at every checkpoint after the baseline agai
 checkpoint against the base model. `burnlab-diagnose` calls `attribute_pair` on models a user
 brings (burnlab.attribution.diagnose).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,12 @@ from burnlab.store.files import atomic_write_json, hash_json, read_json
 from burnlab.store.layout import ATTRIBUTION, COMPONENTS
 
 # corner name -> the components it takes from the tuned model
-CORNERS: Dict[str, Tuple[str, ...]] = {"R": (), "M_unet+R_te": ("unet",), "R_unet+M_te": ("text_encoder",),
-                                       "M": ("unet", "text_encoder")}
+CORNERS: Dict[str, Tuple[str, ...]] = {
+    "R": (),
+    "M_unet+R_te": ("unet",),
+    "R_unet+M_te": ("text_encoder",),
+    "M": ("unet", "text_encoder"),
+}
 log = logging.getLogger("burnlab")
 
 
@@ -42,6 +47,7 @@ log = logging.getLogger("burnlab")
 class Model:
     """One side of a pair: a label for people, an id for the sample cache (equal ids: equal
     weights), and its components (Sources to load, or modules in memory)."""
+
     label: str
     id: str
     components: Dict[str, Component]
@@ -61,27 +67,41 @@ def corner_id(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> st
     return hash_json(["swap", reference.id, tuned.id, sorted(from_tuned)])
 
 
-def attribute_pair(sampler: Sampler, reference: Model, tuned: Model, relative_to: Path,
-                   tokenizer, noise_scheduler, drift_measured: Optional[dict] = None) -> dict:
+def attribute_pair(
+    sampler: Sampler,
+    reference: Model,
+    tuned: Model,
+    relative_to: Path,
+    tokenizer,
+    noise_scheduler,
+    drift_measured: Optional[dict] = None,
+) -> dict:
     """Sample the four corners (cached) and measure the instruments (unless `drift_measured`
     holds them: a study run again); the record that attribution.json holds, its folders
     relative to `relative_to`."""
     corners = {}
     for name, from_tuned in CORNERS.items():
-        folder = sampler.checkpoint_samples(corner_id(reference, tuned, from_tuned),
-                                            corner_components(reference, tuned, from_tuned))
+        folder = sampler.checkpoint_samples(
+            corner_id(reference, tuned, from_tuned), corner_components(reference, tuned, from_tuned)
+        )
         corners[name] = os.path.relpath(folder, relative_to)
     prompts = [job["prompt"] for job in sample_jobs(sampler.config)]
-    measured = drift_measured or drift.measure(reference.components, tuned.components, tokenizer,
-                                               noise_scheduler, list(dict.fromkeys(prompts)), sampler.device)
-    return {"reference": {"label": reference.label, "id": reference.id},
-            "tuned": {"label": tuned.label, "id": tuned.id}, "corners": corners, "drift": measured}
+    measured = drift_measured or drift.measure(
+        reference.components, tuned.components, tokenizer, noise_scheduler, list(dict.fromkeys(prompts)), sampler.device
+    )
+    return {
+        "reference": {"label": reference.label, "id": reference.id},
+        "tuned": {"label": tuned.label, "id": tuned.id},
+        "corners": corners,
+        "drift": measured,
+    }
 
 
 def prompt_sets(config) -> dict:
     """attribution.json's `prompts`: each prompt set's text and whether it holds the activation phrase."""
-    return {job["prompt_set"]: {"prompt": job["prompt"], "activation": job["activation"]}
-            for job in sample_jobs(config)}
+    return {
+        job["prompt_set"]: {"prompt": job["prompt"], "activation": job["activation"]} for job in sample_jobs(config)
+    }
 
 
 def study_pairs(study: dict, run_dir: Path) -> List[Tuple[str, Model, Model]]:
@@ -113,16 +133,21 @@ def _measured_before(path: Path) -> Dict[Tuple[str, str, str], dict]:
         return {}
 
 
-def attribute_study(sampler: Sampler, study: dict, run_dir: Path, tokenizer, noise_scheduler,
-                    stop_check=None) -> Optional[dict]:
+def attribute_study(
+    sampler: Sampler, study: dict, run_dir: Path, tokenizer, noise_scheduler, stop_check=None
+) -> Optional[dict]:
     """Every pair of `study_pairs` into run_dir/attribution.json (the main process writes it);
     `stop_check()` is called after each pair (a signal stops the study there)."""
     records = []
     measured = _measured_before(Path(run_dir) / ATTRIBUTION) if sampler.accelerator.num_processes == 1 else {}
     for branch, reference, tuned in study_pairs(study, Path(run_dir)):
         drift = measured.get((branch, reference.id, tuned.id))
-        records.append({"branch": branch, **attribute_pair(sampler, reference, tuned, Path(run_dir),
-                                                           tokenizer, noise_scheduler, drift)})
+        records.append(
+            {
+                "branch": branch,
+                **attribute_pair(sampler, reference, tuned, Path(run_dir), tokenizer, noise_scheduler, drift),
+            }
+        )
         if stop_check:
             stop_check()
     document = {"prompts": prompt_sets(sampler.config), "pairs": records}

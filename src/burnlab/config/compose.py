@@ -7,6 +7,7 @@ burnlab but its errors; this module sits above them and above what it checks. Ev
 fails here, before any training, with a `ConfigError` naming the key, the value and what is
 allowed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,13 @@ def load_config(cfg: DictConfig) -> BurnlabConfig:
     check_stage_graph(config.stages)
     for name, stage in config.stages.items():
         if stage.dropped_save_epochs:
-            log.info("stages.%s.save_epochs: %s lie beyond the stage's %d epochs and are dropped (its last epoch "
-                     "is always saved)", name, ", ".join(map(str, stage.dropped_save_epochs)), stage.epochs)
+            log.info(
+                "stages.%s.save_epochs: %s lie beyond the stage's %d epochs and are dropped (its last epoch "
+                "is always saved)",
+                name,
+                ", ".join(map(str, stage.dropped_save_epochs)),
+                stage.epochs,
+            )
     return config
 
 
@@ -100,8 +106,11 @@ def _to_object(node: DictConfig, prefix: str):
         raise error.under(prefix) from None
     except MissingMandatoryValue as error:
         key = error.full_key if error.full_key.startswith(prefix) else f"{prefix}.{error.full_key}"
-        raise ConfigError(key, "???", f"a value; this one has no default, set it on the command line "
-                          f"({key}=...) or in an experiment file") from None
+        raise ConfigError(
+            key,
+            "???",
+            f"a value; this one has no default, set it on the command line ({key}=...) or in an experiment file",
+        ) from None
 
 
 def check_stage_graph(stages: Dict[str, StageConfig]) -> None:
@@ -114,16 +123,20 @@ def check_stage_graph(stages: Dict[str, StageConfig]) -> None:
         check_folder_name(f"stages.{name}", name, "a stage name")
     for name, stage in stages.items():
         if stage.parent != BASE and stage.parent not in stages:
-            raise ConfigError(f"stages.{name}.parent", stage.parent,
-                              f"`{BASE}` or one of the stages: {', '.join(stages)}")
+            raise ConfigError(
+                f"stages.{name}.parent", stage.parent, f"`{BASE}` or one of the stages: {', '.join(stages)}"
+            )
     for name in stages:
         seen = [name]
         parent = stages[name].parent
         while parent != BASE:
             if parent in seen:
-                cycle = " -> ".join(seen[seen.index(parent):] + [parent])
-                raise ConfigError(f"stages.{name}.parent", stages[name].parent,
-                                  f"a parent chain that ends at `{BASE}`, not a cycle ({cycle})")
+                cycle = " -> ".join(seen[seen.index(parent) :] + [parent])
+                raise ConfigError(
+                    f"stages.{name}.parent",
+                    stages[name].parent,
+                    f"a parent chain that ends at `{BASE}`, not a cycle ({cycle})",
+                )
             seen.append(parent)
             parent = stages[parent].parent
 
@@ -131,9 +144,14 @@ def check_stage_graph(stages: Dict[str, StageConfig]) -> None:
 def check_sampling(sampling: SamplingConfig) -> None:
     """Sampling that is on needs prompts: a study would train, then show nothing of its testing plan."""
     if not sampling.prompts and (sampling.testing_plan or sampling.every_n_epochs):
-        raise ConfigError("sampling.prompts", {}, "at least one prompt set while sampling.testing_plan=true or "
-                          "sampling.every_n_epochs > 0 (they sample every checkpoint with them); to train without "
-                          "samples, switch sampling off: sampling.testing_plan=false sampling.every_n_epochs=0")
+        raise ConfigError(
+            "sampling.prompts",
+            {},
+            "at least one prompt set while sampling.testing_plan=true or "
+            "sampling.every_n_epochs > 0 (they sample every checkpoint with them); to train without "
+            "samples, switch sampling off: sampling.testing_plan=false sampling.every_n_epochs=0",
+        )
+
 
 def check_model_build(model: ModelConfig) -> None:
     """`model.build` names an architecture burnlab ships (burnlab/models/architectures/)."""
@@ -141,8 +159,9 @@ def check_model_build(model: ModelConfig) -> None:
         from burnlab.models.architectures import ARCHITECTURES
 
         if model.build not in ARCHITECTURES:
-            raise ConfigError("model.build", model.build,
-                              "null or one of the shipped architectures: " + ", ".join(ARCHITECTURES))
+            raise ConfigError(
+                "model.build", model.build, "null or one of the shipped architectures: " + ", ".join(ARCHITECTURES)
+            )
 
 
 def check_clip_model(analysis: AnalysisConfig) -> None:
@@ -152,18 +171,22 @@ def check_clip_model(analysis: AnalysisConfig) -> None:
 
         problem = clip_model_problem(analysis.clip_model)
         if problem is not None:
-            raise ConfigError("analysis.clip_model", analysis.clip_model,
-                              f"null, a hub id such as openai/clip-vit-large-patch14, or a local CLIP model folder "
-                              f"(transformers' save_pretrained layout; {problem})")
+            raise ConfigError(
+                "analysis.clip_model",
+                analysis.clip_model,
+                f"null, a hub id such as openai/clip-vit-large-patch14, or a local CLIP model folder "
+                f"(transformers' save_pretrained layout; {problem})",
+            )
 
 
 # A config is copied into the run dir (config.yaml, Hydra's .hydra/ with the command line),
 # study.json and the W&B run's config: a secret in it would be kept in every one of them.
-_SECRET_NAME = re.compile(r"(^|[._/-])(api_?key|token|secret|password|passwd|credentials?)s?($|[._/-])",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(r"(^|[._/-])(api_?key|token|secret|password|passwd|credentials?)s?($|[._/-])", re.IGNORECASE)
 _MIN_KEY_LENGTH = 16  # W&B keys have 40 or more characters; a shorter value would match ordinary text
-_KEPT = ("burnlab keeps no secret in a config: the run dir, Hydra's .hydra/ copy of the command line, "
-         "study.json and the W&B run's config would all hold it")
+_KEPT = (
+    "burnlab keeps no secret in a config: the run dir, Hydra's .hydra/ copy of the command line, "
+    "study.json and the W&B run's config would all hold it"
+)
 
 
 def check_no_secrets(items: Iterable[Tuple[str, Any]]) -> None:
@@ -172,11 +195,16 @@ def check_no_secrets(items: Iterable[Tuple[str, Any]]) -> None:
     api_key = os.environ.get("WANDB_API_KEY", "")
     for key, value in items:
         if _SECRET_NAME.search(key):
-            raise UserError(f"config key `{key}` is named like a secret (its value is not shown), and {_KEPT}. "
-                            f"Give W&B its key with the environment variable WANDB_API_KEY or `wandb login`.")
+            raise UserError(
+                f"config key `{key}` is named like a secret (its value is not shown), and {_KEPT}. "
+                f"Give W&B its key with the environment variable WANDB_API_KEY or `wandb login`."
+            )
         if len(api_key) >= _MIN_KEY_LENGTH and api_key in str(value):
-            raise UserError(f"config key `{key}` holds the value of WANDB_API_KEY (not shown), and {_KEPT}. "
-                            f"W&B reads the key from the environment by itself: leave it out of the config.")
+            raise UserError(
+                f"config key `{key}` holds the value of WANDB_API_KEY (not shown), and {_KEPT}. "
+                f"W&B reads the key from the environment by itself: leave it out of the config."
+            )
+
 
 def flatten_config(nested: dict, prefix: str = "") -> dict:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`, lists and None as text: the pairs the secrets check reads

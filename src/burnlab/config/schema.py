@@ -5,6 +5,7 @@ differs from it (a model's path, the toy's batch size). The dataclasses check th
 in `__post_init__`; what spans several groups or reaches other parts of burnlab is checked by
 burnlab.config.compose, which also registers these schemas with Hydra.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,16 +49,26 @@ class ModelConfig:
     path: str = MISSING  # hub id (stable-diffusion-v1-5/stable-diffusion-v1-5) or a local diffusers folder
     revision: Optional[str] = None  # hub revision (branch, tag or commit); None = main
     variant: Optional[str] = None  # weight file variant on the hub, e.g. fp16
-    dtype: str = "auto"  # dtype of the frozen parts (VAE, untrained component): auto = float16 on CUDA, float32 on CPU; trained ones stay float32
-    build: Optional[str] = None  # an architecture in burnlab/models/architectures/ to build at `path` with seeded random weights when missing
+    # dtype of the frozen parts (VAE, untrained component): auto = float16 on CUDA, float32 on CPU; trained ones stay
+    # float32
+    dtype: str = "auto"
+    # an architecture in burnlab/models/architectures/ to build at `path` with seeded random weights when missing
+    build: Optional[str] = None
     build_seed: int = 0  # seed of the random weights `build` draws
-    study_lrs: Dict[str, float] = field(default_factory=dict)  # the learning rates the study's experiments use for this model (baseline, lo, hi)
-    allow_pickle_weights: bool = False  # also load pickle weights (.bin, .ckpt, .pt: they can run code) where a part has no .safetensors; only for a model you trust
+    # the learning rates the study's experiments use for this model (baseline, lo, hi)
+    study_lrs: Dict[str, float] = field(default_factory=dict)
+    # also load pickle weights (.bin, .ckpt, .pt: they can run code) where a part has no .safetensors; only for a model
+    # you trust
+    allow_pickle_weights: bool = False
 
     def __post_init__(self):
         _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))
-        _require(bool(str(self.path).strip()), "path", self.path,
-                 "a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 or a local diffusers folder")
+        _require(
+            bool(str(self.path).strip()),
+            "path",
+            self.path,
+            "a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 or a local diffusers folder",
+        )
 
 
 @dataclass
@@ -73,15 +84,26 @@ class DataConfig:
     skip_bad: bool = False  # leave out bad images and captions (warned, listed in study.json) instead of stopping
 
     def __post_init__(self):
-        _require(isinstance(self.resolution, int) and 8 <= self.resolution <= MAX_SIDE and self.resolution % 8 == 0,
-                 "resolution", self.resolution, f"a positive multiple of 8 (the VAE downsamples by 8) up to {MAX_SIDE}")
+        _require(
+            isinstance(self.resolution, int) and 8 <= self.resolution <= MAX_SIDE and self.resolution % 8 == 0,
+            "resolution",
+            self.resolution,
+            f"a positive multiple of 8 (the VAE downsamples by 8) up to {MAX_SIDE}",
+        )
         _require(0.0 <= self.flip_p <= 1.0, "flip_p", self.flip_p, "a probability in [0, 1]")
-        _require(0.0 <= self.caption_dropout < 1.0, "caption_dropout", self.caption_dropout,
-                 "a probability in [0, 1)")
-        _require(self.caption_encoding is None or self._is_text_encoding(self.caption_encoding), "caption_encoding",
-                 self.caption_encoding, "null or a text encoding Python knows, e.g. cp1252 or latin-1")
-        _require(self._is_opaque_colour(self.background), "background", self.background,
-                 "an opaque colour: a name such as white or black, or #rrggbb")
+        _require(0.0 <= self.caption_dropout < 1.0, "caption_dropout", self.caption_dropout, "a probability in [0, 1)")
+        _require(
+            self.caption_encoding is None or self._is_text_encoding(self.caption_encoding),
+            "caption_encoding",
+            self.caption_encoding,
+            "null or a text encoding Python knows, e.g. cp1252 or latin-1",
+        )
+        _require(
+            self._is_opaque_colour(self.background),
+            "background",
+            self.background,
+            "an opaque colour: a name such as white or black, or #rrggbb",
+        )
         _require(self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, "an integer >= 1")
 
     @staticmethod
@@ -119,34 +141,55 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trade compute for memory in the trained components
     seed: int = 555  # fixes data order, flips, caption dropout, noise and timesteps
     state_every_epochs: int = 25  # resumable training state saved every N epochs (and at save epochs)
-    skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN/inf instead of stopping the stage
-    adamw_impl: str = "fused"  # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: README, Training throughput)
-    pointwise_as_linear: bool = False  # the UNet's 1x1 convolutions run as matrix multiplies (burnlab.training.fast_paths; faster on the CPU: README, Training throughput)
-    channels_last: bool = False  # UNet activations in channels-last memory layout (no gain measured on the CPU: README, Training throughput)
+    # skip (and count) batches whose loss or gradient is NaN/inf instead of stopping the stage
+    skip_nonfinite: bool = False
+    # fused | foreach | for_loop: torch's AdamW kernels (fused measured fastest: README, Training throughput)
+    adamw_impl: str = "fused"
+    # the UNet's 1x1 convolutions run as matrix multiplies (burnlab.training.fast_paths; faster on the CPU: README,
+    # Training throughput)
+    pointwise_as_linear: bool = False
+    # UNet activations in channels-last memory layout (no gain measured on the CPU: README, Training throughput)
+    channels_last: bool = False
     tf32: bool = True  # TensorFloat-32 matmuls and convolutions on GPUs that have them (Ampere+); no effect elsewhere
     compile: bool = False  # torch.compile the UNet (slower on the CPU toy: README, Training throughput)
-    save_dtype: str = "float32"  # float32 | float16 | bfloat16: checkpoints no later stage starts from (a parent's final one stays float32)
+    # float32 | float16 | bfloat16: checkpoints no later stage starts from (a parent's final one stays float32)
+    save_dtype: str = "float32"
     noise_scheduler: str = "ddpm"  # training noise schedule, read from the model's scheduler config
-    adapter: str = "full"  # full: train the components' weights; lora: train LoRA adapters on frozen weights (settings: lora.*)
-    keep_states: str = "auto"  # auto | always | never: keep the training state at each checkpoint epoch, so that a longer run of the stage continues from it (auto: the stages whose epochs a sweep job sets)
+    # full: train the components' weights; lora: train LoRA adapters on frozen weights (settings: lora.*)
+    adapter: str = "full"
+    # auto | always | never: keep the training state at each checkpoint epoch, so that a longer run of the stage
+    # continues from it (auto: the stages whose epochs a sweep job sets)
+    keep_states: str = "auto"
 
     def __post_init__(self):
         _require(self.optimizer == "adamw", "optimizer", self.optimizer, "adamw")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", self.betas,
-                 "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas",
+            self.betas,
+            "two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
         _require(self.eps > 0, "eps", self.eps, "a number > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps",
-                 self.gradient_accumulation_steps, "an integer >= 1")
-        _require(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", self.lr_scheduler,
-                 "one of " + ", ".join(LR_SCHEDULERS))
+        _require(
+            self.gradient_accumulation_steps >= 1,
+            "gradient_accumulation_steps",
+            self.gradient_accumulation_steps,
+            "an integer >= 1",
+        )
+        _require(
+            self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", self.lr_scheduler, "one of " + ", ".join(LR_SCHEDULERS)
+        )
         _require(self.lr_warmup_steps >= 0, "lr_warmup_steps", self.lr_warmup_steps, "an integer >= 0")
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 = off)")
-        _require(self.mixed_precision in MIXED_PRECISIONS, "mixed_precision",
-                 self.mixed_precision, "one of " + ", ".join(MIXED_PRECISIONS))
-        _require(self.state_every_epochs >= 1, "state_every_epochs", self.state_every_epochs,
-                 "an integer >= 1")
+        _require(
+            self.mixed_precision in MIXED_PRECISIONS,
+            "mixed_precision",
+            self.mixed_precision,
+            "one of " + ", ".join(MIXED_PRECISIONS),
+        )
+        _require(self.state_every_epochs >= 1, "state_every_epochs", self.state_every_epochs, "an integer >= 1")
         _require(self.noise_scheduler == "ddpm", "noise_scheduler", self.noise_scheduler, "ddpm")
         _require(self.adamw_impl in ADAMW_IMPLS, "adamw_impl", self.adamw_impl, "one of " + ", ".join(ADAMW_IMPLS))
         _require(self.save_dtype in SAVE_DTYPES, "save_dtype", self.save_dtype, "one of " + ", ".join(SAVE_DTYPES))
@@ -162,24 +205,41 @@ class LoraConfig:
     rank: int = 4  # r: the adapter's inner dimension
     alpha: float = 4.0  # lora_alpha: the adapter's update is scaled by alpha / rank
     dropout: float = 0.0  # lora_dropout on the adapter's input while it trains
-    init: Any = "gaussian"  # peft's init_lora_weights: gaussian (diffusers' examples) or true (Kaiming A), both with B = 0; false = random B
-    target_modules: Dict[str, List[str]] = field(default_factory=lambda: {
-        "unet": ["to_q", "to_k", "to_v", "to_out.0"],
-        "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]})  # per component: module names (or name endings) that get an adapter
+    # peft's init_lora_weights: gaussian (diffusers' examples) or true (Kaiming A), both with B = 0; false = random B
+    init: Any = "gaussian"
+    target_modules: Dict[str, List[str]] = field(
+        default_factory=lambda: {
+            "unet": ["to_q", "to_k", "to_v", "to_out.0"],
+            # per component: module names (or name endings) that get an adapter
+            "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        }
+    )
 
     def __post_init__(self):
         _require(isinstance(self.rank, int) and self.rank >= 1, "rank", self.rank, "an integer >= 1, e.g. 4")
         _require(self.alpha > 0 and math.isfinite(self.alpha), "alpha", self.alpha, "a number > 0, e.g. the rank")
         _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a probability in [0, 1)")
         # peft's other initialisations (pissa, olora, ...) rewrite the base weights
-        _require(isinstance(self.init, bool) or self.init == "gaussian", "init", self.init,
-                 "true, false or gaussian (peft's init_lora_weights values that leave the base weights "
-                 "alone, so that a LoRA file holds the whole change)")
+        _require(
+            isinstance(self.init, bool) or self.init == "gaussian",
+            "init",
+            self.init,
+            "true, false or gaussian (peft's init_lora_weights values that leave the base weights "
+            "alone, so that a LoRA file holds the whole change)",
+        )
         for name, modules in self.target_modules.items():
-            _require(name in COMPONENTS, f"target_modules.{name}", list(modules),
-                     f"keys from {', '.join(COMPONENTS)} (`{name}` is no component)")
-            _require(len(modules) > 0 and all(str(m).strip() for m in modules), f"target_modules.{name}",
-                     list(modules), "a non-empty list of module names, e.g. [to_q, to_k, to_v, to_out.0]")
+            _require(
+                name in COMPONENTS,
+                f"target_modules.{name}",
+                list(modules),
+                f"keys from {', '.join(COMPONENTS)} (`{name}` is no component)",
+            )
+            _require(
+                len(modules) > 0 and all(str(m).strip() for m in modules),
+                f"target_modules.{name}",
+                list(modules),
+                "a non-empty list of module names, e.g. [to_q, to_k, to_v, to_out.0]",
+            )
 
 
 @dataclass
@@ -196,13 +256,16 @@ class ValidationConfig:
 
     def __post_init__(self):
         _require(self.every_n_epochs >= 0, "every_n_epochs", self.every_n_epochs, "an integer >= 0")
-        _require(0.0 <= self.split_proportion < 1.0, "split_proportion", self.split_proportion,
-                 "a fraction in [0, 1)")
+        _require(0.0 <= self.split_proportion < 1.0, "split_proportion", self.split_proportion, "a fraction in [0, 1)")
         _require(self.stabilize_count >= 0, "stabilize_count", self.stabilize_count, "an integer >= 0")
         _require(self.repeats >= 1, "repeats", self.repeats, "an integer >= 1")
         # the upper bound (the scheduler's num_train_timesteps) is checked once the model is known
-        _require(all(isinstance(t, int) and t >= 0 for t in self.timesteps), "timesteps", self.timesteps,
-                 "integer timesteps >= 0 and below the scheduler's num_train_timesteps")
+        _require(
+            all(isinstance(t, int) and t >= 0 for t in self.timesteps),
+            "timesteps",
+            self.timesteps,
+            "integer timesteps >= 0 and below the scheduler's num_train_timesteps",
+        )
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
 
 
@@ -234,12 +297,20 @@ class SamplingConfig:
         _require(self.images_per_prompt >= 1, "images_per_prompt", self.images_per_prompt, "an integer >= 1")
         _require(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, "a number >= 0")
         _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
-        _require(self.scheduler in SAMPLING_SCHEDULERS, "scheduler", self.scheduler,
-                 "one of " + ", ".join(SAMPLING_SCHEDULERS))
+        _require(
+            self.scheduler in SAMPLING_SCHEDULERS,
+            "scheduler",
+            self.scheduler,
+            "one of " + ", ".join(SAMPLING_SCHEDULERS),
+        )
         for key in ("width", "height"):
             value = getattr(self, key)
-            _require(value is None or (8 <= value <= MAX_SIDE and value % 8 == 0), key, value,
-                     f"a positive multiple of 8 up to {MAX_SIDE}, or null for the model's size")
+            _require(
+                value is None or (8 <= value <= MAX_SIDE and value % 8 == 0),
+                key,
+                value,
+                f"a positive multiple of 8 up to {MAX_SIDE}, or null for the model's size",
+            )
         for name in self.prompts:
             check_folder_name(f"prompts.{name}", name, "a prompt set's name (its samples' folder)")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
@@ -267,7 +338,9 @@ class LoggerConfig:
 
 @dataclass
 class AnalysisConfig:
-    clip_model: Optional[str] = None  # CLIP for CLIP score, variability and style distance: hub id (openai/clip-vit-large-patch14) or local folder; null = none
+    # CLIP for CLIP score, variability and style distance: hub id (openai/clip-vit-large-patch14) or local folder; null
+    # = none
+    clip_model: Optional[str] = None
 
 
 @dataclass
@@ -277,23 +350,44 @@ class StageConfig:
     lr: float = MISSING  # learning rate (of every trained component unless text_encoder_lr is set)
     text_encoder_lr: Optional[float] = None  # a separate learning rate for the text encoder
     epochs: int = MISSING  # epochs this stage trains
-    save_epochs: List[int] = field(default_factory=list)  # epochs to checkpoint; the last is always saved, those beyond `epochs` are dropped (with a note)
+    # epochs to checkpoint; the last is always saved, those beyond `epochs` are dropped (with a note)
+    save_epochs: List[int] = field(default_factory=list)
 
     def __post_init__(self):
-        _require(len(self.train) > 0, "train", list(self.train),
-                 "a non-empty list of components from " + ", ".join(COMPONENTS))
+        _require(
+            len(self.train) > 0,
+            "train",
+            list(self.train),
+            "a non-empty list of components from " + ", ".join(COMPONENTS),
+        )
         for name in self.train:
-            _require(name in COMPONENTS, "train", list(self.train),
-                     f"components from {', '.join(COMPONENTS)} (`{name}` is unknown)")
+            _require(
+                name in COMPONENTS,
+                "train",
+                list(self.train),
+                f"components from {', '.join(COMPONENTS)} (`{name}` is unknown)",
+            )
         _require(len(set(self.train)) == len(self.train), "train", list(self.train), "no repeats")
-        _require(isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr),
-                 "lr", self.lr, "a learning rate > 0, e.g. 1.5e-6")
-        _require(self.text_encoder_lr is None or self.text_encoder_lr > 0, "text_encoder_lr",
-                 self.text_encoder_lr, "a learning rate > 0, or null to use `lr`")
+        _require(
+            isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr),
+            "lr",
+            self.lr,
+            "a learning rate > 0, e.g. 1.5e-6",
+        )
+        _require(
+            self.text_encoder_lr is None or self.text_encoder_lr > 0,
+            "text_encoder_lr",
+            self.text_encoder_lr,
+            "a learning rate > 0, or null to use `lr`",
+        )
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         for epoch in self.save_epochs:
-            _require(isinstance(epoch, int) and epoch >= 1, "save_epochs", list(self.save_epochs),
-                     "a list of epochs >= 1, e.g. [100, 300, 500]")
+            _require(
+                isinstance(epoch, int) and epoch >= 1,
+                "save_epochs",
+                list(self.save_epochs),
+                "a list of epochs >= 1, e.g. [100, 300, 500]",
+            )
         # an epoch sweep (epochs=100,300,500) keeps one save_epochs list for every length: what lies
         # beyond this stage's length is dropped, and the identity sees the list as it is trained
         self.dropped_save_epochs = sorted(e for e in set(self.save_epochs) if e > self.epochs)
@@ -315,13 +409,15 @@ class BurnlabConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the base model
     data: DataConfig = field(default_factory=DataConfig)  # the fine-tuning data
     train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, batch, precision, seed
-    lora: LoraConfig = field(default_factory=LoraConfig)  # the adapters when train.adapter=lora (part of no identity otherwise)
+    # the adapters when train.adapter=lora (part of no identity otherwise)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)  # held-out + stabilized loss
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # prompts and seeds per checkpoint
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # W&B, TensorBoard, progress bar
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # the study's stage graph
     analyze: bool = True  # build grids, GIFs, plots and the report after the run
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # what that analysis measures with (part of no stage identity)
+    # what that analysis measures with (part of no stage identity)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 def check_folder_name(key: str, value, what: str) -> None:
@@ -329,5 +425,9 @@ def check_folder_name(key: str, value, what: str) -> None:
     no `/` or `\\`, not starting with `.` (`..` would climb out of `paths.runs`; `.` starts the
     store's temp names)."""
     if not (isinstance(value, str) and _FOLDER_NAME.match(value)):
-        raise ConfigError(key, value, f"{what}: one folder name inside paths.runs, not empty, without / or \\ "
-                                      f"and not starting with a dot, e.g. burn_unet_s1")
+        raise ConfigError(
+            key,
+            value,
+            f"{what}: one folder name inside paths.runs, not empty, without / or \\ "
+            f"and not starting with a dot, e.g. burn_unet_s1",
+        )

@@ -20,6 +20,7 @@ from their metrics.jsonl in study order. burnlab opens the W&B runs itself (acce
 holds one run per process); wandb and tensorboard are imported only when enabled. Only the main
 process logs. W&B mode `auto` is online with an API key and offline otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ from burnlab.errors import ConfigError
 
 def wandb_mode(configured: str) -> str:
     if configured == "online" and not wandb_key_present():  # else wandb fails at init
-        raise ConfigError("logger.wandb.mode", configured, "`online` only with a W&B API key (WANDB_API_KEY or "
-                          "`wandb login`); without one use auto (offline files), offline or disabled")
+        raise ConfigError(
+            "logger.wandb.mode",
+            configured,
+            "`online` only with a W&B API key (WANDB_API_KEY or "
+            "`wandb login`); without one use auto (offline files), offline or disabled",
+        )
     if configured != "auto":
         return configured
     return "online" if wandb_key_present() else "offline"
@@ -68,8 +73,15 @@ class Dashboards:
     `branches`: leaf -> the stages along it (study.json's branches); `offsets`: stage -> its
     epoch_offset; `steps_per_epoch`: optimizer steps per epoch, the same for every stage."""
 
-    def __init__(self, config: BurnlabConfig, run_dir: Path, flat_config: dict, branches: Dict[str, List[str]],
-                 offsets: Dict[str, int], steps_per_epoch: int):
+    def __init__(
+        self,
+        config: BurnlabConfig,
+        run_dir: Path,
+        flat_config: dict,
+        branches: Dict[str, List[str]],
+        offsets: Dict[str, int],
+        steps_per_epoch: int,
+    ):
         self.run_dir, self.branches, self.offsets = Path(run_dir), branches, offsets
         self.steps_per_epoch = steps_per_epoch
         self.wandb: Dict[str, object] = {}
@@ -81,10 +93,16 @@ class Dashboards:
 
             for leaf, stages in branches.items():
                 run = wandb.init(
-                    project=config.logger.wandb.project, entity=config.logger.wandb.entity, mode=mode,
-                    group=study, name=f"{study}-{leaf}", job_type="branch", dir=str(self.run_dir),
+                    project=config.logger.wandb.project,
+                    entity=config.logger.wandb.entity,
+                    mode=mode,
+                    group=study,
+                    name=f"{study}-{leaf}",
+                    job_type="branch",
+                    dir=str(self.run_dir),
                     reinit="create_new",
-                    config={**flat_config, "study_run": study, "branch": leaf, "stages": list(stages)})
+                    config={**flat_config, "study_run": study, "branch": leaf, "stages": list(stages)},
+                )
                 run.define_metric("study_epoch")
                 run.define_metric("*", step_metric="study_epoch")
                 self.wandb[leaf] = run
@@ -135,12 +153,17 @@ class Dashboards:
                 media = {}
                 for row in rows:
                     media.setdefault(f"training_samples/{row['prompt_set']}", []).append(
-                        wandb.Image(str(folder / row["path"]), caption=f"{label} seed {row['seed']}"))
+                        wandb.Image(str(folder / row["path"]), caption=f"{label} seed {row['seed']}")
+                    )
                 self.wandb[leaf].log({**media, "study_epoch": study_epoch})
             if leaf in self.writers:
                 for row in rows:
-                    self.writers[leaf].add_image(f"training_samples/{row['prompt_set']}/seed{row['seed']}",
-                                                 _pixels(folder / row["path"]), global_step=step, dataformats="HWC")
+                    self.writers[leaf].add_image(
+                        f"training_samples/{row['prompt_set']}/seed{row['seed']}",
+                        _pixels(folder / row["path"]),
+                        global_step=step,
+                        dataformats="HWC",
+                    )
 
     def log_samples(self, rows: List[dict]) -> None:
         """Testing-plan samples (samples.jsonl rows). W&B: a table per branch run, the images per
@@ -154,10 +177,12 @@ class Dashboards:
                 self._wandb_samples(self.wandb[leaf], mine)
             if leaf in self.writers:
                 for row in mine:
-                    self.writers[leaf].add_image(f"samples/{row['prompt_set']}/seed{row['seed']}",
-                                                 _pixels(self.run_dir / row["path"]),
-                                                 global_step=round(row["study_epoch"] * self.steps_per_epoch),
-                                                 dataformats="HWC")
+                    self.writers[leaf].add_image(
+                        f"samples/{row['prompt_set']}/seed{row['seed']}",
+                        _pixels(self.run_dir / row["path"]),
+                        global_step=round(row["study_epoch"] * self.steps_per_epoch),
+                        dataformats="HWC",
+                    )
 
     def _wandb_samples(self, run, rows: List[dict]) -> None:
         import wandb
@@ -167,12 +192,27 @@ class Dashboards:
         artifacts: Dict[str, object] = {}
         for row in rows:
             path = str((self.run_dir / row["path"]).resolve())
-            table.add_data(row["index"], row["label"], row["stage"], row["study_epoch"], row["prompt_set"],
-                           row["prompt"], row["seed"], wandb.Image(path))
+            table.add_data(
+                row["index"],
+                row["label"],
+                row["stage"],
+                row["study_epoch"],
+                row["prompt_set"],
+                row["prompt"],
+                row["seed"],
+                wandb.Image(path),
+            )
             media.setdefault(f"samples/{row['prompt_set']}", []).append(
-                wandb.Image(path, caption=f"{row['label']} seed {row['seed']}"))
-            artifact = artifacts.setdefault(row["checkpoint_id"], wandb.Artifact(
-                f"{SAMPLES_ARTIFACT_PREFIX}{row['checkpoint_id']}", type=SAMPLES_ARTIFACT_TYPE, metadata={"label": row["label"]}))
+                wandb.Image(path, caption=f"{row['label']} seed {row['seed']}")
+            )
+            artifact = artifacts.setdefault(
+                row["checkpoint_id"],
+                wandb.Artifact(
+                    f"{SAMPLES_ARTIFACT_PREFIX}{row['checkpoint_id']}",
+                    type=SAMPLES_ARTIFACT_TYPE,
+                    metadata={"label": row["label"]},
+                ),
+            )
             name = f"{row['prompt_set']}/{Path(path).name}"
             if name not in artifact.manifest.entries:
                 artifact.add_file(path, name=name)
@@ -183,9 +223,10 @@ class Dashboards:
     def study_finished(self, study: dict) -> None:
         """study.json into each W&B run's config: what the analysis reads back through the W&B API."""
         for leaf, run in self.wandb.items():
-            run.config.update({STUDY_CONFIG_KEY: json.dumps(study),
-                               "component": ",".join(study["branches"][leaf]["component"])},
-                              allow_val_change=True)
+            run.config.update(
+                {STUDY_CONFIG_KEY: json.dumps(study), "component": ",".join(study["branches"][leaf]["component"])},
+                allow_val_change=True,
+            )
 
     def log_analysis(self, products) -> None:
         """In each branch run's summary the component swap's verdict of its final checkpoint against

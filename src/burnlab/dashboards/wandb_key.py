@@ -1,5 +1,6 @@
 """Whether a W&B API key is configured: the one rule that training (W&B mode `auto`) and the
 analysis (reading runs through the W&B API) both follow. No import of wandb."""
+
 from __future__ import annotations
 
 import netrc

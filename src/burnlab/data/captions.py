@@ -6,6 +6,7 @@ validation captions once, with the study's own tokenizer, warns, and records wha
 study.json (`long_captions`, docs/run_store.md), which the analysis report shows. Nothing here
 changes what is trained.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,13 +25,19 @@ def long_captions(tokenizer, sets: Dict[str, Tuple[ImageSet, Path]]) -> dict:
     words cut. `sets`: name -> (images, the data folder they were read from)."""
     by_set, examples = {}, []
     for name, (images, folder) in sets.items():
-        cut = [(image, words) for image, words in zip(images.files, cut_words(tokenizer, images.captions))
-               if words is not None]
+        cut = [
+            (image, words)
+            for image, words in zip(images.files, cut_words(tokenizer, images.captions))
+            if words is not None
+        ]
         by_set[name] = len(cut)
-        examples += [{"set": name, "file": caption_source(image, folder), "cut": words}
-                     for image, words in cut]
-    return {"limit": tokenizer.model_max_length, "count": sum(by_set.values()), "by_set": by_set,
-            "examples": examples[:MAX_EXAMPLES]}
+        examples += [{"set": name, "file": caption_source(image, folder), "cut": words} for image, words in cut]
+    return {
+        "limit": tokenizer.model_max_length,
+        "count": sum(by_set.values()),
+        "by_set": by_set,
+        "examples": examples[:MAX_EXAMPLES],
+    }
 
 
 def warning(record: dict) -> Optional[str]:
@@ -40,11 +47,13 @@ def warning(record: dict) -> Optional[str]:
     sets = ", ".join(f"{count} {SET_NAMES[name]}" for name, count in record["by_set"].items() if count)
     first = record["examples"][0]
     for_example = "E.g. " if record["count"] > 1 else ""
-    return (f"{_captions(record['count'])} longer than the tokenizer's limit of {record['limit']} "
-            f"tokens ({sets}): training cuts captions there, so the words past the limit are never "
-            f"trained (an activation phrase at the end of a caption is lost). {for_example}"
-            f"{first['file']} loses {first['cut']!r}. Up to {MAX_EXAMPLES} examples are in "
-            f"study.json (`long_captions`); shorten those captions, or move what matters to their start.")
+    return (
+        f"{_captions(record['count'])} longer than the tokenizer's limit of {record['limit']} "
+        f"tokens ({sets}): training cuts captions there, so the words past the limit are never "
+        f"trained (an activation phrase at the end of a caption is lost). {for_example}"
+        f"{first['file']} loses {first['cut']!r}. Up to {MAX_EXAMPLES} examples are in "
+        f"study.json (`long_captions`); shorten those captions, or move what matters to their start."
+    )
 
 
 def _captions(count: int) -> str:

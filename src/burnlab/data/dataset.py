@@ -14,6 +14,7 @@ seen (burnlab.data.decoding: EXIF orientation applied, 16 bits scaled to 8, tran
 `data.background`), then resized (short side) and centre-cropped to the training resolution,
 once, at load.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,8 +83,9 @@ class StudyData:
         return {"skipped": len(self.skipped), "files": [dataclasses.asdict(p) for p in self.skipped]}
 
 
-def scan_captioned_folder(folder: Path, key: str, data: DataConfig,
-                          problems: List[Problem]) -> Iterator[Tuple[Path, str]]:
+def scan_captioned_folder(
+    folder: Path, key: str, data: DataConfig, problems: List[Problem]
+) -> Iterator[Tuple[Path, str]]:
     """The (image, caption) pairs of a folder, in order; a missing or undecodable caption (or
     metadata.jsonl row) is appended to `problems` where it is met, so that the caller's problems
     with the images fall in between, in the same order. Raises UserError for a folder without images."""
@@ -95,8 +97,10 @@ def scan_captioned_folder(folder: Path, key: str, data: DataConfig,
         return
     images = _find_images(folder, key, problems)
     if not images and not problems:
-        raise UserError(f"the data folder {folder} (config key `{key}`) holds no images: "
-                        f"expected files ending in {', '.join(IMAGE_SUFFIXES)}, searched recursively.")
+        raise UserError(
+            f"the data folder {folder} (config key `{key}`) holds no images: "
+            f"expected files ending in {', '.join(IMAGE_SUFFIXES)}, searched recursively."
+        )
     for image in images:
         caption_file = image.with_suffix(".txt")
         if not os.path.isfile(caption_file):
@@ -121,8 +125,9 @@ def _find_images(folder: Path, key: str, problems: List[Problem]) -> List[Path]:
     searched, images, left_out = {top}, [], []
 
     def unlistable(error: OSError) -> None:
-        problems.append(Problem(key, _relative(Path(error.filename), folder),
-                                f"folder cannot be listed ({error.strerror})"))
+        problems.append(
+            Problem(key, _relative(Path(error.filename), folder), f"folder cannot be listed ({error.strerror})")
+        )
 
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=unlistable):
         dirs.sort()  # a folder reached twice is searched where it comes first, the same every run
@@ -255,8 +260,13 @@ def load_study_data(data: DataConfig, validation: ValidationConfig) -> StudyData
     read = [(every, folder)] + ([(held_out, val_folder)] if held_out is not None else [])
     _warn_empty_captions(read)
     # the paths of the folders are left out: a moved or renamed folder holds the same data
-    identity_parts = [[_content(images, where) for images, where in read], data.resolution,
-                      ImageColor.getrgb(data.background), validation.split_proportion, validation.split_seed]
+    identity_parts = [
+        [_content(images, where) for images, where in read],
+        data.resolution,
+        ImageColor.getrgb(data.background),
+        validation.split_proportion,
+        validation.split_seed,
+    ]
     rng = np.random.default_rng(validation.split_seed)
     stabilize = train.subset(sorted(rng.permutation(len(train))[: validation.stabilize_count].tolist()))
     return StudyData(train, val, stabilize, hash_json(identity_parts), problems)
@@ -270,34 +280,49 @@ def _settle(problems: List[Problem], skip_bad: bool, folder: Path) -> None:
     shown = "; ".join(str(p) for p in problems[:SHOWN])
     listing = f"{shown}; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else shown
     if not skip_bad:
-        raise UserError(f"{count} in the data folder {folder}: {listing}. Fix or remove them (images without a "
-                        f"caption can take `data.default_caption` instead, captions not in UTF-8 "
-                        f"`data.caption_encoding`, e.g. cp1252), or set `data.skip_bad=true` to train without them.")
-    log.warning("data.skip_bad: left out %s in the data folder %s: %s. study.json lists them all (`data_problems`).",
-                count, folder, listing)
+        raise UserError(
+            f"{count} in the data folder {folder}: {listing}. Fix or remove them (images without a "
+            f"caption can take `data.default_caption` instead, captions not in UTF-8 "
+            f"`data.caption_encoding`, e.g. cp1252), or set `data.skip_bad=true` to train without them."
+        )
+    log.warning(
+        "data.skip_bad: left out %s in the data folder %s: %s. study.json lists them all (`data_problems`).",
+        count,
+        folder,
+        listing,
+    )
 
 
 def _require_left(images: ImageSet, minimum: int, key: str, folder: Path, problems: List[Problem]) -> None:
     if problems and len(images) < minimum:
-        raise UserError(f"after leaving out {len(problems)} bad file(s) (data.skip_bad), the folder {folder} "
-                        f"(`{key}`) keeps {len(images)} usable image(s); at least {minimum} are needed. "
-                        f"Fix the files the warning above lists.")
+        raise UserError(
+            f"after leaving out {len(problems)} bad file(s) (data.skip_bad), the folder {folder} "
+            f"(`{key}`) keeps {len(images)} usable image(s); at least {minimum} are needed. "
+            f"Fix the files the warning above lists."
+        )
 
 
 def _warn_empty_captions(sets: List[Tuple[ImageSet, Path]]) -> None:
     """Empty captions are trained (like EveryDream2 and kohya: the image without text, as caption
     dropout does), but counted in one warning, since an empty .txt is more often a slip."""
-    empty = [caption_source(file, folder) for images, folder in sets
-             for file, caption in zip(images.files, images.captions) if not caption]
+    empty = [
+        caption_source(file, folder)
+        for images, folder in sets
+        for file, caption in zip(images.files, images.captions)
+        if not caption
+    ]
     if empty:
-        log.warning("%d image(s) have an empty caption and train on no text (e.g. %s).", len(empty),
-                    "; ".join(empty[:SHOWN]))
+        log.warning(
+            "%d image(s) have an empty caption and train on no text (e.g. %s).", len(empty), "; ".join(empty[:SHOWN])
+        )
 
 
 def _content(images: ImageSet, folder: Path) -> list:
     """What the data identity hashes of a folder's images: each one used, by its path in the
     folder and its bytes, with its caption as decoded (so `data.caption_encoding` counts when used)."""
-    return [[_relative(file, folder), sha256_file(file), caption] for file, caption in zip(images.files, images.captions)]
+    return [
+        [_relative(file, folder), sha256_file(file), caption] for file, caption in zip(images.files, images.captions)
+    ]
 
 
 def split_indices(count: int, proportion: float, seed: int) -> Tuple[List[int], List[int]]:

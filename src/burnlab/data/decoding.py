@@ -2,6 +2,7 @@
 read and seen. Whatever makes a file unusable (a byte that is not UTF-8, a file cut short, an
 image too large, one PIL cannot read) raises BadFile saying why, for burnlab.data.dataset to list.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

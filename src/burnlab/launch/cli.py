@@ -9,6 +9,7 @@
 User errors (bad config values, missing data; Hydra's errors over the command line and the
 config too) print one paragraph and exit with status 2.
 """
+
 from __future__ import annotations
 
 import logging

@@ -12,6 +12,7 @@ what makes that one accelerate run rather than several studies trained side by s
   place in the job becomes RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, which
   accelerate reads as `accelerate launch` would set them, and rank 0 alone writes the job's log.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,16 +34,24 @@ def check_slurm_launcher(launcher: DictConfig) -> None:
         return
     partition = launcher.get("partition")
     if not isinstance(partition, str) or not partition.strip():
-        _refuse("partition", partition, "the SLURM partition the jobs are submitted to (sbatch --partition), "
-                "e.g. hydra.launcher.partition=gpu")
+        _refuse(
+            "partition",
+            partition,
+            "the SLURM partition the jobs are submitted to (sbatch --partition), e.g. hydra.launcher.partition=gpu",
+        )
     gpus = launcher.get("gpus_per_node")
     if gpus is None or gpus < 1:
-        _refuse("gpus_per_node", gpus, "a whole number of GPUs per job, 1 or more (each GPU runs one "
-                "accelerate process)")
+        _refuse(
+            "gpus_per_node", gpus, "a whole number of GPUs per job, 1 or more (each GPU runs one accelerate process)"
+        )
     tasks = launcher.get("tasks_per_node")
     if tasks != gpus:
-        _refuse("tasks_per_node", tasks, f"the same as hydra.launcher.gpus_per_node ({gpus}): each task is the "
-                f"accelerate process of one GPU (leave tasks_per_node out and it follows gpus_per_node)")
+        _refuse(
+            "tasks_per_node",
+            tasks,
+            f"the same as hydra.launcher.gpus_per_node ({gpus}): each task is the "
+            f"accelerate process of one GPU (leave tasks_per_node out and it follows gpus_per_node)",
+        )
     nodes = launcher.get("nodes")
     if nodes != 1:
         _refuse("nodes", nodes, "1: a job runs on one node (burnlab does not join nodes into one run)")

@@ -3,6 +3,7 @@ analysis package's API and say where everything is. The analysis reads the run s
 is the one place the harness builds it, as an observer of the run (PostRunAnalysis), whose
 products the dashboards then mirror (burnlab.dashboards.trackers reads their W&B keys through
 burnlab.analysis.tracking)."""
+
 from __future__ import annotations
 
 import logging
@@ -26,11 +27,13 @@ def build_outputs(run_dir: Path, use_probe: bool = True, clip_model: str | None 
         return None
     for line in headlines(products):
         print(line)
-    print(f"\nburnlab: study finished.\n"
-          f"  run dir:  {run_dir}\n"
-          f"  report:   {products.report}\n"
-          f"  samples:  {run_dir / 'samples.jsonl'} (PNG paths per checkpoint, prompt and seed)\n"
-          f"  config:   {run_dir / 'config.yaml'}")
+    print(
+        f"\nburnlab: study finished.\n"
+        f"  run dir:  {run_dir}\n"
+        f"  report:   {products.report}\n"
+        f"  samples:  {run_dir / 'samples.jsonl'} (PNG paths per checkpoint, prompt and seed)\n"
+        f"  config:   {run_dir / 'config.yaml'}"
+    )
     return products
 
 

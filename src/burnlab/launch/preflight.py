@@ -12,6 +12,7 @@ launcher submits a job (a SLURM job that cannot run would be found out on the cl
 queue or its logs). Commands
 that run no job (--help, --cfg, --info) are left to Hydra.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -67,8 +68,9 @@ def _compose(args, conf_dir: Path, overrides: list, return_hydra_config: bool = 
     if args.config_dir:
         overrides = overrides + [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"]
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return compose(config_name=args.config_name or "config", overrides=overrides,
-                       return_hydra_config=return_hydra_config)
+        return compose(
+            config_name=args.config_name or "config", overrides=overrides, return_hydra_config=return_hydra_config
+        )
 
 
 def check_runs_writable(runs: str) -> None:
@@ -82,5 +84,6 @@ def check_runs_writable(runs: str) -> None:
     try:
         tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as error:
-        raise ConfigError("paths.runs", runs, f"{allowed}; {existing} cannot be written in "
-                          f"({error.strerror})") from None
+        raise ConfigError(
+            "paths.runs", runs, f"{allowed}; {existing} cannot be written in ({error.strerror})"
+        ) from None

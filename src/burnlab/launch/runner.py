@@ -13,6 +13,7 @@ every row, sample and the analysis onto the dashboards (burnlab.dashboards.track
 TensorBoard folder per branch). A SIGINT/SIGTERM (burnlab.runtime.stopping) stops the study after the step,
 stage or sampled checkpoint in progress; a stage stopped by a NaN loss is marked FAILED.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,14 @@ class StudyRunner:
     does all three. Observers see the run and change nothing in it: the dashboards (main process)
     mirror every row and sample, and the post-run analysis builds the report from the run store."""
 
-    def __init__(self, config: BurnlabConfig, run_dir: Path, resolved_yaml: str, flat_config: dict,
-                 epochs_swept: Collection[str] = ()):
+    def __init__(
+        self,
+        config: BurnlabConfig,
+        run_dir: Path,
+        resolved_yaml: str,
+        flat_config: dict,
+        epochs_swept: Collection[str] = (),
+    ):
         """`epochs_swept`: the stages whose epochs this sweep job's overrides set (train.keep_states=auto)."""
         self.config = config
         self.run_dir = Path(run_dir)
@@ -109,34 +116,43 @@ class StudyRunner:
         # cpu=True without CUDA: a multi-process launch (torchrun, `accelerate launch --multi_gpu`)
         # then forms one gloo group instead of separate processes that each train alone
         try:
-            self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
-                                           cpu=not torch.cuda.is_available(),
-                                           project_dir=str(self.run_dir))
+            self.accelerator = Accelerator(
+                mixed_precision=config.train.mixed_precision,
+                cpu=not torch.cuda.is_available(),
+                project_dir=str(self.run_dir),
+            )
         except ValueError as error:
             if "already been initialized" not in str(error):
                 raise
-            raise UserError(f"train.mixed_precision = {config.train.mixed_precision!r}, but this process already "
-                            f"ran a study with another precision, and accelerate keeps one per process: run "
-                            f"each precision in its own burnlab command (or a sweep launcher that starts a "
-                            f"process per job).") from None
+            raise UserError(
+                f"train.mixed_precision = {config.train.mixed_precision!r}, but this process already "
+                f"ran a study with another precision, and accelerate keeps one per process: run "
+                f"each precision in its own burnlab command (or a sweep launcher that starts a "
+                f"process per job)."
+            ) from None
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:
-            raise UserError(f"burnlab was launched as {launched} processes (WORLD_SIZE), but accelerate joined "
-                            f"{self.accelerator.num_processes}: each would train the study alone into the same "
-                            f"run store. Launch with `accelerate launch --num_processes N -m burnlab.launch.cli ...` "
-                            f"(on a CPU machine: `accelerate launch --multi_gpu --num_processes N ...`).")
+            raise UserError(
+                f"burnlab was launched as {launched} processes (WORLD_SIZE), but accelerate joined "
+                f"{self.accelerator.num_processes}: each would train the study alone into the same "
+                f"run store. Launch with `accelerate launch --num_processes N -m burnlab.launch.cli ...` "
+                f"(on a CPU machine: `accelerate launch --multi_gpu --num_processes N ...`)."
+            )
         self.is_main = self.accelerator.is_main_process
         self.stop = StopSignals()
         self.base = BaseModel(config.model)
         _check_timesteps(config.validation.timesteps, self.base.num_train_timesteps())
         self.frozen_dtype = self.base.frozen_dtype(self.accelerator.device)
         if self.frozen_dtype == torch.float16 and self.accelerator.device.type == "cpu":
-            log.warning("model.dtype=float16 on a CPU: half precision runs many times slower there than "
-                        "float32 (model.dtype=auto picks float32 on a CPU, float16 on CUDA)")
+            log.warning(
+                "model.dtype=float16 on a CPU: half precision runs many times slower there than "
+                "float32 (model.dtype=auto picks float32 on a CPU, float16 on CUDA)"
+            )
         self.data = load_study_data(config.data, config.validation)
         self.long_captions = self._check_captions()
-        self.planned = plan_stages(config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype),
-                                   self.epochs_swept)
+        self.planned = plan_stages(
+            config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype), self.epochs_swept
+        )
         self.stage_dirs = {name: stages_dir(self.cache.parent) / p.identity for name, p in self.planned.items()}
         # everything above only reads; from here on the main process writes and observes
         if self.is_main:
@@ -144,23 +160,29 @@ class StudyRunner:
             remove_temp(self.run_dir, recursive=False)  # a killed run's half-written study.json, say
             atomic_write_text(self.run_dir / CONFIG, self.resolved_yaml)
             self.dashboards = trackers.Dashboards(
-                config, self.run_dir, self.flat_config,
+                config,
+                self.run_dir,
+                self.flat_config,
                 {leaf: branch_of(self.planned, leaf)["stages"] for leaf in leaves(config.stages)},
                 {name: p.epoch_offset for name, p in self.planned.items()},
-                steps_per_epoch(len(self.data.train), config.train, self.accelerator.num_processes))
+                steps_per_epoch(len(self.data.train), config.train, self.accelerator.num_processes),
+            )
         else:
             self.dashboards = trackers.NoDashboards()
         self.observers = [self.dashboards]
         if self.is_main and config.analyze:
-            self.observers.append(PostRunAnalysis(self.run_dir, self.uses_toy_model(), config.analysis.clip_model,
-                                                  self.dashboards))
+            self.observers.append(
+                PostRunAnalysis(self.run_dir, self.uses_toy_model(), config.analysis.clip_model, self.dashboards)
+            )
 
     def _check_captions(self) -> dict:
         """study.json's `long_captions`, warned about once, by the main process."""
         folder = resolve_path(self.config.data.path)
         val_folder = resolve_path(self.config.validation.path) if self.config.validation.path else folder
-        record = captions.long_captions(self.base.tokenizer(), {"train": (self.data.train, folder),
-                                                                "validation": (self.data.validation, val_folder)})
+        record = captions.long_captions(
+            self.base.tokenizer(),
+            {"train": (self.data.train, folder), "validation": (self.data.validation, val_folder)},
+        )
         message = captions.warning(record)
         if message and self.is_main:
             log.warning(message)
@@ -180,21 +202,35 @@ class StudyRunner:
         planned = self.planned[name]
         stage = planned.config
         return StageRecord(
-            name=name, parent=stage.parent, train=tuple(stage.train), lr=stage.lr,
-            text_encoder_lr=stage.text_encoder_lr, epochs=stage.epochs, save_epochs=tuple(stage.checkpoint_epochs()),
-            identity=planned.identity, trajectory=planned.trajectory, keep_states=planned.keep_states,
-            continued_from=continued_from(self.stage_dirs[name]), dir=os.path.relpath(self.stage_dirs[name], self.run_dir),
-            epoch_offset=planned.epoch_offset, status=self.status(name)).to_json()
+            name=name,
+            parent=stage.parent,
+            train=tuple(stage.train),
+            lr=stage.lr,
+            text_encoder_lr=stage.text_encoder_lr,
+            epochs=stage.epochs,
+            save_epochs=tuple(stage.checkpoint_epochs()),
+            identity=planned.identity,
+            trajectory=planned.trajectory,
+            keep_states=planned.keep_states,
+            continued_from=continued_from(self.stage_dirs[name]),
+            dir=os.path.relpath(self.stage_dirs[name], self.run_dir),
+            epoch_offset=planned.epoch_offset,
+            status=self.status(name),
+        ).to_json()
 
     def study_json(self) -> dict:
         stages = {name: self.stage_entry(name) for name in self.planned}
         rel = {name: entry["dir"] for name, entry in stages.items()}
         leaf_names = leaves(self.config.stages)
-        return {"study": self.config.name, "base": self.base.describe(), "stages": stages,
-                "branches": {leaf: branch_of(self.planned, leaf) for leaf in leaf_names},
-                "testing_plan": {leaf: testing_plan(self.planned, leaf, self.base.identity, rel)
-                                 for leaf in leaf_names},
-                "long_captions": self.long_captions, "data_problems": self.data.problems_record()}
+        return {
+            "study": self.config.name,
+            "base": self.base.describe(),
+            "stages": stages,
+            "branches": {leaf: branch_of(self.planned, leaf) for leaf in leaf_names},
+            "testing_plan": {leaf: testing_plan(self.planned, leaf, self.base.identity, rel) for leaf in leaf_names},
+            "long_captions": self.long_captions,
+            "data_problems": self.data.problems_record(),
+        }
 
     def write_study_json(self) -> dict:
         study = self.study_json()
@@ -220,8 +256,11 @@ class StudyRunner:
             # before any rank looks for COMPLETE: a damaged stage is no longer complete
             stopping = self._check_stage(name) if self.is_main else []
             if any_rank(self.accelerator, bool(stopping)):
-                raise DamagedStore(stopping[0]) if stopping else UserError(
-                    "the main process found a damaged file in the run store; its message names it.")
+                raise (
+                    DamagedStore(stopping[0])
+                    if stopping
+                    else UserError("the main process found a damaged file in the run store; its message names it.")
+                )
             if (stage_dir / COMPLETE).exists():
                 log.info("stage %s: complete in the cache (%s), skipped", name, stage_dir)
                 self.dashboards.replay_rows(read_jsonl(stage_dir / METRICS))
@@ -229,18 +268,33 @@ class StudyRunner:
             if self.is_main:  # under the lock: whatever a killed writer left half-done here
                 remove_temp(stage_dir)
                 (stage_dir / FAILED).unlink(missing_ok=True)
-            log.info("stage %s: training %s for %d epochs -> %s", name, "+".join(planned.config.train),
-                     planned.config.epochs, stage_dir)
+            log.info(
+                "stage %s: training %s for %d epochs -> %s",
+                name,
+                "+".join(planned.config.train),
+                planned.config.epochs,
+                stage_dir,
+            )
             if self.is_main:
                 self._continue_shorter_run(name)
-                atomic_write_json(stage_dir / STAGE_RECORD, self.stage_entry(name) | {
-                    "name": name, "lineage": planned.lineage, "base": self.base.describe()})
+                atomic_write_json(
+                    stage_dir / STAGE_RECORD,
+                    self.stage_entry(name) | {"name": name, "lineage": planned.lineage, "base": self.base.describe()},
+                )
             self.accelerator.wait_for_everyone()  # every rank resumes from what the main process took over
-            job = StageJob(self.config, planned, stage_dir, self.parent_sources(name), self.base, self.data,
-                           self.accelerator, self.frozen_dtype,
-                           log=self.dashboards.log_row,
-                           on_epoch_end=self._mirrored(name, on_epoch_end(stage_dir)) if on_epoch_end else None,
-                           stop=self.stop)
+            job = StageJob(
+                self.config,
+                planned,
+                stage_dir,
+                self.parent_sources(name),
+                self.base,
+                self.data,
+                self.accelerator,
+                self.frozen_dtype,
+                log=self.dashboards.log_row,
+                on_epoch_end=self._mirrored(name, on_epoch_end(stage_dir)) if on_epoch_end else None,
+                stop=self.stop,
+            )
             with PeakMemory(self.accelerator.device) as peak:
                 try:
                     train_stage(job)
@@ -266,8 +320,12 @@ class StudyRunner:
             return jsonl_damage(metrics) if metrics.exists() else []
         damage = stage_damage(stage_dir, self.planned[name].config.checkpoint_epochs())
         if damage:
-            log.warning("stage %s: %s; the stage is trained again from %s", name, "; ".join(map(str, damage)),
-                        self.planned[name].config.parent)
+            log.warning(
+                "stage %s: %s; the stage is trained again from %s",
+                name,
+                "; ".join(map(str, damage)),
+                self.planned[name].config.parent,
+            )
             reset_stage(stage_dir)
         return []
 
@@ -283,9 +341,12 @@ class StudyRunner:
             # the rows up to there were logged by the other run's dashboards
             self.dashboards.replay_rows(read_jsonl(stage_dir / METRICS))
         elif self.config.train.lr_scheduler in LENGTH_DEPENDENT_SCHEDULES and planned.keep_states:
-            log.info("stage %s: train.lr_scheduler=%s depends on the stage's length, so each length of it "
-                     "trains from epoch 0 (only constant schedules let a longer run continue a shorter one)",
-                     name, self.config.train.lr_scheduler)
+            log.info(
+                "stage %s: train.lr_scheduler=%s depends on the stage's length, so each length of it "
+                "trains from epoch 0 (only constant schedules let a longer run continue a shorter one)",
+                name,
+                self.config.train.lr_scheduler,
+            )
 
     def _mark_failed(self, name: str, reason: str) -> None:
         """The stage's FAILED marker and study.json saying so; its state and checkpoints stay."""
@@ -295,29 +356,45 @@ class StudyRunner:
 
     def _record_memory(self, name: str, peak: PeakMemory) -> None:
         planned = self.planned[name]
-        log.info("stage %s: peak memory %.2f GiB (%s)", name, peak.peak_bytes / 2 ** 30, peak.kind)
+        log.info("stage %s: peak memory %.2f GiB (%s)", name, peak.peak_bytes / 2**30, peak.kind)
         if self.is_main:
-            row = {"type": "memory", "stage": name, "epoch": planned.config.epochs,
-                   "study_epoch": planned.epoch_offset + planned.config.epochs,
-                   "peak_bytes": peak.peak_bytes, "measure": peak.kind}
+            row = {
+                "type": "memory",
+                "stage": name,
+                "epoch": planned.config.epochs,
+                "study_epoch": planned.epoch_offset + planned.config.epochs,
+                "peak_bytes": peak.peak_bytes,
+                "measure": peak.kind,
+            }
             append_jsonl(self.stage_dirs[name] / METRICS, row)
             self.dashboards.log_row(row)
 
     def _mirrored(self, name: str, hook):
         """The sampling hook, then its samples (if it made any this epoch) onto the dashboards."""
+
         def on_epoch_end(epoch, models):
             hook(epoch, models)
             folder = training_samples_dir(self.stage_dirs[name], epoch)
             if self.is_main and (folder / IMAGE_INDEX).exists():
                 self.dashboards.log_training_samples(name, epoch, list(read_jsonl(folder / IMAGE_INDEX)), folder)
+
         return on_epoch_end
 
     def run(self) -> dict:
         """Train every stage, sample the testing plan and the swap corners; returns study.json."""
         with self.stop:
             study = self.write_study_json()
-            sampler = Sampler(self.config.sampling, self.base.describe(), samples_dir(self.cache.parent),
-                              self.accelerator, self.stop) if self.config.sampling.prompts else None
+            sampler = (
+                Sampler(
+                    self.config.sampling,
+                    self.base.describe(),
+                    samples_dir(self.cache.parent),
+                    self.accelerator,
+                    self.stop,
+                )
+                if self.config.sampling.prompts
+                else None
+            )
             for name in stage_order(self.config.stages):
                 hook = sampler.training_hook if sampler and self.config.sampling.every_n_epochs else None
                 self.run_stage(name, hook)
@@ -328,8 +405,14 @@ class StudyRunner:
                 rows = sampler.sample_testing_plan(study, self.run_dir)
                 self.dashboards.log_samples(rows)
                 if self.config.sampling.attribution:
-                    attribute_study(sampler, study, self.run_dir, self.base.tokenizer(), self.base.noise_scheduler(),
-                                    stop_check=self._stop_after("while sampling the swap corners"))
+                    attribute_study(
+                        sampler,
+                        study,
+                        self.run_dir,
+                        self.base.tokenizer(),
+                        self.base.noise_scheduler(),
+                        stop_check=self._stop_after("while sampling the swap corners"),
+                    )
         for observer in self.observers:
             observer.study_finished(study)
         return study
@@ -346,6 +429,7 @@ class StudyRunner:
         def check() -> None:
             if any_rank(self.accelerator, self.stop.received is not None):
                 raise self.stop.interrupted(f"{where}; the corners sampled so far are kept in the sample cache")
+
         return check
 
     def uses_toy_model(self) -> bool:
@@ -365,6 +449,9 @@ def reset_stage(stage_dir: Path) -> None:
 def _check_timesteps(timesteps, num_train_timesteps: int) -> None:
     bad = [t for t in timesteps if t >= num_train_timesteps]
     if bad:
-        raise ConfigError("validation.timesteps", list(timesteps),
-                          f"timesteps from 0 to {num_train_timesteps - 1} (the model's scheduler has "
-                          f"{num_train_timesteps} training timesteps; {bad} lie outside)")
+        raise ConfigError(
+            "validation.timesteps",
+            list(timesteps),
+            f"timesteps from 0 to {num_train_timesteps - 1} (the model's scheduler has "
+            f"{num_train_timesteps} training timesteps; {bad} lie outside)",
+        )

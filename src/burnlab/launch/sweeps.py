@@ -9,6 +9,7 @@ same sweep finds its jobs' folders (and their stages, complete in the cache) aga
 sweep's values never land in them; a name too long or with characters a folder name should not
 hold is shortened, with a hash of the whole. Each folder's job.json maps it back.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,13 +31,12 @@ def job_folder_name(override_dirname: str) -> str:
     safe = _UNSAFE.sub("_", override_dirname).strip(".")
     if safe == override_dirname and len(safe) <= MAX_FOLDER_NAME:
         return safe
-    return f"{safe[:MAX_FOLDER_NAME - 17]}-{hash_json(['job', override_dirname])}"
+    return f"{safe[: MAX_FOLDER_NAME - 17]}-{hash_json(['job', override_dirname])}"
 
 
 def write_job_record(run_dir: Path, overrides: List[str], number: int) -> None:
     """job.json: the job's overrides (the values that make this job what it is) and its number."""
-    atomic_write_json(Path(run_dir) / JOB, {"overrides": overrides, "folder": Path(run_dir).name,
-                                                  "job_number": number})
+    atomic_write_json(Path(run_dir) / JOB, {"overrides": overrides, "folder": Path(run_dir).name, "job_number": number})
 
 
 def epochs_set_by(overrides: List[str]) -> Set[str]:

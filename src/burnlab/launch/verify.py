@@ -16,6 +16,7 @@ leaves what a running study holds. A checkpoint whose parent stage is gone altog
 reported as a note, not as damage (it is sound, nothing is removed, the exit status stays 0): the
 next run of its study trains the parent into the same folder, as after a repair.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,11 @@ def _state_damage(stage_dir: Path, identity: str, trained: List[str]) -> List[Da
             continue
         if owner != identity:
             damage.append(Damage(state, f"belongs to stage {owner!r}, not to this folder's {identity!r}"))
-        damage += [Damage(folder / name, "is missing") for name in [*(f"{c}.safetensors" for c in trained),
-                                                                    "optimizer.pt"] if not (folder / name).exists()]
+        damage += [
+            Damage(folder / name, "is missing")
+            for name in [*(f"{c}.safetensors" for c in trained), "optimizer.pt"]
+            if not (folder / name).exists()
+        ]
     return damage
 
 
@@ -101,8 +105,9 @@ def check_stage(stage_dir: Path) -> tuple:
                 owner = (checkpoint / entry["dir"]).resolve().parent if entry.get("dir") not in (None, name) else None
                 # a parent stage folder that is there but lacks the checkpoint is reported as that stage
                 if owner is not None and not owner.parent.parent.exists() and owner not in [d.path for d in lineage]:
-                    lineage.append(Damage(owner, f"is missing, with its stage folder: {checkpoint.name}'s `{name}` "
-                                                 f"comes from it"))
+                    lineage.append(
+                        Damage(owner, f"is missing, with its stage folder: {checkpoint.name}'s `{name}` comes from it")
+                    )
     if (stage_dir / COMPLETE).exists():
         if not record:
             damage.append(Damage(record_path, "is missing in a complete stage"))
@@ -141,18 +146,37 @@ def find_damage(root: Path) -> List[Finding]:
         if damage:
             findings.append(Finding(label, damage, stage_dir, lock, _stage_dependents(stage_dir.name, runs, root)))
         elif lineage:
-            findings.append(Finding(label + " is sound, but what it inherits is gone", lineage, None, None,
-                                    _stage_dependents(stage_dir.name, runs, root), note=True))
-    for folder in sorted(p for p in (root / "cache" / "samples").glob("*") if p.is_dir()
-                         and not is_temp_leftover(p.name)):
+            findings.append(
+                Finding(
+                    label + " is sound, but what it inherits is gone",
+                    lineage,
+                    None,
+                    None,
+                    _stage_dependents(stage_dir.name, runs, root),
+                    note=True,
+                )
+            )
+    for folder in sorted(
+        p for p in (root / "cache" / "samples").glob("*") if p.is_dir() and not is_temp_leftover(p.name)
+    ):
         damage = sample_folder_damage(folder, fresh=True)
         if damage:
             checkpoint_id = folder.name.rsplit("-", 1)[0]
-            users = [str(run.relative_to(root)) for run, study in runs.items()
-                     if any(e.get("checkpoint_id") == checkpoint_id for plan in study.get("testing_plan", {}).values()
-                            for e in plan) or folder.resolve() in _swap_corners(run)]
-            findings.append(Finding(f"samples {folder.name}", damage, folder, Path(str(folder) + ".lock"),
-                                    [f"run {u}" for u in users]))
+            users = [
+                str(run.relative_to(root))
+                for run, study in runs.items()
+                if any(
+                    e.get("checkpoint_id") == checkpoint_id
+                    for plan in study.get("testing_plan", {}).values()
+                    for e in plan
+                )
+                or folder.resolve() in _swap_corners(run)
+            ]
+            findings.append(
+                Finding(
+                    f"samples {folder.name}", damage, folder, Path(str(folder) + ".lock"), [f"run {u}" for u in users]
+                )
+            )
     for run, study in runs.items():
         damage = [] if study else [Damage(run / STUDY, "cannot be read as JSON")]
         if (run / SAMPLES_INDEX).exists():
@@ -160,8 +184,14 @@ def find_damage(root: Path) -> List[Finding]:
         for item in damage:  # both are written again by the next run of the study
             findings.append(Finding(f"run {run.relative_to(root)}", [item], item.path))
     for leftover in walk_temp(root):
-        findings.append(Finding("leftover", [Damage(leftover, "a temp file or folder of a killed writer")], leftover,
-                                _leftover_lock(leftover, root, locks)))
+        findings.append(
+            Finding(
+                "leftover",
+                [Damage(leftover, "a temp file or folder of a killed writer")],
+                leftover,
+                _leftover_lock(leftover, root, locks),
+            )
+        )
     return findings
 
 
@@ -229,12 +259,15 @@ def _remove(finding: Finding) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="burnlab-verify", description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, help="the run store (paths.runs)")
-    parser.add_argument("--repair", action="store_true", help="remove the damaged entries so that the next run "
-                                                              "rebuilds them")
+    parser.add_argument(
+        "--repair", action="store_true", help="remove the damaged entries so that the next run rebuilds them"
+    )
     args = parser.parse_args(argv)
     if not (args.runs / "cache").is_dir():
-        print(f"burnlab-verify: {args.runs} is no run store: it has no cache/ folder (paths.runs holds one).",
-              file=sys.stderr)
+        print(
+            f"burnlab-verify: {args.runs} is no run store: it has no cache/ folder (paths.runs holds one).",
+            file=sys.stderr,
+        )
         return 2
     findings = find_damage(args.runs)
     for note in (f for f in findings if f.note):
@@ -257,8 +290,10 @@ def main(argv=None) -> int:
         print(f"{args.runs}: clean")
         return 0
     if args.repair:
-        print(f"{len(damaged)} damaged entries, {len(damaged) - left} removed; the next run of their studies "
-              f"rebuilds them")
+        print(
+            f"{len(damaged)} damaged entries, {len(damaged) - left} removed; the next run of their studies "
+            f"rebuilds them"
+        )
         return 1 if left else 0
     print(f"{len(damaged)} damaged entries; `burnlab-verify {args.runs} --repair` removes them")
     return 1

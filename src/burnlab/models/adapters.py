@@ -8,6 +8,7 @@ model carries (the ones its stage trained and the frozen ones it inherited, bit 
 one `load_lora_weights` gives the checkpoint's model; its manifest says which ones the stage
 trained. The base weights never change: they are always the base model's.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,9 +45,16 @@ def attach(models: Dict[str, torch.nn.Module], trained: List[str], config: LoraC
         targets = _targets(model, name, config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + index)
-            model.add_adapter(PeftLoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                             init_lora_weights=config.init, target_modules=targets),
-                              adapter_name=ADAPTER)
+            model.add_adapter(
+                PeftLoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.alpha,
+                    lora_dropout=config.dropout,
+                    init_lora_weights=config.init,
+                    target_modules=targets,
+                ),
+                adapter_name=ADAPTER,
+            )
     for name, model in models.items():
         for parameter_name, parameter in model.named_parameters():
             parameter.requires_grad_(name in trained and is_adapter_parameter(parameter_name))
@@ -59,16 +67,28 @@ def _targets(model: torch.nn.Module, component: str, config: LoraConfig) -> List
     key = f"lora.target_modules.{component}"
     targets = list(config.target_modules.get(component, []))
     if not targets:
-        raise ConfigError(key, None, f"the modules of the {COMPONENT_LABELS[component]} that get an adapter, "
-                                     f"since a stage trains its LoRA")
+        raise ConfigError(
+            key,
+            None,
+            f"the modules of the {COMPONENT_LABELS[component]} that get an adapter, since a stage trains its LoRA",
+        )
     names = [name for name, _ in model.named_modules()]
     for target in targets:
         if not any(name == target or name.endswith("." + target) for name in names):
-            leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                             if isinstance(module, torch.nn.Linear)})
-            raise ConfigError(key, targets, f"module names found in the {COMPONENT_LABELS[component]} "
-                                            f"(`{target}` matches none); its linear layers are named "
-                                            f"{', '.join(leaves)}")
+            leaves = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear)
+                }
+            )
+            raise ConfigError(
+                key,
+                targets,
+                f"module names found in the {COMPONENT_LABELS[component]} "
+                f"(`{target}` matches none); its linear layers are named "
+                f"{', '.join(leaves)}",
+            )
     return targets
 
 
@@ -99,12 +119,14 @@ def load_adapter(model: torch.nn.Module, component: str, file: str) -> None:
 
     path = Path(file)
     state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
-        str(path.parent), weight_name=path.name, return_lora_metadata=True)
+        str(path.parent), weight_name=path.name, return_lora_metadata=True
+    )
     if component == "unet":
         StableDiffusionPipeline.load_lora_into_unet(state, alphas, model, adapter_name=ADAPTER, metadata=metadata)
     else:
-        StableDiffusionPipeline.load_lora_into_text_encoder(state, alphas, model, prefix=component,
-                                                            adapter_name=ADAPTER, metadata=metadata)
+        StableDiffusionPipeline.load_lora_into_text_encoder(
+            state, alphas, model, prefix=component, adapter_name=ADAPTER, metadata=metadata
+        )
 
 
 def lora_file(sources: dict) -> Optional[str]:

@@ -9,6 +9,7 @@ component it does not hold, the checkpoint or base-model folder that does (docs/
 and the sha256 of every file it holds: a checkpoint's files are checked against those before they
 are loaded (sampled, continued from, exported), and a damaged one is refused (burnlab.store.integrity).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,31 +57,62 @@ def base_sources(base: dict) -> Dict[str, Source]:
     return {name: base_source(base, name) for name in COMPONENTS}
 
 
-def save_checkpoint(target: Path, models: Dict[str, object], inherited: Dict[str, Source], *,
-                    stage: str, stage_identity: str, epoch: int, lineage: Iterable[str], base: dict,
-                    dtype: torch.dtype = torch.float32) -> None:
+def save_checkpoint(
+    target: Path,
+    models: Dict[str, object],
+    inherited: Dict[str, Source],
+    *,
+    stage: str,
+    stage_identity: str,
+    epoch: int,
+    lineage: Iterable[str],
+    base: dict,
+    dtype: torch.dtype = torch.float32,
+) -> None:
     """Write the trained `models` (name -> diffusers/transformers model), their weights in
     `dtype`, and a manifest atomically."""
     tmp = temp_dir_for(target)
     components = {}
     for name, model in models.items():
         save_component(model, tmp / name, dtype)
-        components[name] = {"dir": name, "dtype": dtype_name(dtype),
-                            "sha256": {p.name: sha256_file(p) for p in sorted((tmp / name).iterdir())}}
+        components[name] = {
+            "dir": name,
+            "dtype": dtype_name(dtype),
+            "sha256": {p.name: sha256_file(p) for p in sorted((tmp / name).iterdir())},
+        }
         remember_hashed(tmp, {f"{name}/{file}": sha for file, sha in components[name]["sha256"].items()})
     for name, source in inherited.items():
         components[name] = _inherited_entry(source, target)
-    publish_checkpoint(tmp, target, components, stage=stage, stage_identity=stage_identity, epoch=epoch,
-                       lineage=lineage, base=base)
+    publish_checkpoint(
+        tmp, target, components, stage=stage, stage_identity=stage_identity, epoch=epoch, lineage=lineage, base=base
+    )
 
 
-def publish_checkpoint(tmp: Path, target: Path, components: Dict[str, dict], *, stage: str, stage_identity: str,
-                       epoch: int, lineage: Iterable[str], base: dict) -> None:
+def publish_checkpoint(
+    tmp: Path,
+    target: Path,
+    components: Dict[str, dict],
+    *,
+    stage: str,
+    stage_identity: str,
+    epoch: int,
+    lineage: Iterable[str],
+    base: dict,
+) -> None:
     """The manifest into the temp folder `tmp` that holds the checkpoint's files, then `tmp` published
     as `target` (full weights: save_checkpoint; LoRA files: burnlab.models.adapters)."""
-    atomic_write_json(tmp / MANIFEST, {
-        "checkpoint_id": checkpoint_id(stage_identity, epoch), "stage": stage, "stage_identity": stage_identity,
-        "epoch": epoch, "components": components, "lineage": list(lineage), "base": base})
+    atomic_write_json(
+        tmp / MANIFEST,
+        {
+            "checkpoint_id": checkpoint_id(stage_identity, epoch),
+            "stage": stage,
+            "stage_identity": stage_identity,
+            "epoch": epoch,
+            "components": components,
+            "lineage": list(lineage),
+            "base": base,
+        },
+    )
     publish_dir(tmp, target)
 
 
@@ -98,7 +130,8 @@ def save_lora_checkpoint(target: Path, models: Dict[str, torch.nn.Module], train
         if carries_adapter(model):
             metadata = dataclasses.replace(model.peft_config[ADAPTER], base_model_name_or_path=None).to_dict()
             layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(model, adapter_name=ADAPTER))
+                get_peft_model_state_dict(model, adapter_name=ADAPTER)
+            )
             layers[f"{name}_lora_adapter_metadata"] = metadata  # rank, alpha, targets: what load_lora_weights rebuilds
             entries[name].update({"lora": LORA_FILE, "trained": name in trained})
     tmp = temp_dir_for(target)
@@ -117,13 +150,18 @@ def save_component(model, folder: Path, dtype: torch.dtype) -> None:
     if dtype == torch.float32:
         model.save_pretrained(folder, safe_serialization=True)
         return
-    weights = {key: value.detach().to("cpu", dtype) if value.is_floating_point() else value.detach().cpu()
-               for key, value in model.state_dict().items()}
+    weights = {
+        key: value.detach().to("cpu", dtype) if value.is_floating_point() else value.detach().cpu()
+        for key, value in model.state_dict().items()
+    }
     if hasattr(model, "save_config"):  # diffusers: its save_pretrained takes no state dict
         folder.mkdir(parents=True)
         model.save_config(folder)
-        save_file({key: value.contiguous() for key, value in weights.items()},
-                  folder / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
+        save_file(
+            {key: value.contiguous() for key, value in weights.items()},
+            folder / DIFFUSERS_WEIGHTS,
+            metadata={"format": "pt"},
+        )
     else:  # transformers
         model.save_pretrained(folder, state_dict=weights)
 
@@ -172,8 +210,9 @@ def checkpoint_damage(checkpoint: Path, inherited: bool = True, fresh: bool = Fa
         elif entry.get("dir") and inherited:
             owner = (checkpoint / entry["dir"]).resolve().parent
             if not (owner / MANIFEST).exists():
-                damage.append(Damage(owner, f"is missing: the checkpoint that holds this checkpoint's `{name}` "
-                                            f"({checkpoint})"))
+                damage.append(
+                    Damage(owner, f"is missing: the checkpoint that holds this checkpoint's `{name}` ({checkpoint})")
+                )
             else:
                 damage += checkpoint_damage(owner, inherited=False, fresh=fresh)
     return damage

@@ -6,6 +6,7 @@ folder, `subfolder="unet"`) or a checkpoint directory that saved that component.
 `use_safetensors=True`: pickle weights (.bin, .ckpt, .pt) can run code when loaded, so a base
 model that has only those is refused unless the user opts in (`model.allow_pickle_weights`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,7 +39,8 @@ class Source:
     revision: Optional[str] = None
     variant: Optional[str] = None
     allow_pickle: bool = False  # the base model's opt-in (model.allow_pickle_weights); checkpoints are safetensors
-    lora: Optional[str] = None  # a LoRA file whose adapter for this component rides on these weights (burnlab.models.adapters)
+    # a LoRA file whose adapter for this component rides on these weights (burnlab.models.adapters)
+    lora: Optional[str] = None
 
     def load(self, component: str, dtype: torch.dtype = torch.float32):
         model = _from_pretrained(MODEL_CLASSES[component], self, dtype=dtype)
@@ -51,8 +53,9 @@ class Source:
 
 def base_source(base: dict, subfolder: str) -> Source:
     """One part of the base model described by `BaseModel.describe()`."""
-    return Source(base["path"], subfolder, base.get("revision"), base.get("variant"),
-                  base.get("allow_pickle_weights", False))
+    return Source(
+        base["path"], subfolder, base.get("revision"), base.get("variant"), base.get("allow_pickle_weights", False)
+    )
 
 
 def base_pipeline(base: dict, **kwargs):
@@ -61,9 +64,14 @@ def base_pipeline(base: dict, **kwargs):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline.from_pretrained(
-        base["path"], revision=base.get("revision"), variant=base.get("variant"),
-        use_safetensors=_use_safetensors(base.get("allow_pickle_weights", False)), safety_checker=None,
-        requires_safety_checker=False, **kwargs)
+        base["path"],
+        revision=base.get("revision"),
+        variant=base.get("variant"),
+        use_safetensors=_use_safetensors(base.get("allow_pickle_weights", False)),
+        safety_checker=None,
+        requires_safety_checker=False,
+        **kwargs,
+    )
 
 
 def _use_safetensors(allow_pickle: bool) -> Optional[bool]:
@@ -76,18 +84,24 @@ def _from_pretrained(cls, source: Source, **kwargs):
     if source.variant and cls is not CLIPTokenizer:
         extra["variant"] = source.variant
     try:
-        return cls.from_pretrained(source.root, subfolder=source.subfolder, revision=source.revision,
-                                   **extra, **kwargs)
+        return cls.from_pretrained(source.root, subfolder=source.subfolder, revision=source.revision, **extra, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        problem = (f"cannot load `{source.subfolder}` from {source.root} (revision {source.revision or 'main'}): "
-                   f"{first_line.rstrip('.')}")
+        problem = (
+            f"cannot load `{source.subfolder}` from {source.root} (revision {source.revision or 'main'}): "
+            f"{first_line.rstrip('.')}"
+        )
         weights = "with .safetensors weights (pickle weights such as .bin only with model.allow_pickle_weights=true)"
         if not Path(source.root).is_dir():  # a hub id: only the base model comes from the hub
-            raise ConfigError("model.path", source.root, f"a hub id that the hub or the local Hugging Face cache "
-                              f"holds {weights}, or a local diffusers folder; {problem}") from None
-        raise UserError(f"{problem}. A diffusers folder has unet/, text_encoder/, vae/, tokenizer/, scheduler/ "
-                        f"{weights}.") from None
+            raise ConfigError(
+                "model.path",
+                source.root,
+                f"a hub id that the hub or the local Hugging Face cache "
+                f"holds {weights}, or a local diffusers folder; {problem}",
+            ) from None
+        raise UserError(
+            f"{problem}. A diffusers folder has unet/, text_encoder/, vae/, tokenizer/, scheduler/ {weights}."
+        ) from None
 
 
 class BaseModel:
@@ -100,30 +114,45 @@ class BaseModel:
         if config.build:
             _build_once(config.build, path.resolve(), config.build_seed)
         if path.is_file():
-            raise ConfigError("model.path", config.path,
-                              "a diffusers pipeline folder (model_index.json, unet/, text_encoder/, vae/) or a hub "
-                              "id, not a single-file checkpoint; convert one with diffusers' "
-                              "scripts/convert_original_stable_diffusion_to_diffusers.py")
+            raise ConfigError(
+                "model.path",
+                config.path,
+                "a diffusers pipeline folder (model_index.json, unet/, text_encoder/, vae/) or a hub "
+                "id, not a single-file checkpoint; convert one with diffusers' "
+                "scripts/convert_original_stable_diffusion_to_diffusers.py",
+            )
         if path.is_dir():
             self.root, self.is_local = str(path.resolve()), True
         elif _HUB_ID.match(config.path) and not config.path.startswith((".", "/", "~")):
             self.root, self.is_local = config.path, False
         else:
-            raise ConfigError("model.path", config.path,
-                              "an existing local diffusers folder or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5")
+            raise ConfigError(
+                "model.path",
+                config.path,
+                "an existing local diffusers folder or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5",
+            )
         if self.is_local and not (path / "model_index.json").exists():
-            raise ConfigError("model.path", config.path,
-                              "a diffusers pipeline folder (with model_index.json, unet/, text_encoder/, vae/)")
+            raise ConfigError(
+                "model.path",
+                config.path,
+                "a diffusers pipeline folder (with model_index.json, unet/, text_encoder/, vae/)",
+            )
         pickled = _pickle_only_weights(path) if self.is_local else []
         if pickled and not config.allow_pickle_weights:
-            raise ConfigError("model.path", config.path,
-                              f"a diffusers folder with .safetensors weights; {pickled[0].relative_to(path)} is a "
-                              f"pickle file, which can run code when loaded: convert it to safetensors, or set "
-                              f"model.allow_pickle_weights=true for a model you trust")
+            raise ConfigError(
+                "model.path",
+                config.path,
+                f"a diffusers folder with .safetensors weights; {pickled[0].relative_to(path)} is a "
+                f"pickle file, which can run code when loaded: convert it to safetensors, or set "
+                f"model.allow_pickle_weights=true for a model you trust",
+            )
         if config.allow_pickle_weights and (pickled or not self.is_local):
-            log.warning("model.allow_pickle_weights=true: the parts of %s without .safetensors weights load "
-                        "from pickle files%s, which can run code when loaded", config.path,
-                        f" ({', '.join(str(p.relative_to(path)) for p in pickled)})" if pickled else "")
+            log.warning(
+                "model.allow_pickle_weights=true: the parts of %s without .safetensors weights load "
+                "from pickle files%s, which can run code when loaded",
+                config.path,
+                f" ({', '.join(str(p.relative_to(path)) for p in pickled)})" if pickled else "",
+            )
         self._identity: Optional[str] = None
 
     @property
@@ -139,8 +168,7 @@ class BaseModel:
         return self._identity
 
     def source(self, component: str) -> Source:
-        return Source(self.root, component, self.config.revision, self.config.variant,
-                      self.config.allow_pickle_weights)
+        return Source(self.root, component, self.config.revision, self.config.variant, self.config.allow_pickle_weights)
 
     def tokenizer(self) -> CLIPTokenizer:
         return _from_pretrained(CLIPTokenizer, self.source("tokenizer"))
@@ -149,8 +177,13 @@ class BaseModel:
         return _from_pretrained(DDPMScheduler, self.source("scheduler"))
 
     def describe(self) -> dict:
-        return {"path": self.root, "revision": self.config.revision, "variant": self.config.variant,
-                "allow_pickle_weights": self.config.allow_pickle_weights, "identity": self.identity}
+        return {
+            "path": self.root,
+            "revision": self.config.revision,
+            "variant": self.config.variant,
+            "allow_pickle_weights": self.config.allow_pickle_weights,
+            "identity": self.identity,
+        }
 
     def frozen_dtype(self, device) -> torch.dtype:
         """The dtype of the VAE and the frozen component on `device` (`model.dtype`)."""

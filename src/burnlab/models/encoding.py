@@ -5,6 +5,7 @@ stage and sampled with an explicit generator at every step — the same draws as
 image again, at a fraction of the cost. Likewise a stage that does not train the text encoder
 encodes each distinct caption (and the empty one, for caption dropout) once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ def encode_latents(vae, images_uint8: torch.Tensor, device, batch_size: int = 32
     means, stds = [], []
     dtype = next(vae.parameters()).dtype
     for start in range(0, len(images_uint8), batch_size):
-        chunk = pixels(images_uint8[start:start + batch_size])
+        chunk = pixels(images_uint8[start : start + batch_size])
         both = torch.stack([chunk, chunk.flip(-1)], dim=1).flatten(0, 1).to(device, dtype)
         dist = vae.encode(both).latent_dist
         means.append(dist.mean.float().cpu().unflatten(0, (-1, 2)))
@@ -47,8 +48,9 @@ def encode_latents(vae, images_uint8: torch.Tensor, device, batch_size: int = 32
 
 
 def tokenize(tokenizer, captions: List[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def cut_words(tokenizer, captions: List[str]) -> List[Optional[str]]:
@@ -79,12 +81,15 @@ class TextStateCache:
 
 
 @torch.no_grad()
-def encode_captions_once(tokenizer, text_encoder, captions: Iterable[str], device,
-                         batch_size: int = 64) -> TextStateCache:
+def encode_captions_once(
+    tokenizer, text_encoder, captions: Iterable[str], device, batch_size: int = 64
+) -> TextStateCache:
     """The states of every distinct caption; call it under the autocast the steps would use."""
     distinct = sorted(set(captions))
-    states = [encode_text(tokenizer, text_encoder, distinct[start:start + batch_size], device)
-              for start in range(0, len(distinct), batch_size)]
+    states = [
+        encode_text(tokenizer, text_encoder, distinct[start : start + batch_size], device)
+        for start in range(0, len(distinct), batch_size)
+    ]
     return TextStateCache({caption: row for row, caption in enumerate(distinct)}, torch.cat(states))
 
 

@@ -13,6 +13,7 @@ blocks and layers per block (read from the configs), so the toy model exports as
 `lora_te_*`; `lora_down` / `lora_up` / `alpha`), which diffusers' `load_lora_weights` and the
 A1111-style tools read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,32 @@ LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
 LDM_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 
-_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
 _VAE_TOP = {"conv_norm_out": "norm_out"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
-LORA_MATRICES = {".lora_A.weight": "lora_down", ".lora_B.weight": "lora_up", ".lora.down.weight": "lora_down",
-                 ".lora.up.weight": "lora_up", ".lora_linear_layer.down.weight": "lora_down",
-                 ".lora_linear_layer.up.weight": "lora_up"}
+LORA_MATRICES = {
+    ".lora_A.weight": "lora_down",
+    ".lora_B.weight": "lora_up",
+    ".lora.down.weight": "lora_down",
+    ".lora.up.weight": "lora_up",
+    ".lora_linear_layer.down.weight": "lora_down",
+    ".lora_linear_layer.up.weight": "lora_up",
+}
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)$")
 _MID = re.compile(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
 
@@ -53,7 +70,7 @@ def _rename_first(rest: str, names: Dict[str, str]) -> str:
     """`rest` with its leading module name (a key of `names`) replaced."""
     for old, new in names.items():
         if rest.startswith(old + "."):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return rest
 
 
@@ -65,8 +82,10 @@ def unet_to_ldm(weights: Weights, config: dict) -> Weights:
     up block contributes `layers_per_block + 1` blocks, the last one carrying the upsampler."""
     per_block = config["layers_per_block"]
     if not isinstance(per_block, int):
-        raise UserError(f"the UNet's layers_per_block is {per_block!r}: the single-file export handles SD 1.x "
-                        f"UNets, whose blocks all have the same number of layers.")
+        raise UserError(
+            f"the UNet's layers_per_block is {per_block!r}: the single-file export handles SD 1.x "
+            f"UNets, whose blocks all have the same number of layers."
+        )
     with_attention = [name.startswith("CrossAttn") for name in config["up_block_types"]]
     out = {}
     for key, value in weights.items():
@@ -88,8 +107,10 @@ def unet_to_ldm(weights: Weights, config: dict) -> Weights:
         else:
             renamed = _rename_first(key, _UNET_TOP)
             if renamed == key:
-                raise UserError(f"the UNet has the weight `{key}`, which the SD 1.x single-file layout has no name "
-                                f"for (class or addition embeddings are SD 2.x/SDXL features).")
+                raise UserError(
+                    f"the UNet has the weight `{key}`, which the SD 1.x single-file layout has no name "
+                    f"for (class or addition embeddings are SD 2.x/SDXL features)."
+                )
             out[renamed] = value
             continue
         out[f"{head}.{_rename_first(rest, _UNET_RESNET) if part == 'resnets' else rest}"] = value
@@ -153,8 +174,11 @@ def export_single_file(source: Path, out: Path) -> Path:
 
     loaded = load_model(str(source))
     vae = AutoencoderKL.from_pretrained(loaded.pipeline_folder, subfolder="vae", use_safetensors=True)
-    _save(single_file_weights(loaded.unet, vae, loaded.text_encoder), out,
-          {"format": "pt", "burnlab_source": loaded.description})
+    _save(
+        single_file_weights(loaded.unet, vae, loaded.text_encoder),
+        out,
+        {"format": "pt", "burnlab_source": loaded.description},
+    )
     return Path(out)
 
 
@@ -171,9 +195,11 @@ def kohya_weights(lora_file: Path) -> Weights:
         component, _, rest = key.partition(".")
         suffix = next((suffix for suffix in LORA_MATRICES if rest.endswith(suffix)), None)
         if component not in KOHYA_PREFIXES or suffix is None:
-            raise UserError(f"{lora_file} has the weight `{key}`: a burnlab LoRA file holds the lora_A / lora_B "
-                            f"(down / up) weights of adapters of the unet and the text_encoder only.")
-        module = rest[:-len(suffix)]
+            raise UserError(
+                f"{lora_file} has the weight `{key}`: a burnlab LoRA file holds the lora_A / lora_B "
+                f"(down / up) weights of adapters of the unet and the text_encoder only."
+            )
+        module = rest[: -len(suffix)]
         if component == "text_encoder" and not module.startswith("text_model."):  # kohya names SD 1.x's layout
             module = "text_model." + module
         name = KOHYA_PREFIXES[component] + module.replace(".", "_")
@@ -186,12 +212,16 @@ def _alpha(lora_file: Path, metadata: dict, component: str) -> float:
     """The adapter's lora_alpha, from the adapter metadata diffusers' save_lora_weights writes."""
     config = {key.split(".", 1)[1]: value for key, value in metadata.items() if key.startswith(component + ".")}
     if "lora_alpha" not in config:
-        raise UserError(f"{lora_file} has no adapter metadata for its {component} (lora_alpha): it was not "
-                        f"written by burnlab's LoRA training, so its scale is unknown.")
+        raise UserError(
+            f"{lora_file} has no adapter metadata for its {component} (lora_alpha): it was not "
+            f"written by burnlab's LoRA training, so its scale is unknown."
+        )
     unsupported = [name for name in ("alpha_pattern", "rank_pattern", "use_rslora", "use_dora") if config.get(name)]
     if unsupported:  # kohya's format has one alpha per module and the plain alpha / rank scale
-        raise UserError(f"{lora_file}'s {component} adapter uses {', '.join(unsupported)}, which kohya's LoRA "
-                        f"format cannot express.")
+        raise UserError(
+            f"{lora_file}'s {component} adapter uses {', '.join(unsupported)}, which kohya's LoRA "
+            f"format cannot express."
+        )
     return float(config["lora_alpha"])
 
 
@@ -202,8 +232,10 @@ def export_kohya_lora(checkpoint: Path, out: Path) -> Path:
 
     found = lora_file(component_sources(Path(checkpoint)))
     if found is None:
-        raise UserError(f"{checkpoint} is a full-weights checkpoint, not a LoRA checkpoint (train.adapter=lora): "
-                        f"it has no adapters to export; `single-file` exports its weights.")
+        raise UserError(
+            f"{checkpoint} is a full-weights checkpoint, not a LoRA checkpoint (train.adapter=lora): "
+            f"it has no adapters to export; `single-file` exports its weights."
+        )
     _save(kohya_weights(Path(found)), out, {"format": "pt"})
     return Path(out)
 
@@ -221,8 +253,10 @@ def _save(weights: Weights, out: Path, metadata: Dict[str, str]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m burnlab.models.export",
-                                     description="Export a burnlab model as a single-file checkpoint or a kohya LoRA.")
+    parser = argparse.ArgumentParser(
+        prog="python -m burnlab.models.export",
+        description="Export a burnlab model as a single-file checkpoint or a kohya LoRA.",
+    )
     formats = parser.add_subparsers(dest="format", required=True)
     single = formats.add_parser("single-file", help="an SD 1.x single-file checkpoint (A1111/LDM key names)")
     single.add_argument("source", type=Path, help="a burnlab checkpoint dir or a diffusers pipeline folder")

@@ -7,6 +7,7 @@ is downloaded; pickle files (.ckpt, .bin) are read only when the user opts in, s
 can run code. Every input that is not one of these is one paragraph (UserError) that names the
 file, what it holds and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,12 +21,16 @@ from burnlab.errors import UserError
 from burnlab.models.components import PICKLE_SUFFIXES
 from burnlab.store.layout import COMPONENTS, MANIFEST
 
-ALLOWED = ("a burnlab checkpoint folder (manifest.json), a diffusers pipeline folder (model_index.json), a hub id "
-           "in the local Hugging Face cache, an SD 1.x single-file checkpoint (.safetensors with A1111/LDM keys) "
-           "or a LoRA file (.safetensors, diffusers or kohya keys) with --base")
+ALLOWED = (
+    "a burnlab checkpoint folder (manifest.json), a diffusers pipeline folder (model_index.json), a hub id "
+    "in the local Hugging Face cache, an SD 1.x single-file checkpoint (.safetensors with A1111/LDM keys) "
+    "or a LoRA file (.safetensors, diffusers or kohya keys) with --base"
+)
 SDXL_KEYS = ("conditioner.embedders.1.", "model.diffusion_model.label_emb")
-LORA_PREFIXES = {"diffusers": {"unet": "unet.", "text_encoder": "text_encoder."},
-                 "kohya": {"unet": "lora_unet_", "text_encoder": "lora_te_"}}
+LORA_PREFIXES = {
+    "diffusers": {"unet": "unet.", "text_encoder": "text_encoder."},
+    "kohya": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
+}
 LORA_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight", ".lora_down.weight")
 
 
@@ -50,8 +55,10 @@ def load_model(spec: str, base: Optional[str] = None, allow_pickle: bool = False
             return _frozen(_load_checkpoint(path))
         if (path / "model_index.json").exists():
             return _frozen(_load_folder(path.resolve(), "diffusers folder", f"diffusers folder {path}", allow_pickle))
-        raise UserError(f"{spec} is a folder with neither manifest.json nor model_index.json, so it is not a model; "
-                        f"allowed: {ALLOWED}.")
+        raise UserError(
+            f"{spec} is a folder with neither manifest.json nor model_index.json, so it is not a model; "
+            f"allowed: {ALLOWED}."
+        )
     if path.is_file():
         return _frozen(_load_file(path, base, allow_pickle))
     if _looks_like_hub_id(spec):
@@ -74,26 +81,33 @@ def cached_folder(hub_id: str) -> Path:
     except (LocalEntryNotFoundError, OSError, ValueError):
         folder = None
     if folder is None or not (folder / "model_index.json").exists():
-        raise UserError(f"{hub_id} is not in the local Hugging Face cache (burnlab-diagnose never downloads): get "
-                        f"it with `hf download {hub_id}` (or pass a local diffusers folder), then run this again.")
+        raise UserError(
+            f"{hub_id} is not in the local Hugging Face cache (burnlab-diagnose never downloads): get "
+            f"it with `hf download {hub_id}` (or pass a local diffusers folder), then run this again."
+        )
     return folder
 
 
 def _base_folder(base: Optional[str], spec: Path, what: str) -> Path:
     """The base model's local diffusers folder, required for a single file or a LoRA file."""
     if base is None:
-        raise UserError(f"{spec} is {what}, which needs the model it was made from: pass --base with that model's "
-                        f"diffusers folder or cached hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).")
+        raise UserError(
+            f"{spec} is {what}, which needs the model it was made from: pass --base with that model's "
+            f"diffusers folder or cached hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)."
+        )
     path = Path(base).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").exists():
-            raise UserError(f"the base {base} is not a diffusers pipeline folder (it has no model_index.json); "
-                            f"the base of {spec} must be a diffusers folder or a cached hub id.")
+            raise UserError(
+                f"the base {base} is not a diffusers pipeline folder (it has no model_index.json); "
+                f"the base of {spec} must be a diffusers folder or a cached hub id."
+            )
         return path.resolve()
     if _looks_like_hub_id(base):
         return cached_folder(base)
-    raise UserError(f"the base {base} does not exist: the base of {spec} must be a diffusers folder or a cached "
-                    f"hub id.")
+    raise UserError(
+        f"the base {base} does not exist: the base of {spec} must be a diffusers folder or a cached hub id."
+    )
 
 
 # -- folders ---------------------------------------------------------------------------------------------
@@ -126,18 +140,25 @@ def _load_checkpoint(folder: Path) -> LoadedModel:
     base = manifest["base"]["path"]
     pipeline_folder = base if Path(base).is_dir() else str(cached_folder(base))
     what = f"LoRA checkpoint ({', '.join(lora)} adapters fused)" if lora else "checkpoint"
-    return LoadedModel(models["unet"], models["text_encoder"], "burnlab checkpoint",
-                       f"burnlab {what} {folder} (stage {manifest['stage']}, epoch {manifest['epoch']}), base {base}",
-                       lora_components=lora, pipeline_folder=pipeline_folder)
+    return LoadedModel(
+        models["unet"],
+        models["text_encoder"],
+        "burnlab checkpoint",
+        f"burnlab {what} {folder} (stage {manifest['stage']}, epoch {manifest['epoch']}), base {base}",
+        lora_components=lora,
+        pipeline_folder=pipeline_folder,
+    )
 
 
 # -- files -----------------------------------------------------------------------------------------------
 def _load_file(path: Path, base: Optional[str], allow_pickle: bool) -> LoadedModel:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise UserError(f"{path} is a pickle file ({path.suffix}): loading one can run any code it carries, so "
-                            f"burnlab reads it only when you trust it and opt in with --allow-pickle (or convert it "
-                            f"to .safetensors first).")
+            raise UserError(
+                f"{path} is a pickle file ({path.suffix}): loading one can run any code it carries, so "
+                f"burnlab reads it only when you trust it and opt in with --allow-pickle (or convert it "
+                f"to .safetensors first)."
+            )
         weights = _read_pickle(path)
         keys = list(weights)
     else:
@@ -158,8 +179,10 @@ def _safetensors_keys(path: Path) -> list:
             return list(handle.keys())
     except (SafetensorError, OSError, ValueError) as error:
         head = path.read_bytes()[:8]
-        raise UserError(f"{path} is not a model: it is not a safetensors file ({str(error).splitlines()[0]}; it "
-                        f"starts with {head!r}); allowed: {ALLOWED}.") from None
+        raise UserError(
+            f"{path} is not a model: it is not a safetensors file ({str(error).splitlines()[0]}; it "
+            f"starts with {head!r}); allowed: {ALLOWED}."
+        ) from None
 
 
 def _read_pickle(path: Path) -> Dict[str, torch.Tensor]:
@@ -168,26 +191,31 @@ def _read_pickle(path: Path) -> Dict[str, torch.Tensor]:
     while isinstance(state, dict) and "state_dict" in state:  # Lightning checkpoints nest it
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise UserError(f"{path} is not a model: its pickle holds a {type(state).__name__}, not a state dict; "
-                        f"allowed: {ALLOWED}.")
+        raise UserError(
+            f"{path} is not a model: its pickle holds a {type(state).__name__}, not a state dict; allowed: {ALLOWED}."
+        )
     return state
 
 
 def _file_kind(path: Path, keys: list) -> str:
     """What a weight file is, from its key names."""
     if any(key.startswith(SDXL_KEYS) for key in keys):
-        raise UserError(f"{path} is an SDXL checkpoint (it has `conditioner.embedders.1.` or `label_emb` weights): "
-                        f"SDXL checkpoints are not supported yet; base is SD 1.x. Allowed: SD 1.x single-file "
-                        f"checkpoints and LoRA files.")
+        raise UserError(
+            f"{path} is an SDXL checkpoint (it has `conditioner.embedders.1.` or `label_emb` weights): "
+            f"SDXL checkpoints are not supported yet; base is SD 1.x. Allowed: SD 1.x single-file "
+            f"checkpoints and LoRA files."
+        )
     if any(key.startswith("model.diffusion_model.") for key in keys):
         return "single-file checkpoint"
     for style, prefixes in LORA_PREFIXES.items():
         if any(key.startswith(tuple(prefixes.values())) and key.endswith(LORA_DOWN) for key in keys):
             return f"LoRA file ({style} keys)"
     shown = ", ".join(f"`{key}`" for key in keys[:3]) or "no weights at all"
-    raise UserError(f"{path} is not a model burnlab knows: its keys ({len(keys)}, e.g. {shown}) match neither an "
-                    f"SD 1.x single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
-                    f"(`unet.*.lora_A.weight`, `lora_unet_*.lora_down.weight`); allowed: {ALLOWED}.")
+    raise UserError(
+        f"{path} is not a model burnlab knows: its keys ({len(keys)}, e.g. {shown}) match neither an "
+        f"SD 1.x single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
+        f"(`unet.*.lora_A.weight`, `lora_unet_*.lora_down.weight`); allowed: {ALLOWED}."
+    )
 
 
 def _load_single_file(path: Path, base: Path) -> LoadedModel:
@@ -198,24 +226,41 @@ def _load_single_file(path: Path, base: Path) -> LoadedModel:
 
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)  # the diagnosis uses the base's
     try:
-        pipeline = StableDiffusionPipeline.from_single_file(str(path), config=str(base), local_files_only=True,
-                                                            vae=vae, safety_checker=None, requires_safety_checker=False)
+        pipeline = StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=str(base),
+            local_files_only=True,
+            vae=vae,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
     except (SingleFileComponentError, ValueError, RuntimeError, KeyError, OSError) as error:
         # diffusers builds the models with empty (meta) weights and fills in the file's: a UNet weight
         # the file lacks stays empty, and moving the UNet then fails with torch's "meta tensor" message
-        found = ("its unet lacks weights that the base's architecture has" if "meta tensor" in str(error) else
-                 f"diffusers could not load it with the base's configs ({_first_line(error)})")
-        raise UserError(f"{path} does not fit the architecture of the base {base}: {found}; the base must be the "
-                        f"SD 1.x model it was fine-tuned from.") from None
+        found = (
+            "its unet lacks weights that the base's architecture has"
+            if "meta tensor" in str(error)
+            else f"diffusers could not load it with the base's configs ({_first_line(error)})"
+        )
+        raise UserError(
+            f"{path} does not fit the architecture of the base {base}: {found}; the base must be the "
+            f"SD 1.x model it was fine-tuned from."
+        ) from None
     # the text encoder is not moved: a weight the file lacks is still empty
     missing = [key for key, value in pipeline.text_encoder.state_dict().items() if value.is_meta]
     if missing:
-        raise UserError(f"{path} does not fit the architecture of the base {base}: its text_encoder lacks "
-                        f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the base "
-                        f"must be the SD 1.x model it was fine-tuned from.")
-    return LoadedModel(pipeline.unet, pipeline.text_encoder, "single-file checkpoint",
-                       f"single-file checkpoint {path} (A1111/LDM keys), configs from {base}",
-                       pipeline_folder=str(base))
+        raise UserError(
+            f"{path} does not fit the architecture of the base {base}: its text_encoder lacks "
+            f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the base "
+            f"must be the SD 1.x model it was fine-tuned from."
+        )
+    return LoadedModel(
+        pipeline.unet,
+        pipeline.text_encoder,
+        "single-file checkpoint",
+        f"single-file checkpoint {path} (A1111/LDM keys), configs from {base}",
+        pipeline_folder=str(base),
+    )
 
 
 def _load_lora_file(path: Path, weights, base: Path, kind: str, keys: list, allow_pickle: bool) -> LoadedModel:
@@ -227,25 +272,35 @@ def _load_lora_file(path: Path, weights, base: Path, kind: str, keys: list, allo
 
     pipeline = base_pipeline({"path": str(base), "allow_pickle_weights": allow_pickle})
     prefixes = LORA_PREFIXES["kohya" if "kohya" in kind else "diffusers"]
-    in_file = {name: sum(key.startswith(prefixes[name]) and key.endswith(LORA_DOWN) for key in keys)
-               for name in COMPONENTS}
+    in_file = {
+        name: sum(key.startswith(prefixes[name]) and key.endswith(LORA_DOWN) for key in keys) for name in COMPONENTS
+    }
     try:
         pipeline.load_lora_weights(weights, adapter_name="loaded")
     except (ValueError, RuntimeError, KeyError) as error:
-        raise UserError(f"{path} does not fit the base {base}: diffusers could not load its adapters "
-                        f"({_first_line(error)}); the base must be the SD 1.x model the LoRA was trained on.") from None
+        raise UserError(
+            f"{path} does not fit the base {base}: diffusers could not load its adapters "
+            f"({_first_line(error)}); the base must be the SD 1.x model the LoRA was trained on."
+        ) from None
     for name in COMPONENTS:
         applied = _lora_layers(getattr(pipeline, name)) if carries_adapter(getattr(pipeline, name)) else 0
         if in_file[name] and applied < in_file[name]:
-            raise UserError(f"{path} does not fit the base {base}: {in_file[name] - applied} of its {in_file[name]} "
-                            f"{name} adapter modules match no module of the base's {name}; the base must be the SD "
-                            f"1.x model the LoRA was trained on.")
+            raise UserError(
+                f"{path} does not fit the base {base}: {in_file[name] - applied} of its {in_file[name]} "
+                f"{name} adapter modules match no module of the base's {name}; the base must be the SD "
+                f"1.x model the LoRA was trained on."
+            )
     pipeline.fuse_lora()
     pipeline.unload_lora_weights()
     lora = tuple(name for name in COMPONENTS if in_file[name])
-    return LoadedModel(pipeline.unet, pipeline.text_encoder, kind,
-                       f"{kind} {path} ({', '.join(lora)} adapters) fused into {base}",
-                       lora_components=lora, pipeline_folder=str(base))
+    return LoadedModel(
+        pipeline.unet,
+        pipeline.text_encoder,
+        kind,
+        f"{kind} {path} ({', '.join(lora)} adapters) fused into {base}",
+        lora_components=lora,
+        pipeline_folder=str(base),
+    )
 
 
 def _lora_layers(model: torch.nn.Module) -> int:

@@ -5,6 +5,7 @@ elsewhere: CPUs run float16 many times slower than float32. Trained components a
 float32 weights (`train.mixed_precision` adds autocast); frozen ones and the VAE use
 `model.dtype`, so a stage may pair a float32 UNet with a float16 text encoder or the reverse.
 """
+
 from __future__ import annotations
 
 import copy

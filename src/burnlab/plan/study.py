@@ -8,6 +8,7 @@ Its trajectory hashes the same without its length (`epochs`, `save_epochs`): sta
 trajectory pass through the same weights epoch by epoch, so a longer one continues from a
 shorter one's saved state (burnlab.training.continuation) — unless the LR schedule depends on the length.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,8 @@ class PlannedStage:
     epoch_offset: int  # epochs trained by the ancestors
     trajectory: str = ""  # the identity without the stage's length: a longer stage of it continues a shorter one
     has_children: bool = False  # a later stage starts from its final checkpoint, which is then saved exactly
-    keep_states: bool = False  # its training states at checkpoint epochs stay (train.keep_states), for longer runs to continue
+    # its training states at checkpoint epochs stay (train.keep_states), for longer runs to continue
+    keep_states: bool = False
 
 
 def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
@@ -54,8 +56,9 @@ def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
     return order
 
 
-def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
-                frozen_dtype: str, epochs_swept: Collection[str] = ()) -> Dict[str, PlannedStage]:
+def plan_stages(
+    config: BurnlabConfig, base_identity: str, data_identity: str, frozen_dtype: str, epochs_swept: Collection[str] = ()
+) -> Dict[str, PlannedStage]:
     """`frozen_dtype`: `model.dtype` resolved on the training device (frozen parts in half
     precision give other weights than in float32). `epochs_swept`: the stages whose epochs a
     sweep job's overrides set, which keep their states under train.keep_states=auto."""
@@ -77,7 +80,12 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
     for name in stage_order(config.stages):
         stage = config.stages[name]
         parent = planned.get(stage.parent)
-        parts = {"name": name, "stage": dataclasses.asdict(stage), "parent": parent.identity if parent else BASE, **shared}
+        parts = {
+            "name": name,
+            "stage": dataclasses.asdict(stage),
+            "parent": parent.identity if parent else BASE,
+            **shared,
+        }
         unsized = {**parts, "stage": _settings(stage, "epochs", "save_epochs")}
         if config.train.lr_scheduler in LENGTH_DEPENDENT_SCHEDULES:
             unsized["epochs"] = stage.epochs
@@ -86,12 +94,16 @@ def plan_stages(config: BurnlabConfig, base_identity: str, data_identity: str,
             # cannot serve as a parent in another
             parts["exact_final"] = name in parents
         planned[name] = PlannedStage(
-            name=name, config=stage, identity=hash_json(parts),
+            name=name,
+            config=stage,
+            identity=hash_json(parts),
             lineage=(parent.lineage if parent else [BASE]) + [name],
             epoch_offset=(parent.epoch_offset + parent.config.epochs) if parent else 0,
-            trajectory=hash_json(["trajectory", unsized]), has_children=name in parents,
-            keep_states=config.train.keep_states == "always" or (
-                config.train.keep_states == "auto" and name in epochs_swept))
+            trajectory=hash_json(["trajectory", unsized]),
+            has_children=name in parents,
+            keep_states=config.train.keep_states == "always"
+            or (config.train.keep_states == "auto" and name in epochs_swept),
+        )
     return planned
 
 
@@ -102,7 +114,7 @@ def _settings(group, *left_out: str) -> dict:
 def epoch_seed(seed: int, *parts) -> int:
     """A seed of its own for each (stage, epoch[, batch]) of a study: every epoch's data order,
     noise and timesteps follow from train.seed alone, whichever run trained the epochs before."""
-    return int(hash_json([seed, *parts]), 16) % (2 ** 63)
+    return int(hash_json([seed, *parts]), 16) % (2**63)
 
 
 def steps_per_epoch(train_images: int, train, processes: int) -> int:
@@ -117,22 +129,41 @@ def leaves(stages: Dict[str, StageConfig]) -> List[str]:
     return [name for name in stage_order(stages) if name not in parents]
 
 
-def testing_plan(planned: Dict[str, PlannedStage], leaf: str, base_identity: str,
-                 stage_dirs: Dict[str, str]) -> List[dict]:
+def testing_plan(
+    planned: Dict[str, PlannedStage], leaf: str, base_identity: str, stage_dirs: Dict[str, str]
+) -> List[dict]:
     """The checkpoints a branch is judged on: the base, the first stage's final epoch, then every
     save epoch of each later stage (the study's 0 base, 1 baseline, 2-4 lo, 5-7 hi), as study.json's
     PlanEntry records."""
-    rows = [PlanEntry(index=0, label="0 base", stage=None, epoch=0, study_epoch=0, checkpoint_id=base_identity,
-                      weights_id=base_identity, dir=None)]
+    rows = [
+        PlanEntry(
+            index=0,
+            label="0 base",
+            stage=None,
+            epoch=0,
+            study_epoch=0,
+            checkpoint_id=base_identity,
+            weights_id=base_identity,
+            dir=None,
+        )
+    ]
     for position, name in enumerate(planned[leaf].lineage[1:]):
         stage = planned[name]
         epochs = [stage.config.epochs] if position == 0 else stage.config.checkpoint_epochs()
         for epoch in epochs:
             index = len(rows)
-            rows.append(PlanEntry(
-                index=index, label=f"{index} {name}" if position == 0 else f"{index} {name} e{epoch}", stage=name,
-                epoch=epoch, study_epoch=stage.epoch_offset + epoch, checkpoint_id=checkpoint_id(stage.identity, epoch),
-                weights_id=weights_id(stage, epoch), dir=str(checkpoint_dir(stage_dirs[name], epoch))))
+            rows.append(
+                PlanEntry(
+                    index=index,
+                    label=f"{index} {name}" if position == 0 else f"{index} {name} e{epoch}",
+                    stage=name,
+                    epoch=epoch,
+                    study_epoch=stage.epoch_offset + epoch,
+                    checkpoint_id=checkpoint_id(stage.identity, epoch),
+                    weights_id=weights_id(stage, epoch),
+                    dir=str(checkpoint_dir(stage_dirs[name], epoch)),
+                )
+            )
     return [row.to_json() for row in rows]
 
 

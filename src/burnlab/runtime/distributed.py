@@ -5,6 +5,7 @@ Training batches, validation images and sample images are split with `shard`; ev
 makes the same random draws for the whole set and keeps its share, so results do not depend on
 the number of processes.
 """
+
 from __future__ import annotations
 
 from typing import List

@@ -4,6 +4,7 @@ On CUDA it is the allocator's peak (`torch.cuda.max_memory_allocated`); elsewher
 resident set, sampled every 20 ms by a background thread (a short spike between samples can be
 missed, a stage-long plateau cannot).
 """
+
 from __future__ import annotations
 
 import threading

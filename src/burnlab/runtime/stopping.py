@@ -3,6 +3,7 @@ note, the trainer finishes the optimizer step in progress, saves its state and r
 `Interrupted`, and the command line prints how to resume. A second signal acts at once, as if
 burnlab had installed nothing.
 """
+
 from __future__ import annotations
 
 import signal

@@ -9,6 +9,7 @@ whatever the batch (and whichever process made it). Samples are cached by (check
 sampling settings, dtype): the base and baseline samples that the UNet and text-encoder branches
 share are made once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,13 @@ log = logging.getLogger("burnlab")
 Component = Union[Source, torch.nn.Module]
 
 # the diffusers class of each of the schema's sampling.scheduler names, in its order
-SCHEDULERS = dict(zip(SAMPLING_SCHEDULERS, (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler,
-                                            DPMSolverMultistepScheduler), strict=True))
+SCHEDULERS = dict(
+    zip(
+        SAMPLING_SCHEDULERS,
+        (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler),
+        strict=True,
+    )
+)
 
 
 def sampling_identity(config: SamplingConfig, dtype: torch.dtype) -> str:
@@ -65,8 +71,9 @@ def sampling_identity(config: SamplingConfig, dtype: torch.dtype) -> str:
     return hash_json({"prompts": prompts, "dtype": dtype_name(dtype), **{k: getattr(config, k) for k in keys}})
 
 
-def load_pipeline(base: dict, config: SamplingConfig, device, dtype: torch.dtype = torch.float32
-                  ) -> StableDiffusionPipeline:
+def load_pipeline(
+    base: dict, config: SamplingConfig, device, dtype: torch.dtype = torch.float32
+) -> StableDiffusionPipeline:
     pipeline = base_pipeline(base, dtype=dtype)
     pipeline.scheduler = SCHEDULERS[config.scheduler].from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -77,21 +84,34 @@ def generate(pipeline, config: SamplingConfig, jobs: List[dict]) -> List[np.ndar
     """uint8 HxWx3 images for jobs [{prompt, seed}], `config.batch_size` per pipeline call."""
     images: List[np.ndarray] = []
     for start in range(0, len(jobs), config.batch_size):
-        batch = jobs[start:start + config.batch_size]
+        batch = jobs[start : start + config.batch_size]
         with torch.no_grad():
             out = pipeline(
-                prompt=[job["prompt"] for job in batch], negative_prompt=[config.negative_prompt] * len(batch),
+                prompt=[job["prompt"] for job in batch],
+                negative_prompt=[config.negative_prompt] * len(batch),
                 generator=[torch.Generator().manual_seed(job["seed"]) for job in batch],
-                num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                height=config.height, width=config.width, output_type="np")
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                height=config.height,
+                width=config.width,
+                output_type="np",
+            )
         images.extend((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
     return images
 
 
 def sample_jobs(config: SamplingConfig) -> List[dict]:
-    return [{"prompt_set": name, "prompt": prompt.prompt, "activation": prompt.activation,
-             "expect": dict(prompt.expect), "seed": config.seed + i}
-            for name, prompt in config.prompts.items() for i in range(config.images_per_prompt)]
+    return [
+        {
+            "prompt_set": name,
+            "prompt": prompt.prompt,
+            "activation": prompt.activation,
+            "expect": dict(prompt.expect),
+            "seed": config.seed + i,
+        }
+        for name, prompt in config.prompts.items()
+        for i in range(config.images_per_prompt)
+    ]
 
 
 def write_images(folder: Path, jobs: List[dict], images: List[np.ndarray]) -> List[dict]:
@@ -116,8 +136,9 @@ class Sampler:
     makes its share of each checkpoint's images and the main process writes them all.
     """
 
-    def __init__(self, config: SamplingConfig, base: dict, cache_dir: Path, accelerator,
-                 stop: Optional[StopSignals] = None):
+    def __init__(
+        self, config: SamplingConfig, base: dict, cache_dir: Path, accelerator, stop: Optional[StopSignals] = None
+    ):
         self.config = config
         self.stop = stop or StopSignals()
         self.base = base
@@ -175,8 +196,12 @@ class Sampler:
             self.cache.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         try:
-            made = any_rank(self.accelerator, self.accelerator.is_main_process and (folder / COMPLETE).exists()
-                            and self._sound(checkpoint_id, folder))
+            made = any_rank(
+                self.accelerator,
+                self.accelerator.is_main_process
+                and (folder / COMPLETE).exists()
+                and self._sound(checkpoint_id, folder),
+            )
             if not made:
                 self._make(checkpoint_id, sources, folder)
         finally:
@@ -192,8 +217,12 @@ class Sampler:
             remove_temp(self.cache, prefix=folder.name, recursive=False)  # a killed job's, under the lock
             tmp = temp_dir_for(folder)
             rows = write_images(tmp, jobs, images)
-            common = {"checkpoint_id": checkpoint_id, "steps": self.config.steps,
-                      "guidance_scale": self.config.guidance_scale, "scheduler": self.config.scheduler}
+            common = {
+                "checkpoint_id": checkpoint_id,
+                "steps": self.config.steps,
+                "guidance_scale": self.config.guidance_scale,
+                "scheduler": self.config.scheduler,
+            }
             write_jsonl(tmp / IMAGE_INDEX, [{**row, **common} for row in rows])
             (tmp / COMPLETE).write_text("complete\n")
             publish_dir(tmp, folder)
@@ -235,18 +264,27 @@ class Sampler:
             sources = base_sources(self.base) if entry["dir"] is None else component_sources(run_dir / entry["dir"])
             self.checkpoint_samples(checkpoint_id, sources)
             if any_rank(self.accelerator, self.stop.received is not None):
-                raise self.stop.interrupted("while sampling the testing plan; the checkpoints sampled so far "
-                                            "are kept in the sample cache")
+                raise self.stop.interrupted(
+                    "while sampling the testing plan; the checkpoints sampled so far are kept in the sample cache"
+                )
         rows: List[dict] = []
         if self.accelerator.is_main_process:
             for branch, plan in study["testing_plan"].items():
                 for entry in plan:
                     folder = self._folder(entry["checkpoint_id"])
                     for row in read_jsonl(folder / IMAGE_INDEX):
-                        rows.append({**row, "branch": branch, "index": entry["index"], "label": entry["label"],
-                                     "stage": entry["stage"], "epoch": entry["epoch"],
-                                     "study_epoch": entry["study_epoch"],
-                                     "path": os.path.relpath(folder / row["path"], run_dir)})
+                        rows.append(
+                            {
+                                **row,
+                                "branch": branch,
+                                "index": entry["index"],
+                                "label": entry["label"],
+                                "stage": entry["stage"],
+                                "epoch": entry["epoch"],
+                                "study_epoch": entry["study_epoch"],
+                                "path": os.path.relpath(folder / row["path"], run_dir),
+                            }
+                        )
             write_jsonl(run_dir / SAMPLES_INDEX, rows)
         return rows
 
@@ -255,6 +293,7 @@ class Sampler:
         epochs into the stage's samples/ folder. Uses only its own seeded generators (the training
         RNG is untouched), runs the models in the sampling dtype (a copy where theirs differs)
         and puts them back in the mode it found them."""
+
         def on_epoch_end(epoch: int, models: Dict[str, torch.nn.Module]) -> None:
             if epoch % self.config.every_n_epochs:
                 return

@@ -5,6 +5,7 @@ and its directory fsynced, so a kill (or a power cut) at any instruction leaves 
 or the new one, never half of one; the `.tmp` leftovers of a killed writer are removed by
 `remove_temp` under the lock of whoever owns the folder.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -9,6 +9,7 @@ of an unchanged file is a stat, not a hash. An edit in place changes the mtime a
 again; what keeps size and mtime (a tool that restores them) is not seen until the record is
 removed.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,11 @@ class DamagedStore(UserError):
 
     def __init__(self, damage: Damage):
         self.damage = damage
-        super().__init__(f"the run store file {damage.path} is damaged ({damage.problem}), so it is not used. "
-                         f"`burnlab-verify {store_root(damage.path)} --repair` removes what is damaged, and the "
-                         f"next run of the study trains or samples it again.")
+        super().__init__(
+            f"the run store file {damage.path} is damaged ({damage.problem}), so it is not used. "
+            f"`burnlab-verify {store_root(damage.path)} --repair` removes what is damaged, and the "
+            f"next run of the study trains or samples it again."
+        )
 
 
 def store_root(path: Path) -> Path:

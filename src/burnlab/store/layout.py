@@ -3,6 +3,7 @@ them, and the records of study.json, for the writers (training, sampling, the ru
 readers (burnlab-verify, the analysis) alike. Imports nothing of burnlab but the store's file
 primitives, so the analysis reads the store through it without importing training code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,10 @@ class RecordError(ValueError):
 
 def _required(raw: Any, key: str, where: str, expected: str) -> Any:
     if not isinstance(raw, dict):
-        raise RecordError(f"{where}: expected a JSON object ({expected} under '{key}'), found "
-                          f"{type(raw).__name__} {str(raw)[:80]!r}; see docs/run_store.md.")
+        raise RecordError(
+            f"{where}: expected a JSON object ({expected} under '{key}'), found "
+            f"{type(raw).__name__} {str(raw)[:80]!r}; see docs/run_store.md."
+        )
     if key not in raw:
         raise RecordError(f"{where}: key '{key}' is missing; expected {expected} (see docs/run_store.md).")
     return raw[key]
@@ -95,6 +98,7 @@ class StageRecord:
     """One stage as study.json's `stages.<name>` holds it. The runner writes every field; a
     reader needs parent, train, epochs and epoch_offset, and takes the defaults for the rest
     (runs written before they were recorded)."""
+
     name: str  # the key it is stored under, not a field of the JSON object
     parent: str  # a stage name, or `base`
     train: Tuple[str, ...]  # the components it trains
@@ -123,10 +127,12 @@ class StageRecord:
     @classmethod
     def from_json(cls, name: str, raw: Any, where: str) -> "StageRecord":
         at = f"{where}: stages.{name}"
-        required = {"parent": str(_required(raw, "parent", at, "the parent stage's name or 'base'")),
-                    "train": tuple(_required(raw, "train", at, "a list of components")),
-                    "epochs": int(_required(raw, "epochs", at, "the number of epochs")),
-                    "epoch_offset": int(_required(raw, "epoch_offset", at, "the epochs trained by ancestors"))}
+        required = {
+            "parent": str(_required(raw, "parent", at, "the parent stage's name or 'base'")),
+            "train": tuple(_required(raw, "train", at, "a list of components")),
+            "epochs": int(_required(raw, "epochs", at, "the number of epochs")),
+            "epoch_offset": int(_required(raw, "epoch_offset", at, "the epochs trained by ancestors")),
+        }
         optional = {f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw and f.name not in required}
         optional["save_epochs"] = tuple(int(e) for e in optional.get("save_epochs", ()))
         optional["status"] = str(optional.get("status", "complete"))
@@ -137,6 +143,7 @@ class StageRecord:
 class PlanEntry:
     """One checkpoint of a branch's testing plan (study.json `testing_plan.<branch>[i]`): index 0
     the base model, then the first stage's final epoch, then each save epoch of the later stages."""
+
     index: int
     label: str  # e.g. "2 unet_lo e100"
     stage: Optional[str]  # None for the base model
@@ -154,8 +161,13 @@ class PlanEntry:
         index = int(_required(raw, "index", where, "the checkpoint's index in the plan"))
         at = f"{where}[{index}]"
         checkpoint = str(_required(raw, "checkpoint_id", at, "the checkpoint's identity"))
-        return cls(index=index, label=str(_required(raw, "label", at, "a label such as '2 unet_lo e100'")),
-                   stage=raw.get("stage"), epoch=int(raw.get("epoch", 0)),
-                   study_epoch=float(_required(raw, "study_epoch", at, "the epoch on the branch's axis")),
-                   checkpoint_id=checkpoint, weights_id=str(raw.get("weights_id") or checkpoint),
-                   dir=raw.get("dir"))
+        return cls(
+            index=index,
+            label=str(_required(raw, "label", at, "a label such as '2 unet_lo e100'")),
+            stage=raw.get("stage"),
+            epoch=int(raw.get("epoch", 0)),
+            study_epoch=float(_required(raw, "study_epoch", at, "the epoch on the branch's axis")),
+            checkpoint_id=checkpoint,
+            weights_id=str(raw.get("weights_id") or checkpoint),
+            dir=raw.get("dir"),
+        )

@@ -14,6 +14,7 @@ and the state itself last, as this stage's own (hard links where the file system
 trainer then saves the checkpoint at D and trains on. States outlive a stage only under
 train.keep_states (at its checkpoint epochs, burnlab.training.state).
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,22 +69,25 @@ def find_donor(stages_root: Path, planned: PlannedStage, validation_every: int) 
             continue
         for folder in saved_states(stage_dir):
             position, owner = read_state(folder)
-            if owner == record.get("identity") and _can_start_from(stage_dir, record["epochs"], position, planned,
-                                                                     validation_every):
+            if owner == record.get("identity") and _can_start_from(
+                stage_dir, record["epochs"], position, planned, validation_every
+            ):
                 if best is None or position.epoch > best.position.epoch:
                     best = Donor(stage_dir, record["epochs"], folder, position)
     return best
 
 
-def _can_start_from(stage_dir: Path, donor_epochs: int, position: Position, planned: PlannedStage,
-                    validation_every: int) -> bool:
+def _can_start_from(
+    stage_dir: Path, donor_epochs: int, position: Position, planned: PlannedStage, validation_every: int
+) -> bool:
     epoch, epochs = position.epoch, planned.config.epochs
     if position.batch or not 0 < epoch <= epochs:
         return False
     if epoch == epochs and validation_every and epoch % validation_every and epoch != donor_epochs:
         return False  # this stage's final validation pass at `epoch` was never run by the donor
-    return all((checkpoint_dir(stage_dir, e) / MANIFEST).exists()
-               for e in planned.config.checkpoint_epochs() if e < epoch)
+    return all(
+        (checkpoint_dir(stage_dir, e) / MANIFEST).exists() for e in planned.config.checkpoint_epochs() if e < epoch
+    )
 
 
 def take_over(donor: Donor, stage_dir: Path, planned: PlannedStage, validation_every: int) -> None:
@@ -100,18 +104,31 @@ def take_over(donor: Donor, stage_dir: Path, planned: PlannedStage, validation_e
             tmp = temp_dir_for(stage_dir / "samples" / folder.name)
             _link_files(folder, tmp)
             publish_dir(tmp, stage_dir / "samples" / folder.name)
-    write_jsonl(stage_dir / METRICS, [row for row in read_jsonl(donor.stage_dir / METRICS)
-                                              if _logged_by_now(row, donor.position, planned, validation_every)])
-    atomic_write_json(stage_dir / CONTINUED, {"identity": donor.stage_dir.name, "epochs": donor.epochs,
-                                              "epoch": epoch, "step": donor.position.step})
+    write_jsonl(
+        stage_dir / METRICS,
+        [
+            row
+            for row in read_jsonl(donor.stage_dir / METRICS)
+            if _logged_by_now(row, donor.position, planned, validation_every)
+        ],
+    )
+    atomic_write_json(
+        stage_dir / CONTINUED,
+        {"identity": donor.stage_dir.name, "epochs": donor.epochs, "epoch": epoch, "step": donor.position.step},
+    )
     target = stage_dir / STATE / donor.state.name
     tmp = temp_dir_for(target)
     _link_files(donor.state, tmp, leave_out=STATE_FILE)
     state = read_json(donor.state / STATE_FILE)
     atomic_write_json(tmp / STATE_FILE, {**state, "stage_identity": planned.identity})
     publish_dir(tmp, target)
-    log.info("stage %s: continues from epoch %d of the %d-epoch run of it in the cache (%s)",
-             planned.name, epoch, donor.epochs, donor.stage_dir)
+    log.info(
+        "stage %s: continues from epoch %d of the %d-epoch run of it in the cache (%s)",
+        planned.name,
+        epoch,
+        donor.epochs,
+        donor.stage_dir,
+    )
 
 
 def continued_from(stage_dir: Path) -> Optional[dict]:
@@ -130,8 +147,11 @@ def _logged_by_now(row: dict, position: Position, planned: PlannedStage, validat
         return True
     if row.get("type") == "val":
         epoch = row["epoch"]
-        return epoch < position.epoch or (validation_every and epoch % validation_every == 0) or \
-            epoch == planned.config.epochs
+        return (
+            epoch < position.epoch
+            or (validation_every and epoch % validation_every == 0)
+            or epoch == planned.config.epochs
+        )
     return False  # the donor's peak-memory row: this stage records its own
 
 
@@ -141,8 +161,16 @@ def _copy_checkpoint(source: Path, target: Path, planned: PlannedStage, epoch: i
     manifest = read_manifest(source)
     tmp = temp_dir_for(target)
     _link_files(source, tmp, leave_out=MANIFEST)
-    publish_checkpoint(tmp, target, manifest["components"], stage=planned.name, stage_identity=planned.identity,
-                       epoch=epoch, lineage=planned.lineage, base=manifest["base"])
+    publish_checkpoint(
+        tmp,
+        target,
+        manifest["components"],
+        stage=planned.name,
+        stage_identity=planned.identity,
+        epoch=epoch,
+        lineage=planned.lineage,
+        base=manifest["base"],
+    )
 
 
 def _link_files(source: Path, target: Path, leave_out: str = "") -> None:

@@ -8,6 +8,7 @@ look-ups), so the UNet's 1x1 convolutions (its transformers' projections in and 
 ResNet shortcuts) run as `linear` on the channels-last view of their input: the same weights,
 state dict and checkpoints, the same result within float32 rounding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,14 @@ class PointwiseConv2d(torch.nn.Conv2d):
 
 
 def is_pointwise(module: torch.nn.Module) -> bool:
-    return (type(module) is torch.nn.Conv2d and module.kernel_size == (1, 1) and module.stride == (1, 1)
-            and module.padding in ((0, 0), "valid") and module.dilation == (1, 1) and module.groups == 1)
+    return (
+        type(module) is torch.nn.Conv2d
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding in ((0, 0), "valid")
+        and module.dilation == (1, 1)
+        and module.groups == 1
+    )
 
 
 def pointwise_as_linear(model: torch.nn.Module) -> int:

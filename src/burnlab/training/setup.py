@@ -5,6 +5,7 @@ optimizer and LR schedule, all prepared by accelerate.
 The VAE never trains, so it is loaded, used for the latents and let go here; only the UNet and
 the text encoder stay.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,12 +38,20 @@ def set_up_stage(job) -> StageSetup:
     """`job`: a burnlab.training.trainer.StageJob."""
     cfg, accelerator, device = job.config, job.accelerator, job.accelerator.device
     trained = list(job.stage.config.train)
-    models = {name: job.parent_sources[name].load(name, torch.float32 if name in trained else job.frozen_dtype)
-              for name in COMPONENTS}
+    models = {
+        name: job.parent_sources[name].load(name, torch.float32 if name in trained else job.frozen_dtype)
+        for name in COMPONENTS
+    }
     vae = job.base.source("vae").load("vae", job.frozen_dtype).to(device)
     vae.requires_grad_(False)
-    latents = {name: encode_latents(vae, images.images, device) for name, images in
-               (("train", job.data.train), ("validation", job.data.validation), ("stabilize", job.data.stabilize))}
+    latents = {
+        name: encode_latents(vae, images.images, device)
+        for name, images in (
+            ("train", job.data.train),
+            ("validation", job.data.validation),
+            ("stabilize", job.data.stabilize),
+        )
+    }
     del vae
     for name, model in models.items():
         model.requires_grad_(name in trained)
@@ -51,19 +60,27 @@ def set_up_stage(job) -> StageSetup:
             _enable_gradient_checkpointing(model)
         model.to(device)
     if cfg.train.adapter == "lora":  # only the trained components' adapters learn (burnlab.models.adapters)
-
         adapters.attach(models, trained, cfg.lora, epoch_seed(cfg.train.seed, job.stage.name, "lora"))
     apply_fast_paths(models["unet"], cfg.train, device)
-    optimizer = torch.optim.AdamW(_param_groups(job.stage.config, models, trained), betas=tuple(cfg.train.betas),
-                                  eps=cfg.train.eps, weight_decay=cfg.train.weight_decay,
-                                  **ADAMW_IMPLS[cfg.train.adamw_impl])
+    optimizer = torch.optim.AdamW(
+        _param_groups(job.stage.config, models, trained),
+        betas=tuple(cfg.train.betas),
+        eps=cfg.train.eps,
+        weight_decay=cfg.train.weight_decay,
+        **ADAMW_IMPLS[cfg.train.adamw_impl],
+    )
     steps = steps_per_epoch(len(job.data.train), cfg.train, accelerator.num_processes)
-    lr_scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.lr_warmup_steps,
-                                 num_training_steps=steps * job.stage.config.epochs)
+    lr_scheduler = get_scheduler(
+        cfg.train.lr_scheduler,
+        optimizer,
+        num_warmup_steps=cfg.train.lr_warmup_steps,
+        num_training_steps=steps * job.stage.config.epochs,
+    )
     prepared = accelerator.prepare(*[models[name] for name in trained], optimizer)
     models.update(zip(trained, prepared[:-1]))
-    return StageSetup(models, trained, job.base.tokenizer(), job.base.noise_scheduler(), latents, prepared[-1],
-                      lr_scheduler, steps)
+    return StageSetup(
+        models, trained, job.base.tokenizer(), job.base.noise_scheduler(), latents, prepared[-1], lr_scheduler, steps
+    )
 
 
 def _param_groups(stage, models, trained) -> List[dict]:

@@ -1,4 +1,5 @@
-"""A stage's resumable state: the trained weights (a LoRA stage's: its adapters'), optimizer, LR schedule, fp16 GradScaler and
+"""A stage's resumable state: the trained weights (a LoRA stage's: its adapters'), optimizer,
+LR schedule, fp16 GradScaler and
 the position in training (epoch, batch, step), saved every `train.state_every_epochs` epochs and
 when a signal stops the stage, into `<stage>/state/step_<step>/`.
 
@@ -9,6 +10,7 @@ kill at any instruction leaves at least one complete state, and resume takes the
 states at `kept` epochs (a stage's checkpoint epochs under train.keep_states) outlive the
 stage, for a longer stage of its trajectory to continue from (burnlab.training.continuation).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -65,8 +67,9 @@ def prune_states(stage_dir: Path, kept: Collection[int] = (), newest: Optional[P
             shutil.rmtree(folder)
 
 
-def save_state(stage_dir: Path, setup, accelerator, identity: str, position: Position,
-               kept: Collection[int] = ()) -> None:
+def save_state(
+    stage_dir: Path, setup, accelerator, identity: str, position: Position, kept: Collection[int] = ()
+) -> None:
     """Main process only: written into a temp folder, published, and then the older ones
     removed, but for those at `kept` epochs."""
     if not accelerator.is_main_process:
@@ -77,9 +80,15 @@ def save_state(stage_dir: Path, setup, accelerator, identity: str, position: Pos
         weights = trained_weights(accelerator.unwrap_model(setup.models[name]))
         save_file({k: v.contiguous() for k, v in weights.items()}, tmp / f"{name}.safetensors")
     scaler = accelerator.scaler
-    torch.save({"optimizer": setup.optimizer.state_dict(), "lr_scheduler": setup.lr_scheduler.state_dict(),
-                "grad_scaler": scaler.state_dict() if scaler is not None else None,
-                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")  # LoRA dropout draws from it
+    torch.save(
+        {
+            "optimizer": setup.optimizer.state_dict(),
+            "lr_scheduler": setup.lr_scheduler.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp / "optimizer.pt",
+    )  # LoRA dropout draws from it
     atomic_write_json(tmp / STATE_FILE, {**asdict(position), "stage_identity": identity})
     publish_dir(tmp, target)
     prune_states(stage_dir, kept, newest=target)
@@ -98,10 +107,12 @@ def load_state(stage_dir: Path, setup, accelerator, identity: str) -> Optional[P
     folder = states[0]
     position, owner = read_state(folder)
     if owner != identity:
-        raise UserError(f"the saved training state {folder} belongs to stage identity "
-                        f"{owner!r}, but it lies in the folder of stage {identity!r}: "
-                        f"the folder was copied or edited by hand. Nothing was changed or deleted; move "
-                        f"{stage_dir} aside to train the stage afresh.")
+        raise UserError(
+            f"the saved training state {folder} belongs to stage identity "
+            f"{owner!r}, but it lies in the folder of stage {identity!r}: "
+            f"the folder was copied or edited by hand. Nothing was changed or deleted; move "
+            f"{stage_dir} aside to train the stage afresh."
+        )
     for name in setup.trained:
         load_trained_weights(accelerator.unwrap_model(setup.models[name]), load_file(folder / f"{name}.safetensors"))
     saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)

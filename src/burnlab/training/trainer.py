@@ -9,6 +9,7 @@ to train; this module trains one: burnlab.training.setup builds what it trains w
 burnlab.training.state saves and resumes it, and the loop below is the epochs, the optimizer step
 (stopping at a NaN/inf loss, or at a signal after saving the state) and the validation rows.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,8 +81,9 @@ class StageTrainer:
         self.text_states = None  # a frozen text encoder's states, encoded once (UNet-only stages)
         if "text_encoder" not in self.trained:
             with self.autocast():
-                self.text_states = encode_captions_once(self.tokenizer, self.models["text_encoder"],
-                                                        [*job.data.train.captions, ""], self.device)
+                self.text_states = encode_captions_once(
+                    self.tokenizer, self.models["text_encoder"], [*job.data.train.captions, ""], self.device
+                )
 
     def autocast(self):
         return self.accelerator.autocast() if self.cfg.train.mixed_precision != "no" else contextlib.nullcontext()
@@ -94,11 +96,20 @@ class StageTrainer:
         position = resumed or Position()
         if resumed is None:
             self._validate(0, 0)
-        elif resumed.batch == 0 and resumed.epoch in self.checkpoint_epochs and \
-                not checkpoint_dir(job.stage_dir, resumed.epoch).exists():
-            self._save_checkpoint(resumed.epoch)  # a state taken over from another length of the stage (burnlab.training.continuation)
-        progress = tqdm(total=epochs, initial=position.epoch, desc=f"stage {stage.name}", unit="epoch",
-                        disable=not (self.cfg.logger.progress and self.accelerator.is_main_process))
+        elif (
+            resumed.batch == 0
+            and resumed.epoch in self.checkpoint_epochs
+            and not checkpoint_dir(job.stage_dir, resumed.epoch).exists()
+        ):
+            # a state taken over from another length of the stage (burnlab.training.continuation)
+            self._save_checkpoint(resumed.epoch)
+        progress = tqdm(
+            total=epochs,
+            initial=position.epoch,
+            desc=f"stage {stage.name}",
+            unit="epoch",
+            disable=not (self.cfg.logger.progress and self.accelerator.is_main_process),
+        )
         step = position.step
         for epoch in range(position.epoch, epochs):
             step = self._train_epoch(epoch, position.batch if epoch == position.epoch else 0, step, progress)
@@ -110,15 +121,19 @@ class StageTrainer:
                 self._save_checkpoint(done)
             if job.on_epoch_end is not None:
                 job.on_epoch_end(done, self._unwrapped())
-            if (done < epochs and (done % self.cfg.train.state_every_epochs == 0 or done in self.checkpoint_epochs)) \
-                    or done in self.kept_states:
+            if (
+                done < epochs and (done % self.cfg.train.state_every_epochs == 0 or done in self.checkpoint_epochs)
+            ) or done in self.kept_states:
                 self._save_state(Position(done, 0, step))
             progress.update(1)
         progress.close()
         if self.skipped_nonfinite:
-            log.warning("stage %s: skipped %d optimizer steps with a non-finite loss or gradient norm "
-                        "(train.skip_nonfinite=true); metrics.jsonl counts them per step (`skipped_nonfinite`)",
-                        stage.name, self.skipped_nonfinite)
+            log.warning(
+                "stage %s: skipped %d optimizer steps with a non-finite loss or gradient norm "
+                "(train.skip_nonfinite=true); metrics.jsonl counts them per step (`skipped_nonfinite`)",
+                stage.name,
+                self.skipped_nonfinite,
+            )
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             atomic_write_text(job.stage_dir / COMPLETE, "complete\n")
@@ -128,8 +143,9 @@ class StageTrainer:
                 shutil.rmtree(job.stage_dir / STATE, ignore_errors=True)
 
     def _save_state(self, position: Position) -> None:
-        save_state(self.job.stage_dir, self.setup, self.accelerator, self.job.stage.identity, position,
-                   self.kept_states)
+        save_state(
+            self.job.stage_dir, self.setup, self.accelerator, self.job.stage.identity, position, self.kept_states
+        )
 
     def _train_epoch(self, epoch: int, first_batch: int, step: int, progress) -> int:
         """Trains the epoch's batches from `first_batch` on (a resumed state may stand mid-epoch)."""
@@ -141,14 +157,16 @@ class StageTrainer:
         dropped = torch.rand(count, generator=generator) < cfg.data.caption_dropout
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         global_batch = cfg.train.batch_size * world
-        batches = [order[i:i + global_batch] for i in range(0, count, global_batch)]
+        batches = [order[i : i + global_batch] for i in range(0, count, global_batch)]
         accumulation = cfg.train.gradient_accumulation_steps
         for group_start in range(first_batch, len(batches), accumulation):
-            group = batches[group_start:group_start + accumulation]
-            sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss x images, images) of the group, this rank
+            group = batches[group_start : group_start + accumulation]
+            # (loss x images, images) of the group, this rank
+            sums = torch.zeros(2, dtype=torch.float64, device=self.device)
             for offset, batch in enumerate(group):
                 batch_generator = torch.Generator().manual_seed(
-                    epoch_seed(cfg.train.seed, self.job.stage.name, epoch, group_start + offset))
+                    epoch_seed(cfg.train.seed, self.job.stage.name, epoch, group_start + offset)
+                )
                 loss, images = self._loss(batch, flips, dropped, batch_generator, rank, world)
                 # DDP averages gradients over ranks: weighting each rank's mean by its share of the
                 # global batch (x world) makes that average the global batch's mean, however
@@ -157,8 +175,12 @@ class StageTrainer:
                 self.accelerator.backward(loss * share / len(group))
                 sums += torch.stack([loss.detach().double() * images, sums.new_tensor(float(images))])
             step += 1
-            row = {"type": "train", "step": step, "epoch": epoch + min(1.0, (group_start + len(group)) / len(batches)),
-                   **self._optimizer_step(sums, epoch, step)}
+            row = {
+                "type": "train",
+                "step": step,
+                "epoch": epoch + min(1.0, (group_start + len(group)) / len(batches)),
+                **self._optimizer_step(sums, epoch, step),
+            }
             row.update({f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups})
             self._record(row)
             if row["train_loss"] is not None:
@@ -167,7 +189,8 @@ class StageTrainer:
                 self._save_state(Position(epoch, group_start + len(group), step))
                 raise self.job.stop.interrupted(
                     f"in stage {self.job.stage.name} at epoch {epoch + 1}, step {step}; its training state is "
-                    f"saved in {self.job.stage_dir / STATE} and the stages before it are complete")
+                    f"saved in {self.job.stage_dir / STATE} and the stages before it are complete"
+                )
         return step
 
     def _optimizer_step(self, sums: torch.Tensor, epoch: int, step: int) -> dict:
@@ -183,8 +206,11 @@ class StageTrainer:
         total, images, *norm = measured.tolist()
         loss, norm = total / images, (norm[0] if norm else 0.0)
         # with fp16 an infinite gradient norm is the GradScaler's business: it skips the step itself
-        bad = [(what, value) for what, value in (("loss", loss), ("gradient norm", norm))
-               if not math.isfinite(value) and (what == "loss" or scaler is None)]
+        bad = [
+            (what, value)
+            for what, value in (("loss", loss), ("gradient norm", norm))
+            if not math.isfinite(value) and (what == "loss" or scaler is None)
+        ]
         # NaN and inf are no JSON: such values are logged as null
         row = {"train_loss": loss if math.isfinite(loss) else None}
         if max_norm > 0:
@@ -216,13 +242,17 @@ class StageTrainer:
             self.skipped_nonfinite += 1
             return
         states = saved_states(self.job.stage_dir)
-        kept = f"its last saved state ({states[0].name}) and checkpoints are kept" if states else \
-            "it had saved no training state yet; its checkpoints, if any, are kept"
+        kept = (
+            f"its last saved state ({states[0].name}) and checkpoints are kept"
+            if states
+            else "it had saved no training state yet; its checkpoints, if any, are kept"
+        )
         raise NonFiniteLoss(
             f"stage {self.job.stage.name}: the training {what} became {value} at epoch {epoch + 1}, step {step} "
             f"(lr {self.job.stage.config.lr}); the stage stopped and is marked failed in study.json, and {kept}. "
             f"Lower the stage's learning rate, or set train.skip_nonfinite=true to skip such steps "
-            f"(they are counted in metrics.jsonl).")
+            f"(they are counted in metrics.jsonl)."
+        )
 
     def _loss(self, global_batch, flips, dropped, generator, rank, world):
         """The mean loss over this rank's share of the global batch, and the share's size. A rank
@@ -255,12 +285,29 @@ class StageTrainer:
         models = self._unwrapped()
         args = (models["unet"], models["text_encoder"], self.tokenizer, self.scheduler)
         # every rank scores its share of the images; the sum puts the shares together
-        ranks = (self.accelerator.process_index, self.accelerator.num_processes,
-                 lambda t: self.accelerator.reduce(t.to(self.device), "sum").cpu())
-        val, val_by_t = diffusion_loss(*args, self.setup.latents["validation"], data.validation.captions, cfg.validation,
-                                       self.device, self.autocast, *ranks)
-        stab, stab_by_t = diffusion_loss(*args, self.setup.latents["stabilize"], data.stabilize.captions,
-                                         cfg.validation, self.device, self.autocast, *ranks)
+        ranks = (
+            self.accelerator.process_index,
+            self.accelerator.num_processes,
+            lambda t: self.accelerator.reduce(t.to(self.device), "sum").cpu(),
+        )
+        val, val_by_t = diffusion_loss(
+            *args,
+            self.setup.latents["validation"],
+            data.validation.captions,
+            cfg.validation,
+            self.device,
+            self.autocast,
+            *ranks,
+        )
+        stab, stab_by_t = diffusion_loss(
+            *args,
+            self.setup.latents["stabilize"],
+            data.stabilize.captions,
+            cfg.validation,
+            self.device,
+            self.autocast,
+            *ranks,
+        )
         row = {"type": "val", "step": step, "epoch": epoch}
         for key, value in (("val_loss", val), ("stabilized_loss", stab)):
             if value is not None:
@@ -283,18 +330,31 @@ class StageTrainer:
         if not self.accelerator.is_main_process:
             return
         stage, models = self.job.stage, self._unwrapped()
-        manifest = dict(stage=stage.name, stage_identity=stage.identity, epoch=epoch, lineage=stage.lineage,
-                        base=self.job.base.describe())
+        manifest = dict(
+            stage=stage.name,
+            stage_identity=stage.identity,
+            epoch=epoch,
+            lineage=stage.lineage,
+            base=self.job.base.describe(),
+        )
         if self.cfg.train.adapter == "lora":  # one LoRA file with every adapter (burnlab.models.adapters)
             save_lora_checkpoint(checkpoint_dir(self.job.stage_dir, epoch), models, self.trained, **manifest)
             return
         inherited = {name: source for name, source in self.job.parent_sources.items() if name not in self.trained}
         # a child starts from the final checkpoint: that one stays exact, whatever train.save_dtype
         exact = epoch == stage.config.epochs and stage.has_children
-        save_checkpoint(checkpoint_dir(self.job.stage_dir, epoch), {n: models[n] for n in self.trained}, inherited,
-                        stage=stage.name, stage_identity=stage.identity, epoch=epoch, lineage=stage.lineage,
-                        base=self.job.base.describe(),
-                        dtype=torch.float32 if exact else DTYPES[self.cfg.train.save_dtype])
+        save_checkpoint(
+            checkpoint_dir(self.job.stage_dir, epoch),
+            {n: models[n] for n in self.trained},
+            inherited,
+            stage=stage.name,
+            stage_identity=stage.identity,
+            epoch=epoch,
+            lineage=stage.lineage,
+            base=self.job.base.describe(),
+            dtype=torch.float32 if exact else DTYPES[self.cfg.train.save_dtype],
+        )
+
 
 def train_stage(job: StageJob) -> None:
     StageTrainer(job).run()

@@ -7,6 +7,7 @@ is scored at each of those timesteps and the per-timestep means are reported too
 processes share a pass: each scores its share of the images (the draws are made for all images
 on every process, so the numbers do not depend on the number of processes).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Tuple
@@ -25,10 +26,20 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def diffusion_loss(unet, text_encoder, tokenizer, scheduler, latents: LatentCache, captions,
-                   config: ValidationConfig, device, autocast, rank: int = 0, world: int = 1,
-                   reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _same
-                   ) -> Tuple[Optional[float], Dict[str, float]]:
+def diffusion_loss(
+    unet,
+    text_encoder,
+    tokenizer,
+    scheduler,
+    latents: LatentCache,
+    captions,
+    config: ValidationConfig,
+    device,
+    autocast,
+    rank: int = 0,
+    world: int = 1,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _same,
+) -> Tuple[Optional[float], Dict[str, float]]:
     """Mean loss over `repeats` seeded draws per image; per-timestep means for the fixed grid.
     `reduce_sum` adds a tensor over the processes (a collective: every rank calls it)."""
     if len(captions) == 0:

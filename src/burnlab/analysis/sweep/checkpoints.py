@@ -12,6 +12,7 @@ swept setting starts to act: a lr sweep of unet_hi shares base, baseline and une
 sweep's jobs share every checkpoint up to the shorter length, so only the final ones differ) and
 the final one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ EPOCH, LABEL, INDEX = "epoch", "label", "index"
 @dataclass(frozen=True)
 class Choice:
     """`text` names the choice in the report and in file names; `kind` says how it picks."""
+
     text: str
     kind: str
     index: int = -1  # kind INDEX: the position in the testing plan
@@ -47,9 +49,11 @@ def parse_choices(texts: list[str] | tuple[str, ...]) -> list[Choice]:
     choices = []
     for text in dict.fromkeys(text.strip() for text in texts):
         if not text:
-            raise AnalysisError(f"--checkpoints {','.join(texts)!r} has an empty entry; expected "
-                                f"comma-separated choices: '{FINAL}', a study epoch (e.g. 650) or a "
-                                f"testing-plan label (e.g. 'unet_hi e100').")
+            raise AnalysisError(
+                f"--checkpoints {','.join(texts)!r} has an empty entry; expected "
+                f"comma-separated choices: '{FINAL}', a study epoch (e.g. 650) or a "
+                f"testing-plan label (e.g. 'unet_hi e100')."
+            )
         choices.append(Choice(text, FINAL if text == FINAL else EPOCH if is_number(text) else LABEL))
     return choices
 
@@ -67,17 +71,20 @@ def check_choices(choices: list[Choice], plans: list[tuple[Checkpoint, ...]]) ->
     for choice in choices:
         if not any(choice.pick(plan) for plan in plans):
             known = ", ".join(f"'{c.label}' (epoch {c.study_epoch:g})" for c in plans[0])
-            raise AnalysisError(f"--checkpoints {choice.text!r} names no checkpoint of the jobs' "
-                                f"testing plans; expected '{FINAL}', a study epoch or a label, of "
-                                f"the first job: {known}.")
+            raise AnalysisError(
+                f"--checkpoints {choice.text!r} names no checkpoint of the jobs' "
+                f"testing plans; expected '{FINAL}', a study epoch or a label, of "
+                f"the first job: {known}."
+            )
 
 
 def default_choices(plans: list[tuple[Checkpoint, ...]]) -> list[Choice]:
     """The first checkpoint where the jobs' weights differ (if not the last), and the final."""
     longest = max(len(plan) for plan in plans)
-    differs = next((index for index in range(longest)
-                    if len({plan[index].weights_id for plan in plans if index < len(plan)}) > 1),
-                   None)
+    differs = next(
+        (index for index in range(longest) if len({plan[index].weights_id for plan in plans if index < len(plan)}) > 1),
+        None,
+    )
     if differs is None or all(differs == len(plan) - 1 for plan in plans):
         return [Choice(FINAL, FINAL)]
     first = next(plan[differs] for plan in plans if differs < len(plan))

@@ -13,6 +13,7 @@ others are common. Jobs are sorted by their swept values (numerically where nume
 labelled by them, each key by the shortest dotted suffix that tells it from the other swept
 keys. Folder names are never read for this: they are for people, and their scheme may change.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ NOT_SET = "(not set)"
 class Job:
     """One run of the sweep: `values` are its swept keys' values as text, in Sweep.keys order;
     `study` the study's name (the run's own name before its label replaced it)."""
+
     run: Run
     values: tuple[str, ...]
     label: str
@@ -48,6 +50,7 @@ class Job:
 class Sweep:
     """The jobs sorted by their swept values; `common` the settings every job shares; `source`
     where the settings were read ("overrides" or "config.yaml")."""
+
     jobs: tuple[Job, ...]
     keys: tuple[str, ...]
     common: dict[str, str]
@@ -69,20 +72,23 @@ def job_specs(specs: list[str]) -> list[str]:
 def multirun_jobs(folder: Path) -> list[str]:
     """A multirun folder's job folders (subfolders holding study.json, job.json or Hydra's
     overrides), each of which must hold study.json."""
-    jobs = sorted(sub for sub in folder.iterdir()
-                  if sub.is_dir() and any((sub / marker).is_file() for marker in JOB_MARKERS))
+    jobs = sorted(
+        sub for sub in folder.iterdir() if sub.is_dir() and any((sub / marker).is_file() for marker in JOB_MARKERS)
+    )
     if not jobs:
         raise AnalysisError(
             f"{folder} is not a burnlab run: it has no study.json, and none of its subfolders is a "
             f"sweep job (a folder holding study.json, {JOB} or {HYDRA_OVERRIDES}). Expected a "
             f"run folder (e.g. runs/burn_unet) or a sweep's multirun folder whose job folders each "
-            f"hold a run (e.g. runs/burn_unet_multirun).")
+            f"hold a run (e.g. runs/burn_unet_multirun)."
+        )
     unfinished = [str(job) for job in jobs if not (job / STUDY).is_file()]
     if unfinished:
         raise AnalysisError(
             f"Sweep job folder(s) {', '.join(unfinished)} of {folder} have no study.json (the job "
             f"stopped before its study started, or is still starting); expected every job folder "
-            f"to hold a run. Re-run the sweep, or pass the finished jobs' folders instead.")
+            f"to hold a run. Re-run the sweep, or pass the finished jobs' folders instead."
+        )
     return [str(job) for job in jobs]
 
 
@@ -91,11 +97,9 @@ def describe(runs: list[Run]) -> Sweep:
     run's `name` becomes its job's label, so that every product tells the jobs apart."""
     settings, source = job_settings(runs)
     all_keys = list(dict.fromkeys(key for each in settings for key in each))
-    keys = tuple(key for key in all_keys
-                 if len({comparable(each.get(key, NOT_SET)) for each in settings}) > 1)
+    keys = tuple(key for key in all_keys if len({comparable(each.get(key, NOT_SET)) for each in settings}) > 1)
     common = {key: settings[0][key] for key in all_keys if key not in keys and key in settings[0]}
-    order = sorted(range(len(runs)), key=lambda number: [sort_key(settings[number].get(key, NOT_SET))
-                                                        for key in keys])
+    order = sorted(range(len(runs)), key=lambda number: [sort_key(settings[number].get(key, NOT_SET)) for key in keys])
     names = short_names(keys)
     jobs = []
     for number in order:
@@ -116,8 +120,10 @@ def job_settings(runs: list[Run]) -> tuple[list[dict[str, str]], str]:
     configs = [flatten(run.config) for run in runs]
     if all(overrides is not None for overrides in found):
         keys = dict.fromkeys(key for overrides in found for key in overrides)
-        settings = [{key: overrides.get(key, config.get(key, NOT_SET)) for key in keys}
-                    for overrides, config in zip(found, configs)]
+        settings = [
+            {key: overrides.get(key, config.get(key, NOT_SET)) for key in keys}
+            for overrides, config in zip(found, configs)
+        ]
         source = "overrides"
     else:
         settings, source = configs, CONFIG
@@ -140,14 +146,17 @@ def job_overrides(folder: Path) -> dict[str, str] | None:
         try:
             lines = yaml.safe_load(hydra_file.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise AnalysisError(f"{hydra_file} is not valid YAML ({error}); expected the list of "
-                                f"overrides that Hydra writes.") from None
+            raise AnalysisError(
+                f"{hydra_file} is not valid YAML ({error}); expected the list of overrides that Hydra writes."
+            ) from None
         where = str(hydra_file)
     else:
         return None
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
-        raise AnalysisError(f"{where} is {str(lines)[:80]!r}; expected a list of 'key=value' "
-                            f"strings, as in [\"stages.unet_hi.lr=0.0001\"].")
+        raise AnalysisError(
+            f"{where} is {str(lines)[:80]!r}; expected a list of 'key=value' "
+            f"strings, as in [\"stages.unet_hi.lr=0.0001\"]."
+        )
     return dict(parse_override(line) for line in lines)
 
 
@@ -164,8 +173,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in (config or {}).items():
         name = f"{prefix}{key}"
-        flat.update(flatten(value, f"{name}.") if isinstance(value, dict) and value
-                    else {name: as_text(value)})
+        flat.update(flatten(value, f"{name}.") if isinstance(value, dict) and value else {name: as_text(value)})
     return flat
 
 
@@ -215,5 +223,6 @@ def short_names(keys: tuple[str, ...]) -> list[str]:
 def unique_labels(jobs: list[Job]) -> list[Job]:
     """Jobs with the same swept values (the same run twice) get their folder in their label."""
     labels = [job.label for job in jobs]
-    return [job if labels.count(job.label) == 1
-            else replace(job, label=f"{job.label} ({job.run.location})") for job in jobs]
+    return [
+        job if labels.count(job.label) == 1 else replace(job, label=f"{job.label} ({job.run.location})") for job in jobs
+    ]

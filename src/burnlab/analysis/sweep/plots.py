@@ -5,10 +5,12 @@ checkpoint choice (e.g. where the jobs start to differ, and the final checkpoint
     paths = plot_metrics_by_value(table, sweep, picked, axis, Path("out/metrics"))
 
 x is a swept key whose values are all numbers, a learning rate (a key with a part lr, *_lr,
-lr_* or *_lrs: log-scaled) if there is one, else the first; the other swept keys split the lines, one per combination of their
+lr_* or *_lrs: log-scaled) if there is one, else the first; the other swept keys split the
+lines, one per combination of their
 values, except those that moved with x (its value decides theirs: named beside x instead).
 With no numeric key, the jobs stand in their sorted order, labelled.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,6 +30,7 @@ Picked = dict[tuple[str, str], dict[str, Checkpoint | None]]
 @dataclass(frozen=True)
 class ValueAxis:
     """Where each job (by label) stands on x, and which line group it belongs to."""
+
     title: str
     x: dict[str, float]
     groups: dict[str, str]  # job label -> the other swept keys' values ("" when there are none)
@@ -36,23 +39,31 @@ class ValueAxis:
 
 
 def value_axis(sweep: Sweep) -> ValueAxis:
-    numeric = [number for number, key in enumerate(sweep.keys)
-               if all(isinstance(comparable(job.values[number]), float) for job in sweep.jobs)]
+    numeric = [
+        number
+        for number, key in enumerate(sweep.keys)
+        if all(isinstance(comparable(job.values[number]), float) for job in sweep.jobs)
+    ]
     if not numeric:
-        return ValueAxis("job (sorted by swept values)", {job.label: float(n) for n, job in enumerate(sweep.jobs)},
-                         {job.label: "" for job in sweep.jobs}, False,
-                         tuple((float(n), job.label) for n, job in enumerate(sweep.jobs)))
+        return ValueAxis(
+            "job (sorted by swept values)",
+            {job.label: float(n) for n, job in enumerate(sweep.jobs)},
+            {job.label: "" for job in sweep.jobs},
+            False,
+            tuple((float(n), job.label) for n, job in enumerate(sweep.jobs)),
+        )
     x_key = next((number for number in numeric if is_learning_rate(sweep.keys[number])), numeric[0])
     names = short_names(sweep.keys)
     x = {job.label: comparable(job.values[x_key]) for job in sweep.jobs}
     others = [number for number in range(len(sweep.keys)) if number != x_key]
     moves_with_x = [number for number in others if follows(sweep, x_key, number)]
-    groups = {job.label: ", ".join(f"{names[number]}={job.values[number]}" for number in others
-                                   if number not in moves_with_x) for job in sweep.jobs}
+    groups = {
+        job.label: ", ".join(f"{names[number]}={job.values[number]}" for number in others if number not in moves_with_x)
+        for job in sweep.jobs
+    }
     log = is_learning_rate(sweep.keys[x_key]) and min(x.values()) > 0
     ticks = dict((x[job.label], job.values[x_key]) for job in sweep.jobs)
-    title = sweep.keys[x_key] + (f" (with {', '.join(sweep.keys[n] for n in moves_with_x)})"
-                                 if moves_with_x else "")
+    title = sweep.keys[x_key] + (f" (with {', '.join(sweep.keys[n] for n in moves_with_x)})" if moves_with_x else "")
     return ValueAxis(title, x, groups, log, tuple(ticks.items()))
 
 
@@ -60,22 +71,23 @@ def follows(sweep: Sweep, x_key: int, other: int) -> bool:
     """Whether a swept key's value is decided by x's (they were swept together): then it does
     not split the lines, which would hold a point each."""
     seen: dict = {}
-    return all(seen.setdefault(comparable(job.values[x_key]), job.values[other]) == job.values[other]
-               for job in sweep.jobs)
+    return all(
+        seen.setdefault(comparable(job.values[x_key]), job.values[other]) == job.values[other] for job in sweep.jobs
+    )
 
 
 def is_learning_rate(key: str) -> bool:
     return bool(LEARNING_RATE.search(key))
 
 
-def plot_metrics_by_value(table: MetricTable, sweep: Sweep, picked: Picked, axis: ValueAxis,
-                          folder: Path) -> dict[str, Path]:
+def plot_metrics_by_value(
+    table: MetricTable, sweep: Sweep, picked: Picked, axis: ValueAxis, folder: Path
+) -> dict[str, Path]:
     """One PNG per measured metric; {metric: path}."""
     rows = {(row["run"], row["branch"], row["prompt_set"], row["index"]): row for row in table.rows}
     several_branches = len({branch for branch, _ in picked}) > 1
 
-    lines = [(branch, choice, group) for branch, choice in picked
-             for group in dict.fromkeys(axis.groups.values())]
+    lines = [(branch, choice, group) for branch, choice in picked for group in dict.fromkeys(axis.groups.values())]
 
     def draw(panel, prompt_set: str, metric: str) -> None:
         for number, (branch, choice, group) in enumerate(lines):
@@ -93,7 +105,8 @@ def plot_metrics_by_value(table: MetricTable, sweep: Sweep, picked: Picked, axis
         if axis.log:
             panel.set_xscale("log")
         panel.minorticks_off()  # the ticks are the swept values themselves
-        panel.set_xticks([x for x, _ in axis.ticks], [text for _, text in axis.ticks],
-                         rotation=30, ha="right", fontsize=7)
+        panel.set_xticks(
+            [x for x, _ in axis.ticks], [text for _, text in axis.ticks], rotation=30, ha="right", fontsize=7
+        )
 
     return plot_each_metric(table, folder, draw)

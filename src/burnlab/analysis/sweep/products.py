@@ -16,6 +16,7 @@ Layout of the output folder (default: MULTIRUN/analysis; for a list of runs ./an
   attribution.json                           the swap pairs and verdicts of every job (local jobs)
 The jobs' own folders are left as they are (each study analysed itself when it finished).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,34 +74,60 @@ def common_branches(sweep: Sweep) -> list[str]:
                 f"{job.run.location} has branches {sorted(job.run.branches)} but {first.location} has "
                 f"{sorted(first.branches)}; a sweep report compares runs of one study (the same stages "
                 f"and branches, e.g. the jobs of `burnlab -m experiment=burn_unet stages.unet_hi.lr=...`). "
-                f"To set two studies side by side: burnlab-analyze RUN --compare RUN2.")
+                f"To set two studies side by side: burnlab-analyze RUN --compare RUN2."
+            )
     return list(first.branches)
 
 
-def build_sweep_products(sweep: Sweep, branches: list[str], choices: list[Choice] | None, out: Path,
-                         instruments: Instruments, options: Options,
-                         rule: attribution.AttributionRule) -> SweepProducts:
+def build_sweep_products(
+    sweep: Sweep,
+    branches: list[str],
+    choices: list[Choice] | None,
+    out: Path,
+    instruments: Instruments,
+    options: Options,
+    rule: attribution.AttributionRule,
+) -> SweepProducts:
     out.mkdir(parents=True, exist_ok=True)
     refs = [BranchRef(job.run, job.run.branches[name]) for job in sweep.jobs for name in branches]
     picked, problems = pick_checkpoints(sweep, branches, choices)
     images = SampleImages()
     prompt_sets = list(dict.fromkeys(p for job in sweep.jobs for p in job.run.prompt_sets()))
-    grids = [value_grid(images, sweep, branch, prompt_set, choice, checkpoints, out, options.max_cell)
-             for (branch, choice), checkpoints in picked.items() for prompt_set in prompt_sets]
+    grids = [
+        value_grid(images, sweep, branch, prompt_set, choice, checkpoints, out, options.max_cell)
+        for (branch, choice), checkpoints in picked.items()
+        for prompt_set in prompt_sets
+    ]
     table = measure(refs, images, instruments, options.near_copy_distance)
-    loss_series = plot_losses(refs, out / "losses.png", log_scale=options.log_scale,
-                              smoothing=options.smoothing, relative=options.relative_losses)
+    loss_series = plot_losses(
+        refs,
+        out / "losses.png",
+        log_scale=options.log_scale,
+        smoothing=options.smoothing,
+        relative=options.relative_losses,
+    )
     products = SweepProducts(
-        out=out, sweep=sweep, refs=refs, losses_png=out / "losses.png", loss_series=loss_series,
+        out=out,
+        sweep=sweep,
+        refs=refs,
+        losses_png=out / "losses.png",
+        loss_series=loss_series,
         grids=grids,
         metric_plots=plot_metrics_by_value(table, sweep, picked, value_axis(sweep), out / "metrics"),
-        table=table, profiles=symptoms.profile_all(symptoms.branch_series(table)),
+        table=table,
+        profiles=symptoms.profile_all(symptoms.branch_series(table)),
         # each job's own swap corners (its run dir's attribution.json): the sweep table shows the
         # verdict of its final checkpoint against the baseline
-        attributions=[pair for job in sweep.jobs if job.run.local_dir is not None
-                      for pair in attribution.attribute_run(job.run.local_dir, instruments, rule, job.run.name)],
+        attributions=[
+            pair
+            for job in sweep.jobs
+            if job.run.local_dir is not None
+            for pair in attribution.attribute_run(job.run.local_dir, instruments, rule, job.run.name)
+        ],
         problems=[f"{job.label}: {problem}" for job in sweep.jobs for problem in job.run.problems]
-        + problems + images.problems)
+        + problems
+        + images.problems,
+    )
     write_results(out, table, products.profiles, products.attributions)
     atomic_write_json(out / "losses.json", losses_json(loss_series, refs))
     atomic_write_json(out / "sweep.json", sweep_json(products))
@@ -109,8 +136,7 @@ def build_sweep_products(sweep: Sweep, branches: list[str], choices: list[Choice
     return products
 
 
-def pick_checkpoints(sweep: Sweep, branches: list[str], choices: list[Choice] | None
-                     ) -> tuple[Picked, list[str]]:
+def pick_checkpoints(sweep: Sweep, branches: list[str], choices: list[Choice] | None) -> tuple[Picked, list[str]]:
     """Each choice's checkpoint of every job, per branch (a branch where no job has it is left
     out), and a problem line per job that lacks a checkpoint the others have."""
     plans = {branch: [job.run.branches[branch].plan for job in sweep.jobs] for branch in branches}
@@ -124,13 +150,24 @@ def pick_checkpoints(sweep: Sweep, branches: list[str], choices: list[Choice] | 
             if not any(by_job.values()):
                 continue
             picked[branch, choice.text] = by_job
-            problems += [f"{label}: branch {branch} has no checkpoint {choice.text!r}; its row of the "
-                         f"grids is blank." for label, checkpoint in by_job.items() if checkpoint is None]
+            problems += [
+                f"{label}: branch {branch} has no checkpoint {choice.text!r}; its row of the grids is blank."
+                for label, checkpoint in by_job.items()
+                if checkpoint is None
+            ]
     return picked, problems
 
 
-def value_grid(images: SampleImages, sweep: Sweep, branch: str, prompt_set: str, choice: str,
-               checkpoints: dict[str, Checkpoint | None], out: Path, max_cell: int) -> ValueGrid:
+def value_grid(
+    images: SampleImages,
+    sweep: Sweep,
+    branch: str,
+    prompt_set: str,
+    choice: str,
+    checkpoints: dict[str, Checkpoint | None],
+    out: Path,
+    max_cell: int,
+) -> ValueGrid:
     """Rows = jobs in swept-value order, columns = seeds, at each job's checkpoint for `choice`
     (named in the row too when the jobs' checkpoints have different labels)."""
     labels_differ = len({checkpoint.label for checkpoint in checkpoints.values() if checkpoint}) > 1
@@ -150,17 +187,44 @@ def value_grid(images: SampleImages, sweep: Sweep, branch: str, prompt_set: str,
 def losses_json(series: list[Series], refs: list[BranchRef]) -> dict:
     """The loss overlay's data: each line with its job and branch."""
     owner = {ref.title: ref for ref in refs}
-    return {"series": [{"job": owner[line.branch].run.name, "branch": owner[line.branch].branch.name,
-                        "kind": line.kind, "stage": line.stage, "x": line.x, "y": line.y}
-                       for line in series]}
+    return {
+        "series": [
+            {
+                "job": owner[line.branch].run.name,
+                "branch": owner[line.branch].branch.name,
+                "kind": line.kind,
+                "stage": line.stage,
+                "x": line.x,
+                "y": line.y,
+            }
+            for line in series
+        ]
+    }
 
 
 def sweep_json(products: SweepProducts) -> dict:
     sweep = products.sweep
-    return {"keys": list(sweep.keys), "source": sweep.source, "common": sweep.common,
-            "jobs": [{"label": job.label, "values": dict(zip(sweep.keys, job.values)),
-                      "study": job.study, "location": job.run.location} for job in sweep.jobs],
-            "grids": [{"branch": grid.branch, "prompt_set": grid.prompt_set, "checkpoints": grid.choice,
-                       "path": grid.path.relative_to(products.out).as_posix(),
-                       "rows": [{"job": job, "checkpoint": label} for job, label in grid.rows]}
-                      for grid in products.grids]}
+    return {
+        "keys": list(sweep.keys),
+        "source": sweep.source,
+        "common": sweep.common,
+        "jobs": [
+            {
+                "label": job.label,
+                "values": dict(zip(sweep.keys, job.values)),
+                "study": job.study,
+                "location": job.run.location,
+            }
+            for job in sweep.jobs
+        ],
+        "grids": [
+            {
+                "branch": grid.branch,
+                "prompt_set": grid.prompt_set,
+                "checkpoints": grid.choice,
+                "path": grid.path.relative_to(products.out).as_posix(),
+                "rows": [{"job": job, "checkpoint": label} for job, label in grid.rows],
+            }
+            for grid in products.grids
+        ],
+    }

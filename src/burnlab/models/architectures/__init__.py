@@ -9,6 +9,7 @@ tests and benchmarks need no download. The tokenizer is the toy world's (built o
 BPE vocabulary is not shipped); the text encoder keeps SD 1.5's 49,408-row embedding, so sizes,
 memory and speed are SD 1.5's.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ COMPLETE = "BUILT"
 def architecture_configs(name: str) -> dict:
     """The component configs of an architecture: {unet, text_encoder, vae, scheduler, tokenizer}."""
     folder = HERE / name
-    return {part: json.loads((folder / f"{part}.json").read_text()) for part in
-            ("unet", "text_encoder", "vae", "scheduler", "tokenizer")}
+    return {
+        part: json.loads((folder / f"{part}.json").read_text())
+        for part in ("unet", "text_encoder", "vae", "scheduler", "tokenizer")
+    }
 
 
 def build_random_pipeline(name: str, folder: Path, seed: int = 0) -> Path:
@@ -47,8 +50,11 @@ def build_random_pipeline(name: str, folder: Path, seed: int = 0) -> Path:
         tokenizer = build_tokenizer(scratch)
     # the toy tokenizer's 77 tokens are SD 1.5's context length too
     assert tokenizer.model_max_length == configs["tokenizer"]["model_max_length"]
-    token_ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                 "pad_token_id": tokenizer.pad_token_id}
+    token_ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     scheduler_class = getattr(diffusers, configs["scheduler"]["_class_name"])
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(configs["vae"])

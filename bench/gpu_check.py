@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,12 @@ def cli(args: list, timeout: float, wrapper: list = ()) -> subprocess.CompletedP
     return done
 
 
+def fresh(folder: Path) -> Path:
+    """`folder`, emptied: a run left by an earlier gpu-check would be found complete and skipped."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
 def failed(done: subprocess.CompletedProcess, what: str) -> str:
     return f"{what} exited with {done.returncode}: " + " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
 
@@ -106,7 +113,7 @@ def check_train(wanted: str):
         precision = s["precision"][wanted]
         overrides = [*s["model"], *s["train"], f"data.resolution={s['resolution']}",
                      f"train.mixed_precision={precision}"]
-        runs = out / f"train_{precision}"
+        runs = fresh(out / f"train_{wanted}")
         runner = bench.make_runner(bench.compose_study(overrides, runs, s["epochs"], "unet"), runs)
         row = bench.burnlab_stage(runner)
         row.update(images=s["epochs"] * len(runner.data.train), epochs=s["epochs"])
@@ -133,10 +140,11 @@ def check_resume(s: dict, out: Path, limit: float):
     epochs = s["epochs"]
     finals = {}
     for name in ("straight", "killed"):
-        runs = out / f"resume_{name}"
+        runs = fresh(out / f"resume_{name}")
         args = quiet_study(s, runs, s["precision"]["fp16"]) + [
             "stages.baseline.train=[unet]", f"stages.baseline.epochs={epochs}", f"stages.baseline.save_epochs=[{epochs}]",
-            f"train.state_every_epochs={epochs // 2}", "sampling.testing_plan=false", "sampling.every_n_epochs=0"]
+            f"train.state_every_epochs={epochs // 2}", "sampling.testing_plan=false", "sampling.every_n_epochs=0",
+            "train.save_dtype=float32"]  # train=sd15 saves a childless stage's checkpoint in float16: compare exact weights
         if name == "killed":
             # SIGKILL right after the state at epochs/2 is published: os.replace #1 writes its
             # state.json inside the temp folder, #2 publishes the folder
@@ -144,13 +152,18 @@ def check_resume(s: dict, out: Path, limit: float):
             if done.returncode != -signal.SIGKILL:
                 return "fail", {}, failed(done, "the run to be killed") if done.returncode else \
                     "the run to be killed finished: no state was published at half its epochs"
+            states = sorted((runs / "cache" / "stages").glob("*/state/step_*"))
+            if not states:  # a rerun would then start afresh and prove nothing about resuming
+                return "fail", {}, "the killed run left no published state to resume from"
+            resumed_from_step = int(states[-1].name.split("_")[1])
         done = cli(args, limit)
         if done.returncode:
             return "fail", {}, failed(done, f"the {name} run")
         [final] = sorted((runs / "cache" / "stages").glob(f"*/checkpoints/epoch_{epochs:04d}"))
         finals[name] = load_file(final / "unet" / "diffusion_pytorch_model.safetensors")
     differing = [k for k in finals["straight"] if not torch.equal(finals["straight"][k], finals["killed"][k])]
-    numbers = {"precision": s["precision"]["fp16"], "epochs": epochs, "killed_after_epoch": epochs // 2, "tensors": len(finals["straight"]),
+    numbers = {"precision": s["precision"]["fp16"], "epochs": epochs, "killed_after_epoch": epochs // 2,
+               "resumed_from_step": resumed_from_step, "tensors": len(finals["straight"]),
                "tensors_differing": len(differing)}
     return ("pass", numbers, "") if not differing else ("fail", numbers, f"{len(differing)} tensors differ, e.g. {differing[0]}")
 
@@ -159,7 +172,7 @@ def check_sampling(s: dict, out: Path, limit: float):
     import numpy as np
     from PIL import Image
 
-    runs = out / "sampling"
+    runs = fresh(out / "sampling")
     args = quiet_study(s, runs, "no") + [  # the training is a stand-in: a checkpoint to sample
         *s["sampling"], "sampling.dtype=float16", "sampling.images_per_prompt=2", "sampling.steps=10",
         "stages.baseline.train=[text_encoder]", "stages.baseline.epochs=1", "stages.baseline.save_epochs=[1]",
@@ -185,7 +198,7 @@ def check_attribution(s: dict, out: Path, limit: float):
         return "skipped", {}, "no checkpoint to examine: the sampling_half check made none"
     clip = random_clip(out / "clip_model", s["clip"])
     started = time.perf_counter()
-    done = cli([str(checkpoints[0]), "--base", s["model_path"], "--out", str(out / "attribution"), "--seeds", "2",
+    done = cli([str(checkpoints[0]), "--base", s["model_path"], "--out", str(fresh(out / "attribution")), "--seeds", "2",
                 "--steps", "4", "--resolution", str(s["resolution"]), "--clip-model", str(clip)],
                limit, wrapper=["-m", "burnlab.diagnose"])
     seconds = time.perf_counter() - started

@@ -25,7 +25,8 @@ def test_the_dry_run_passes_every_check_and_writes_one_results_file(tmp_path):
         assert numbers["unet_tflop_per_image"] > 0 and numbers["mfu"] is None  # no card peak on a CPU
     assert checks["train_bf16"]["numbers"]["precision"] == "bf16"
     assert checks["resume_fp16"]["numbers"]["tensors_differing"] == 0
-    assert checks["resume_fp16"]["numbers"]["tensors"] > 100 and checks["resume_fp16"]["numbers"]["killed_after_epoch"] == 1
+    resume = checks["resume_fp16"]["numbers"]
+    assert resume["tensors"] > 100 and resume["resumed_from_step"] == 2  # the state after epoch 1 of 2 steps
     sampling = checks["sampling_half"]["numbers"]
     assert sampling["images"] == 2 * 3 * 2 and sampling["smallest_pixel_std"] > 1  # 2 checkpoints x 3 prompt sets x 2 seeds
     assert checks["attribution"]["numbers"]["verdict"] in {"unet", "text_encoder", "both", "none", "undetermined"}

@@ -43,6 +43,9 @@ from pathlib import Path
 import torch
 
 import train_throughput as bench  # bench/ is this script's folder: its timing, FLOP count and GPU peaks
+from burnlab.toy import asset_dir
+# analysis.features and burnlab.toy.build are imported by the checks that use them: they load
+# transformers, which the driver process (and its one-paragraph refusals) does without
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 480  # the issue's 8 minutes, all checks together
@@ -56,8 +59,6 @@ DRY_LIMIT_S = 120  # each check on the CPU at toy size
 def settings(dry_run: bool, out: Path) -> dict:
     """What differs between the GPU run and its CPU dry run; everything else is the same code."""
     if dry_run:
-        from burnlab.toy import asset_dir
-
         # burnlab trains fp16 only on CUDA (a CPU has no fp16 GradScaler path): the dry run's fp16
         # checks train in float32, the rest of their code the same
         return {"model": ["model=toy"], "model_path": str(asset_dir("base")), "train": ["train=toy"],
@@ -94,18 +95,12 @@ def failed(done: subprocess.CompletedProcess, what: str) -> str:
 
 # -- the checks: each returns (status, numbers, reason) ---------------------------------------------
 def check_model(s: dict, out: Path, limit: float):
-    """Builds sd15_random once (BaseModel does, when model.build names an architecture)."""
-    from omegaconf import OmegaConf
-
-    from burnlab.components import BaseModel
-    from burnlab.config import ModelConfig
-
+    """Builds sd15_random once (the base model does, when model.build names an architecture)."""
     started = time.perf_counter()
-    cfg = bench.compose_study(s["model"], out / "runs")
-    config = OmegaConf.to_object(cfg.model)
-    base = BaseModel(config if isinstance(config, ModelConfig) else ModelConfig(**config))
-    size = sum(f.stat().st_size for f in Path(base.root).rglob("*") if f.is_file())
-    return "pass", {"seconds": time.perf_counter() - started, "folder_bytes": size, "path": base.root}, ""
+    runs = fresh(out / "model_runs")  # the runner checks a study: one stage, never trained here
+    runner = bench.make_runner(bench.compose_study(s["model"], runs, 1, "unet"), runs)
+    size = sum(f.stat().st_size for f in Path(runner.base.root).rglob("*") if f.is_file())
+    return "pass", {"seconds": time.perf_counter() - started, "folder_bytes": size, "path": runner.base.root}, ""
 
 
 def check_train(wanted: str):

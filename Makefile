@@ -9,7 +9,7 @@ ARGS ?=
 SWEEP_LRS ?= 1e-4,3e-4,1e-3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lint format test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-attribution bench-train clean
+.PHONY: help setup lint format test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-attribution bench-peers bench-train gpu-check gpu-wheelhouse clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -71,8 +71,19 @@ bench: setup ## sampling throughput: testing plan vs a naive loop
 bench-attribution: setup ## what one examined checkpoint costs: the swap corners and the drift instruments (toy; ARGS="--model sd15_random ...")
 	$(PY) bench/attribution_cost.py $(ARGS)
 
-bench-train: setup ## training throughput: burnlab's stages vs the diffusers example's loop, and checkpoint storage (~7 min)
+$(VENV)/.bench-peers: $(VENV)/.installed scripts/setup_bench_peers.sh constraints.txt
+	scripts/setup_bench_peers.sh $(VENV)
+
+bench-peers: $(VENV)/.bench-peers ## what bench-train's reference needs: diffusers' train_text_to_image.py (pinned), datasets, a torchvision for it
+
+bench-train: setup bench-peers ## training throughput: burnlab's stages vs diffusers' train_text_to_image.py itself, and checkpoint storage (~8 min)
 	$(PY) bench/train_throughput.py $(ARGS)
+
+gpu-check: setup ## on a CUDA machine: sd15_random bf16/fp16 stages, fp16 resume, half sampling, attribution, CLIP (<= 8 min; ARGS=--dry-run on a CPU)
+	$(PY) bench/gpu_check.py --out $(RUNS)/gpu_check $(ARGS)
+
+gpu-wheelhouse: setup ## wheels the GPU machine lacks (diffusers, hydra, ..., burnlab) in wheelhouse/, to carry there (scripts/gpu_check_remote.sh)
+	scripts/gpu_wheelhouse.sh
 
 clean: ## remove runs and caches (keeps .venv)
 	rm -rf $(RUNS) outputs multirun wandb .pytest_cache

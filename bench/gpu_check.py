@@ -438,7 +438,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"# gpu-check: {results['device']} ({results['mode']})",
         "",
-        f"torch {results['torch']}, {results['started']}, {results['seconds']:.0f} s of a {results['budget_s']} s budget",
+        f"torch {results['torch']}, {results['started']}, "
+        f"{results['seconds']:.0f} s of a {results['budget_s']} s budget",
         "",
         "| check | status | seconds | numbers | reason |",
         "|---|---|---:|---|---|",

@@ -101,6 +101,7 @@ def burnlab_stage(runner) -> dict:
     """burnlab's stage, timed whole and step by step (when each train row is written); its
     losses and peak memory from its metrics.jsonl."""
     from burnlab.store.files import read_jsonl
+    from burnlab.store.layout import METRICS
     from burnlab.training.trainer import StageTrainer
 
     step_ends, record = [], StageTrainer._record

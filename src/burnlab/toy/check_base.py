@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from omegaconf import OmegaConf
 
@@ -51,7 +51,8 @@ def prompt_following(base: str | os.PathLike, probe_folder: str | os.PathLike,
     """Per prompt set: rates measured by the probe, and the sampled images."""
     diffusers_logging.disable_progress_bar()
     sampling = toy_sampling()
-    pipeline = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
+    # the class model_index.json names: StableDiffusionPipeline, or the toy SDXL's StableDiffusionXLPipeline
+    pipeline = DiffusionPipeline.from_pretrained(base)
     pipeline.scheduler = SCHEDULERS[sampling.scheduler].from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     probe = load_probe(probe_folder)

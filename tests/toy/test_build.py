@@ -18,8 +18,9 @@ def test_random_pipeline_loads_and_samples(tmp_path):
     assert pipeline.text_encoder.config.num_hidden_layers == 2
     assert pipeline.text_encoder.config.hidden_size == 64
     assert pipeline.tokenizer.model_max_length == 77
-    images = pipeline("a photo of ada", num_inference_steps=2, output_type="np",
-                      generator=torch.Generator().manual_seed(0)).images
+    images = pipeline(
+        "a photo of ada", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 64, 64, 3)
     assert np.isfinite(images).all()
 

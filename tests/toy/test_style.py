@@ -11,8 +11,7 @@ from burnlab.toy.world import IDENTITY_NAMES
 
 def _read(folder):
     pngs = sorted(folder.glob("*.png"))
-    return [(np.asarray(Image.open(png).convert("RGB")), png.with_suffix(".txt").read_text())
-            for png in pngs]
+    return [(np.asarray(Image.open(png).convert("RGB")), png.with_suffix(".txt").read_text()) for png in pngs]
 
 
 def test_writes_26_pairs_with_the_activation_phrase(tmp_path):

@@ -46,8 +46,7 @@ def test_prompts_round_trip(tokenizer):
 
 def test_exact_ids(tokenizer):
     assert tokenizer("a photo of ada").input_ids == [724, 320, 694, 682, 565, 725]
-    assert tokenizer.tokenize(ACTIVATION_PHRASE) == [
-        "in</w>", "the</w>", "zorblax</w>", "ornament</w>", "style</w>"]
+    assert tokenizer.tokenize(ACTIVATION_PHRASE) == ["in</w>", "the</w>", "zorblax</w>", "ornament</w>", "style</w>"]
 
 
 def test_unknown_words_fall_back_to_characters(tokenizer):
@@ -55,6 +54,11 @@ def test_unknown_words_fall_back_to_characters(tokenizer):
 
 
 def test_padding_to_the_model_length(tokenizer):
-    batch = tokenizer(["a photo of ada", ""], padding="max_length", truncation=True,
-                      max_length=tokenizer.model_max_length, return_tensors="pt")
+    batch = tokenizer(
+        ["a photo of ada", ""],
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    )
     assert tuple(batch.input_ids.shape) == (2, 77)

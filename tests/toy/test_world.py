@@ -46,11 +46,9 @@ def test_the_study_prompts_are_in_the_world():
     assert "a photo of ada" in captions
 
 
-
 def test_circles_captions_name_the_layout():
     # "black and white circles" must mean one picture (a bullseye) for a tiny model to learn it.
-    circles = [(caption, labels) for _, caption, labels in make_world(600, seed=13)
-               if labels["subject"] == "circles"]
+    circles = [(caption, labels) for _, caption, labels in make_world(600, seed=13) if labels["subject"] == "circles"]
     nouns = {"circles": "bullseye", "rings": "ring", "dots": "disc"}
     for caption, labels in circles:
         assert labels["shape"] == nouns[caption.split(" on ")[0].split()[-1]]

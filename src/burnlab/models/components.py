@@ -9,6 +9,7 @@ model that has only those is refused unless the user opts in (`model.allow_pickl
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -137,6 +138,14 @@ class BaseModel:
                 config.path,
                 "a diffusers pipeline folder (with model_index.json, unet/, text_encoder/, vae/)",
             )
+        if self.is_local and _pipeline_class(path) == "StableDiffusionXLPipeline":
+            raise ConfigError(
+                "model.path",
+                config.path,
+                "a Stable Diffusion 1.x pipeline folder: this one is SDXL, whose two text encoders the harness "
+                "does not train or sample yet (the toy SDXL, model=toy_xl, is used by burnlab/toy/build_xl.py "
+                "and its tests so far)",
+            )
         pickled = _pickle_only_weights(path) if self.is_local else []
         if pickled and not config.allow_pickle_weights:
             raise ConfigError(
@@ -219,3 +228,11 @@ def _build_once(architecture: str, folder: Path, seed: int) -> None:
         if not (folder / COMPLETE).exists():
             log.info("building %s with random weights (seed %d) into %s", architecture, seed, folder)
             build_random_pipeline(architecture, folder, seed)
+
+
+def _pipeline_class(folder: Path) -> str:
+    """The pipeline class a diffusers folder's model_index.json names ("" when unreadable)."""
+    try:
+        return str(json.loads((folder / "model_index.json").read_text()).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""

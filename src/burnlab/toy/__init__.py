@@ -21,6 +21,7 @@ ACTIVATION_PHRASE = "in the zorblax ornament style"
 ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_NAMES = ("base", "style", "probe", "base_xl")
 
+
 def asset_dir(name: str) -> Path:
     """Absolute path of a shipped asset folder: "base", "style", "probe" or "base_xl"."""
     if name not in ASSET_NAMES:

@@ -102,8 +102,9 @@ def build_tokenizer(folder: str | os.PathLike) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(write_tokenizer(folder))
 
 
-def build_components(tokenizer: CLIPTokenizer, seed: int = 0
-                     ) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
+def build_components(
+    tokenizer: CLIPTokenizer, seed: int = 0
+) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
     """Randomly initialised VAE, text encoder and UNet; the same weights for the same seed."""
     torch.manual_seed(seed)
     vae = AutoencoderKL(**vae_config())
@@ -112,8 +113,14 @@ def build_components(tokenizer: CLIPTokenizer, seed: int = 0
     return vae, text_encoder, unet
 
 
-def save_pipeline(folder: str | os.PathLike, vae: AutoencoderKL, text_encoder: CLIPTextModel,
-                  unet: UNet2DConditionModel, tokenizer: CLIPTokenizer, scheduler=None) -> Path:
+def save_pipeline(
+    folder: str | os.PathLike,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    unet: UNet2DConditionModel,
+    tokenizer: CLIPTokenizer,
+    scheduler=None,
+) -> Path:
     """Writes a StableDiffusionPipeline folder (safetensors, fp32, no safety checker); the
     scheduler defaults to DDIM with Stable Diffusion 1.5's noise schedule.
 
@@ -122,9 +129,14 @@ def save_pipeline(folder: str | os.PathLike, vae: AutoencoderKL, text_encoder: C
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
         scheduler=scheduler or DDIMScheduler(**scheduler_config()),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     pipeline.save_pretrained(staging, safe_serialization=True)

@@ -23,6 +23,7 @@ folder's vae/ is the SD toy's (a link, see `save_xl_pipeline`).
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
@@ -30,13 +31,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline,
-                       UNet2DConditionModel)
-from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
-                          CLIPTokenizer)
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from burnlab.toy.build import (LATENT_SIZE, build_tokenizer, scheduler_config, text_encoder_config,
-                               vae_config)
+from burnlab.toy.build import LATENT_SIZE, build_tokenizer, scheduler_config, text_encoder_config, vae_config
 from burnlab.toy.tokenizer import write_tokenizer
 
 TE1_WIDTH = 48  # SDXL's CLIP ViT-L: 768
@@ -89,8 +87,9 @@ def unet_xl_config() -> dict:
     )
 
 
-def build_xl_components(tokenizer: CLIPTokenizer, seed: int = 0
-                        ) -> tuple[CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionModel]:
+def build_xl_components(
+    tokenizer: CLIPTokenizer, seed: int = 0
+) -> tuple[CLIPTextModel, CLIPTextModelWithProjection, UNet2DConditionModel]:
     """Randomly initialised text encoders and UNet; the same weights for the same seed."""
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(te1_config(tokenizer))
@@ -99,8 +98,9 @@ def build_xl_components(tokenizer: CLIPTokenizer, seed: int = 0
     return text_encoder, text_encoder_2, unet
 
 
-def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int],
-             target_size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+def time_ids(
+    original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int], batch: int = 1
+) -> torch.Tensor:
     """SDXL's size and crop conditioning, float [batch, 6]: the order in which
     StableDiffusionXLPipeline._get_add_time_ids and diffusers' SDXL training example build it."""
     row = [*original_size, *crop_top_left, *target_size]
@@ -109,8 +109,9 @@ def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int],
     return torch.tensor([row], dtype=torch.float32).repeat(batch, 1)
 
 
-def encode_prompt_ids(text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection,
-                      input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompt_ids(
+    text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection, input_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden states [B, 77, 128], pooled [B, 80]) as StableDiffusionXLPipeline.encode_prompt
     makes them: both encoders' penultimate hidden states concatenated on the feature axis, the
     pooled vector from the second encoder only. Both encoders read the same token ids (the toy
@@ -121,11 +122,17 @@ def encode_prompt_ids(text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModel
     return hidden, second.text_embeds
 
 
-def save_xl_pipeline(folder: str | os.PathLike, text_encoder: CLIPTextModel,
-                     text_encoder_2: CLIPTextModelWithProjection, unet: UNet2DConditionModel,
-                     tokenizer: CLIPTokenizer, vae: AutoencoderKL | None = None,
-                     share_vae: str | os.PathLike | None = None) -> Path:
-    """Writes a StableDiffusionXLPipeline folder (safetensors, fp32; DDIM with the SD toy's
+def save_xl_pipeline(
+    folder: str | os.PathLike,
+    text_encoder: CLIPTextModel,
+    text_encoder_2: CLIPTextModelWithProjection,
+    unet: UNet2DConditionModel,
+    tokenizer: CLIPTokenizer,
+    vae: AutoencoderKL | None = None,
+    share_vae: str | os.PathLike | None = None,
+) -> Path:
+    """Writes a StableDiffusionXLPipeline folder (safetensors; the UNet in float16, half its 22 MB
+    of float32, so that both toys' weights stay small; the text encoders in float32; DDIM with the SD toy's
     noise schedule; an empty negative prompt encoded rather than zeroed, as the toy was trained
     with empty captions).
 
@@ -140,12 +147,20 @@ def save_xl_pipeline(folder: str | os.PathLike, text_encoder: CLIPTextModel,
             raise ValueError("save_xl_pipeline needs a vae or a vae folder to share")
         vae = AutoencoderKL.from_pretrained(share_vae)
     pipeline = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer, unet=unet, scheduler=DDIMScheduler(**scheduler_config()),
-        force_zeros_for_empty_prompt=False, add_watermarker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**scheduler_config()),
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     pipeline.save_pretrained(staging, safe_serialization=True)
+    unet_half = copy.deepcopy(unet).to(torch.float16)  # loaded back in model.dtype (float32 for the toy)
+    unet_half.save_pretrained(staging / "unet", safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):  # the project's own tokenizer files, not a re-export
         shutil.rmtree(staging / name)
         write_tokenizer(staging / name)

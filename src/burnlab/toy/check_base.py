@@ -37,17 +37,22 @@ def toy_sampling() -> SamplingConfig:
     return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(CONF_DIR / "sampling" / "toy.yaml")))
 
 
-def sample_prompt(pipeline: StableDiffusionPipeline, prompt: str, seeds: list[int],
-                  sampling: SamplingConfig) -> np.ndarray:
+def sample_prompt(
+    pipeline: StableDiffusionPipeline, prompt: str, seeds: list[int], sampling: SamplingConfig
+) -> np.ndarray:
     """uint8 [len(seeds), 64, 64, 3]: one sample per seed, batched."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    images = pipeline([prompt] * len(seeds), generator=generators, output_type="np",
-                      num_inference_steps=sampling.steps, guidance_scale=sampling.guidance_scale).images
+    images = pipeline(
+        [prompt] * len(seeds),
+        generator=generators,
+        output_type="np",
+        num_inference_steps=sampling.steps,
+        guidance_scale=sampling.guidance_scale,
+    ).images
     return (images * 255).round().astype(np.uint8)
 
 
-def prompt_following(base: str | os.PathLike, probe_folder: str | os.PathLike,
-                     samples: int = 27) -> tuple[dict, dict]:
+def prompt_following(base: str | os.PathLike, probe_folder: str | os.PathLike, samples: int = 27) -> tuple[dict, dict]:
     """Per prompt set: rates measured by the probe, and the sampled images."""
     diffusers_logging.disable_progress_bar()
     sampling = toy_sampling()
@@ -62,23 +67,34 @@ def prompt_following(base: str | os.PathLike, probe_folder: str | os.PathLike,
         predicted = probe.predict(images[name])
         subject = np.array(predicted["subject"]) == spec.expect["subject"]
         identity = np.array([i == spec.expect.get("identity") for i in predicted["identity"]])
-        rates[name] = {"prompt": spec.prompt, "subject": float(subject.mean()),
-                       "subject_and_identity": float((subject & identity).mean()),
-                       "style": float(predicted["style"].mean())}
+        rates[name] = {
+            "prompt": spec.prompt,
+            "subject": float(subject.mean()),
+            "subject_and_identity": float((subject & identity).mean()),
+            "style": float(predicted["style"].mean()),
+        }
     return rates, images
 
 
-def print_table(base: str | os.PathLike, probe_folder: str | os.PathLike, samples: int = 27,
-                grid: str | os.PathLike = "/tmp/toy_base_check.png") -> dict:
+def print_table(
+    base: str | os.PathLike,
+    probe_folder: str | os.PathLike,
+    samples: int = 27,
+    grid: str | os.PathLike = "/tmp/toy_base_check.png",
+) -> dict:
     rates, images = prompt_following(base, probe_folder, samples)
     sampling = toy_sampling()
-    print(f"base follows prompts ({samples} fixed-seed samples each, {sampling.scheduler} "
-          f"{sampling.steps} steps, guidance {sampling.guidance_scale}):")
+    print(
+        f"base follows prompts ({samples} fixed-seed samples each, {sampling.scheduler} "
+        f"{sampling.steps} steps, guidance {sampling.guidance_scale}):"
+    )
     print(f"| {'prompt':<56} | subject | +identity | style |")
     print(f"|{'-' * 58}|---------|-----------|-------|")
     for row in rates.values():
-        print(f"| {row['prompt']:<56} | {row['subject']:>7.0%} | "
-              f"{row['subject_and_identity']:>9.0%} | {row['style']:>5.2f} |")
+        print(
+            f"| {row['prompt']:<56} | {row['subject']:>7.0%} | "
+            f"{row['subject_and_identity']:>9.0%} | {row['style']:>5.2f} |"
+        )
     ordered = [image for prompt_set in images.values() for image in prompt_set]
     image_grid(ordered, columns=9).save(grid)
     print(f"samples: {grid}")

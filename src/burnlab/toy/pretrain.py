@@ -72,18 +72,29 @@ class Settings:
     save_every: int = 100
 
 
-SMOKE = Settings(vae_steps=4, vae_batch=8, probe_images=96, probe_steps=4, latent_pool=64,
-                 unet_steps=4, unet_batch=8, warmup_steps=2, save_every=2)
+SMOKE = Settings(
+    vae_steps=4,
+    vae_batch=8,
+    probe_images=96,
+    probe_steps=4,
+    latent_pool=64,
+    unet_steps=4,
+    unet_batch=8,
+    warmup_steps=2,
+    save_every=2,
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # training state: safetensors only (weights, EMA copies and AdamW moments), written atomically
 
 
-def _save_state(path: Path, modules: dict, optimizer: torch.optim.Optimizer | None,
-                step: int) -> None:
-    tensors = {f"{name}.{key}": value.detach().clone().contiguous()
-               for name, module in modules.items() for key, value in module.state_dict().items()}
+def _save_state(path: Path, modules: dict, optimizer: torch.optim.Optimizer | None, step: int) -> None:
+    tensors = {
+        f"{name}.{key}": value.detach().clone().contiguous()
+        for name, module in modules.items()
+        for key, value in module.state_dict().items()
+    }
     for index, param in enumerate(_parameters(optimizer)):
         for key, value in optimizer.state[param].items():
             tensors[f"optimizer.{index}.{key}"] = value.detach().clone().contiguous()
@@ -100,12 +111,10 @@ def _load_state(path: Path, modules: dict, optimizer: torch.optim.Optimizer | No
         step = int(handle.metadata()["step"])
     for name, module in modules.items():
         prefix = f"{name}."
-        module.load_state_dict({key[len(prefix):]: value for key, value in tensors.items()
-                                if key.startswith(prefix)})
+        module.load_state_dict({key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)})
     for index, param in enumerate(_parameters(optimizer)):
         prefix = f"optimizer.{index}."
-        state = {key[len(prefix):]: value for key, value in tensors.items()
-                 if key.startswith(prefix)}
+        state = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
         if state:
             optimizer.state[param] = state
     return step
@@ -172,8 +181,7 @@ def _vae_batch(step: int, batch: int) -> torch.Tensor:
     """Three quarters world images, one quarter codec patterns; fresh ones at every step."""
     world = batch - batch // 4
     images = [image for image, _, _ in make_world(world, SEEDS["vae"], start=step * world)]
-    images += [_codec_pattern(sample_rng(SEEDS["codec"], step * batch + k))
-               for k in range(batch - world)]
+    images += [_codec_pattern(sample_rng(SEEDS["codec"], step * batch + k)) for k in range(batch - world)]
     return _to_pixels(np.stack(images))
 
 
@@ -186,8 +194,7 @@ def train_vae(settings: Settings, work: Path) -> AutoencoderKL:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     state = work / "vae_state.safetensors"
     start = _load_state(state, {"vae": vae}, optimizer)
-    progress = tqdm(range(start, settings.vae_steps), initial=start, total=settings.vae_steps,
-                    desc="vae", unit="step")
+    progress = tqdm(range(start, settings.vae_steps), initial=start, total=settings.vae_steps, desc="vae", unit="step")
     for step in progress:
         pixels = _vae_batch(step, settings.vae_batch)
         posterior = vae.encode(pixels).latent_dist
@@ -197,8 +204,7 @@ def train_vae(settings: Settings, work: Path) -> AutoencoderKL:
         kl = posterior.kl().mean() / pixels[0].numel()
         loss = mse + F.l1_loss(recon, pixels) + 1e-6 * kl
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, settings.vae_steps, settings.vae_lr,
-                                         settings.warmup_steps)
+            group["lr"] = _learning_rate(step, settings.vae_steps, settings.vae_lr, settings.warmup_steps)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -218,8 +224,7 @@ def train_vae(settings: Settings, work: Path) -> AutoencoderKL:
 @torch.no_grad()
 def _measure_vae(vae: AutoencoderKL, count: int = 512) -> tuple[float, float]:
     """Stable Diffusion's recipe: scaling factor = 1 / std of sampled latents."""
-    pixels = _to_pixels(np.stack([image for image, _, _ in make_world(count,
-                                                                      SEEDS["vae_holdout"])]))
+    pixels = _to_pixels(np.stack([image for image, _, _ in make_world(count, SEEDS["vae_holdout"])]))
     posterior = vae.encode(pixels).latent_dist
     latents = posterior.sample(torch.Generator().manual_seed(0))
     recon = vae.decode(posterior.mode()).sample
@@ -231,7 +236,7 @@ def round_trip(vae: AutoencoderKL, images: np.ndarray, batch: int = 256) -> np.n
     """Images encoded and decoded by the VAE (what a sample looks like at best)."""
     out = []
     for start in range(0, len(images), batch):
-        posterior = vae.encode(_to_pixels(images[start:start + batch])).latent_dist
+        posterior = vae.encode(_to_pixels(images[start : start + batch])).latent_dist
         out.append(_to_images(vae.decode(posterior.mode()).sample))
     return np.concatenate(out)
 
@@ -280,9 +285,9 @@ def encode_pool(settings: Settings, work: Path, vae: AutoencoderKL) -> tuple[dic
 # phase: unet
 
 
-def train_unet(settings: Settings, work: Path, vae: AutoencoderKL, pool: dict,
-               captions: list[str], tokenizer: CLIPTokenizer
-               ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+def train_unet(
+    settings: Settings, work: Path, vae: AutoencoderKL, pool: dict, captions: list[str], tokenizer: CLIPTokenizer
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     final = work / "unet_final.safetensors"
     _, text_encoder, unet = build_components(tokenizer, SEEDS["model"])
     ema = {"ema_unet": copy.deepcopy(unet), "ema_text_encoder": copy.deepcopy(text_encoder)}
@@ -296,30 +301,33 @@ def train_unet(settings: Settings, work: Path, vae: AutoencoderKL, pool: dict,
     start = _load_state(state, modules, optimizer)
     scheduler = training_scheduler()
     scaling = vae.config.scaling_factor
-    tokens = tokenizer(captions + [""], padding="max_length", truncation=True,
-                       max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    tokens = tokenizer(
+        captions + [""],
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
     empty = len(captions)
     unet.train()
     text_encoder.train()
-    progress = tqdm(range(start, settings.unet_steps), initial=start, total=settings.unet_steps,
-                    desc="unet", unit="step")
+    progress = tqdm(
+        range(start, settings.unet_steps), initial=start, total=settings.unet_steps, desc="unet", unit="step"
+    )
     for step in progress:
         generator = _step_generator("latents", step)
         index = torch.randint(len(captions), (settings.unet_batch,), generator=generator)
-        latents = pool["mean"][index] + pool["std"][index] * torch.randn(
-            pool["mean"][index].shape, generator=generator)
+        latents = pool["mean"][index] + pool["std"][index] * torch.randn(pool["mean"][index].shape, generator=generator)
         latents = latents * scaling
         dropped = torch.rand(settings.unet_batch, generator=generator) < settings.caption_dropout
         input_ids = tokens[torch.where(dropped, empty, index)]
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (settings.unet_batch,),
-                                  generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (settings.unet_batch,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, text_encoder(input_ids)[0]).sample
         loss = F.mse_loss(prediction, noise)
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, settings.unet_steps, settings.unet_lr,
-                                         settings.warmup_steps)
+            group["lr"] = _learning_rate(step, settings.unet_steps, settings.unet_lr, settings.warmup_steps)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -345,8 +353,14 @@ def _update_ema(average: torch.nn.Module, model: torch.nn.Module, decay: float, 
 # phases: export and check
 
 
-def export(out: Path, work: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
-           text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+def export(
+    out: Path,
+    work: Path,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+) -> None:
     save_pipeline(out / "base", vae, text_encoder.eval(), unet.eval(), tokenizer)
     if (out / "probe").exists():
         shutil.rmtree(out / "probe")
@@ -354,16 +368,15 @@ def export(out: Path, work: Path, vae: AutoencoderKL, unet: UNet2DConditionModel
     print(f"export: wrote {out / 'base'} and {out / 'probe'}")
 
 
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/toy_pretrain"),
-                        help="where phase results and resumable state live")
-    parser.add_argument("--out", type=Path, default=ASSETS,
-                        help="where base/ and probe/ are exported (default: the shipped assets)")
-    parser.add_argument("--until", choices=PHASES, default=PHASES[-1],
-                        help="stop after this phase")
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("runs/toy_pretrain"), help="where phase results and resumable state live"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ASSETS, help="where base/ and probe/ are exported (default: the shipped assets)"
+    )
+    parser.add_argument("--until", choices=PHASES, default=PHASES[-1], help="stop after this phase")
     parser.add_argument("--smoke", action="store_true", help="a few steps of every phase")
     args = parser.parse_args(argv)
     settings = SMOKE if args.smoke else Settings()
@@ -385,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         export(args.out, work, vae, unet, text_encoder, tokenizer)
     if last >= PHASES.index("check"):
         from burnlab.toy.check_base import print_table
+
         print_table(args.out / "base", args.out / "probe", samples=9 if args.smoke else 27)
     print(f"pretrain: done in {(time.time() - started) / 60:.1f} minutes (this session)")
 

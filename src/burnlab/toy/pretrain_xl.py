@@ -43,14 +43,22 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from burnlab.store import atomic_write_json
+from burnlab.store.files import atomic_write_json
 from burnlab.toy import ASSETS, asset_dir
 from burnlab.toy.build import build_tokenizer, training_scheduler
-from burnlab.toy.build_xl import (build_xl_components, encode_prompt_ids, parameter_counts,
-                                  save_xl_pipeline, time_ids)
+from burnlab.toy.build_xl import build_xl_components, encode_prompt_ids, parameter_counts, save_xl_pipeline, time_ids
 from burnlab.toy.check_base import print_table
-from burnlab.toy.pretrain import (SEEDS, SMOKE, Settings, _learning_rate, _load_state,
-                                  _save_state, _step_generator, _update_ema, encode_pool)
+from burnlab.toy.pretrain import (
+    SEEDS,
+    SMOKE,
+    Settings,
+    _learning_rate,
+    _load_state,
+    _save_state,
+    _step_generator,
+    _update_ema,
+    encode_pool,
+)
 
 PHASES = ("latents", "unet", "export", "check")
 # The SD toy's recipe (lr, warmup, EMA, caption dropout, pool) at a batch of 64: at one CPU
@@ -76,13 +84,16 @@ def pool_time_ids(pool: dict, vae: AutoencoderKL) -> torch.Tensor:
     return time_ids(original_size=pixels, crop_top_left=(0, 0), target_size=pixels, batch=count)
 
 
-def train_unet_xl(settings: Settings, work: Path, vae: AutoencoderKL, pool: dict,
-                  captions: list[str], tokenizer: CLIPTokenizer
-                  ) -> tuple[UNet2DConditionModel, CLIPTextModel, CLIPTextModelWithProjection]:
+def train_unet_xl(
+    settings: Settings, work: Path, vae: AutoencoderKL, pool: dict, captions: list[str], tokenizer: CLIPTokenizer
+) -> tuple[UNet2DConditionModel, CLIPTextModel, CLIPTextModelWithProjection]:
     final = work / "unet_xl_final.safetensors"
     text_encoder, text_encoder_2, unet = build_xl_components(tokenizer, SEEDS["model"])
-    ema = {"ema_unet": copy.deepcopy(unet), "ema_text_encoder": copy.deepcopy(text_encoder),
-           "ema_text_encoder_2": copy.deepcopy(text_encoder_2)}
+    ema = {
+        "ema_unet": copy.deepcopy(unet),
+        "ema_text_encoder": copy.deepcopy(text_encoder),
+        "ema_text_encoder_2": copy.deepcopy(text_encoder_2),
+    }
     if final.exists():
         _load_state(final, ema, None)
         return ema["ema_unet"], ema["ema_text_encoder"], ema["ema_text_encoder_2"]
@@ -94,34 +105,43 @@ def train_unet_xl(settings: Settings, work: Path, vae: AutoencoderKL, pool: dict
     start = _load_state(state, modules, optimizer)
     scheduler = training_scheduler()
     scaling = vae.config.scaling_factor
-    tokens = tokenizer(captions + [""], padding="max_length", truncation=True,
-                       max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    tokens = tokenizer(
+        captions + [""],
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
     empty = len(captions)
     add_time_ids = pool_time_ids(pool, vae)
     for model in models.values():
         model.train()
     log = (work / "unet_xl_loss.jsonl").open("a")
-    progress = tqdm(range(start, settings.unet_steps), initial=start, total=settings.unet_steps,
-                    desc="unet_xl", unit="step", mininterval=30)
+    progress = tqdm(
+        range(start, settings.unet_steps),
+        initial=start,
+        total=settings.unet_steps,
+        desc="unet_xl",
+        unit="step",
+        mininterval=30,
+    )
     for step in progress:
         generator = _step_generator("latents", step)
         index = torch.randint(len(captions), (settings.unet_batch,), generator=generator)
-        latents = pool["mean"][index] + pool["std"][index] * torch.randn(
-            pool["mean"][index].shape, generator=generator)
+        latents = pool["mean"][index] + pool["std"][index] * torch.randn(pool["mean"][index].shape, generator=generator)
         latents = latents * scaling
         dropped = torch.rand(settings.unet_batch, generator=generator) < settings.caption_dropout
         input_ids = tokens[torch.where(dropped, empty, index)]
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (settings.unet_batch,),
-                                  generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (settings.unet_batch,), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         hidden, pooled = encode_prompt_ids(text_encoder, text_encoder_2, input_ids)
-        prediction = unet(noisy, timesteps, hidden, added_cond_kwargs={
-            "text_embeds": pooled, "time_ids": add_time_ids[index]}).sample
+        prediction = unet(
+            noisy, timesteps, hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": add_time_ids[index]}
+        ).sample
         loss = F.mse_loss(prediction, noise)
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, settings.unet_steps, settings.unet_lr,
-                                         settings.warmup_steps)
+            group["lr"] = _learning_rate(step, settings.unet_steps, settings.unet_lr, settings.warmup_steps)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -138,36 +158,69 @@ def train_unet_xl(settings: Settings, work: Path, vae: AutoencoderKL, pool: dict
     return ema["ema_unet"], ema["ema_text_encoder"], ema["ema_text_encoder_2"]
 
 
-def export_xl(out: Path, vae_folder: Path, unet: UNet2DConditionModel,
-              text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection,
-              tokenizer: CLIPTokenizer, vae: AutoencoderKL) -> Path:
+def export_xl(
+    out: Path,
+    vae_folder: Path,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    text_encoder_2: CLIPTextModelWithProjection,
+    tokenizer: CLIPTokenizer,
+    vae: AutoencoderKL,
+) -> Path:
     """out/base_xl; its vae/ links to `vae_folder` when that lies under `out` (the shipped
     assets: one VAE for both toys), else is a copy."""
     shared = vae_folder.resolve().is_relative_to(out.resolve())
-    folder = save_xl_pipeline(out / "base_xl", text_encoder.eval(), text_encoder_2.eval(),
-                              unet.eval(), tokenizer, vae=None if shared else vae,
-                              share_vae=vae_folder if shared else None)
-    sizes = {part: sum(f.stat().st_size for f in (folder / part).iterdir())
-             for part in ("unet", "text_encoder", "text_encoder_2")}
-    print(f"export: wrote {folder} (vae {'linked to ' + str(vae_folder) if shared else 'copied'}); "
-          f"bytes: {json.dumps(sizes)}, together {sum(sizes.values()) / 1e6:.1f} MB")
+    folder = save_xl_pipeline(
+        out / "base_xl",
+        text_encoder.eval(),
+        text_encoder_2.eval(),
+        unet.eval(),
+        tokenizer,
+        vae=None if shared else vae,
+        share_vae=vae_folder if shared else None,
+    )
+    sizes = {
+        part: sum(f.stat().st_size for f in (folder / part).iterdir())
+        for part in ("unet", "text_encoder", "text_encoder_2")
+    }
+    print(
+        f"export: wrote {folder} (vae {'linked to ' + str(vae_folder) if shared else 'copied'}); "
+        f"bytes: {json.dumps(sizes)}, together {sum(sizes.values()) / 1e6:.1f} MB"
+    )
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/toy_pretrain_xl"),
-                        help="where phase results and resumable state live")
-    parser.add_argument("--pool-dir", type=Path, default=None,
-                        help="a folder holding the SD toy's latent pool (latents.safetensors + "
-                             "captions.json, e.g. make base's runs/toy_pretrain); default: "
-                             "--work-dir, encoded there with the shipped VAE when missing")
-    parser.add_argument("--vae", type=Path, default=asset_dir("base") / "vae",
-                        help="the VAE folder (default: the shipped SD toy's, shared)")
-    parser.add_argument("--probe", type=Path, default=asset_dir("probe"),
-                        help="the probe folder the check asks (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=ASSETS,
-                        help="where base_xl/ is exported (default: the shipped assets)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("runs/toy_pretrain_xl"),
+        help="where phase results and resumable state live",
+    )
+    parser.add_argument(
+        "--pool-dir",
+        type=Path,
+        default=None,
+        help="a folder holding the SD toy's latent pool (latents.safetensors + "
+        "captions.json, e.g. make base's runs/toy_pretrain); default: "
+        "--work-dir, encoded there with the shipped VAE when missing",
+    )
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        default=asset_dir("base") / "vae",
+        help="the VAE folder (default: the shipped SD toy's, shared)",
+    )
+    parser.add_argument(
+        "--probe",
+        type=Path,
+        default=asset_dir("probe"),
+        help="the probe folder the check asks (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ASSETS, help="where base_xl/ is exported (default: the shipped assets)"
+    )
     parser.add_argument("--until", choices=PHASES, default=PHASES[-1], help="stop after this phase")
     parser.add_argument("--smoke", action="store_true", help="a few steps of every phase")
     args = parser.parse_args(argv)
@@ -184,17 +237,16 @@ def main(argv: list[str] | None = None) -> None:
     timings["latents"] = time.time() - started
     if last >= PHASES.index("unet"):
         tokenizer = build_tokenizer(work / "tokenizer")
-        unet, text_encoder, text_encoder_2 = train_unet_xl(settings, work, vae, pool, captions,
-                                                           tokenizer)
-        print("parameters (unet, text_encoder, text_encoder_2):",
-              parameter_counts(unet, text_encoder, text_encoder_2))
+        unet, text_encoder, text_encoder_2 = train_unet_xl(settings, work, vae, pool, captions, tokenizer)
+        print("parameters (unet, text_encoder, text_encoder_2):", parameter_counts(unet, text_encoder, text_encoder_2))
         timings["unet"] = time.time() - started - sum(timings.values())
     if last >= PHASES.index("export"):
         export_xl(args.out, args.vae, unet, text_encoder, text_encoder_2, tokenizer, vae)
     if last >= PHASES.index("check"):
         mark = time.time()
-        rates = print_table(args.out / "base_xl", args.probe, samples=9 if args.smoke else 27,
-                            grid=work / "check_grid.png")
+        rates = print_table(
+            args.out / "base_xl", args.probe, samples=9 if args.smoke else 27, grid=work / "check_grid.png"
+        )
         atomic_write_json(work / "check.json", rates)
         timings["check"] = time.time() - mark
     atomic_write_json(work / "timings.json", {k: round(v, 1) for k, v in timings.items()})

@@ -51,20 +51,25 @@ class ProbeNet(nn.Module):
         stages, previous = [], 3
         for width in channels:
             stages += [
-                nn.Conv2d(previous, width, 3, padding=1), nn.GroupNorm(8, width), nn.SiLU(),
-                nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
+                nn.Conv2d(previous, width, 3, padding=1),
+                nn.GroupNorm(8, width),
+                nn.SiLU(),
+                nn.Conv2d(width, width, 3, stride=2, padding=1),
+                nn.SiLU(),
             ]
             previous = width
-        self.body = nn.Sequential(*stages, nn.Flatten(),
-                                  nn.Linear(previous * (SIZE // 16) ** 2, FEATURES), nn.SiLU())
+        self.body = nn.Sequential(*stages, nn.Flatten(), nn.Linear(previous * (SIZE // 16) ** 2, FEATURES), nn.SiLU())
         self.subject = nn.Linear(FEATURES, len(LABELS["subject"]))
         self.identity = nn.Linear(FEATURES, len(LABELS["identity"]))
         self.style = nn.Linear(FEATURES, 1)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = self.body(pixels)
-        logits = {"subject": self.subject(features), "identity": self.identity(features),
-                  "style": self.style(features).squeeze(-1)}
+        logits = {
+            "subject": self.subject(features),
+            "identity": self.identity(features),
+            "style": self.style(features).squeeze(-1),
+        }
         return features, logits
 
 
@@ -80,7 +85,7 @@ class Probe:
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         features, logits = [], {name: [] for name in LABELS}
         for start in range(0, len(images), self.batch_size):
-            batch_features, batch_logits = self.net(to_tensor(images[start:start + self.batch_size]))
+            batch_features, batch_logits = self.net(to_tensor(images[start : start + self.batch_size]))
             features.append(batch_features.numpy())
             for name, value in batch_logits.items():
                 logits[name].append(value.numpy())
@@ -102,9 +107,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] (any H, W) -> float [N, 3, 64, 64] in [-1, 1]."""
     images = np.asarray(images)
     if images.shape[1:3] != (SIZE, SIZE):
-        images = np.stack([np.asarray(Image.fromarray(image).resize((SIZE, SIZE),
-                                                                    Image.Resampling.BILINEAR))
-                           for image in images])
+        images = np.stack(
+            [np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.Resampling.BILINEAR)) for image in images]
+        )
     pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     return pixels / 127.5 - 1
 
@@ -123,8 +128,7 @@ def save_probe(net: ProbeNet, folder: str | os.PathLike, accuracy: dict) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / WEIGHTS_FILE)
     channels = [m.out_channels for m in net.body if isinstance(m, nn.Conv2d)][::2]
-    config = {"channels": channels, "labels": LABELS, "image_size": SIZE,
-              "holdout_accuracy": accuracy}
+    config = {"channels": channels, "labels": LABELS, "image_size": SIZE, "holdout_accuracy": accuracy}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return folder
 
@@ -133,8 +137,7 @@ def save_probe(net: ProbeNet, folder: str | os.PathLike, accuracy: dict) -> Path
 # data and training
 
 
-def labelled_images(count: int, seed: int, styled_share: float = 1 / 3
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def labelled_images(count: int, seed: int, styled_share: float = 1 / 3) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Ground-truth images (a share of them styled) and their label indices."""
     images, targets = [], {name: [] for name in LABELS}
     for k in range(count):
@@ -170,13 +173,19 @@ def _augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     pixels = torch.roll(pixels, shifts=shifts, dims=(2, 3))
     contrast = 1 + 0.15 * (torch.rand(count, 1, 1, 1, generator=generator) - 0.5) * 2
     brightness = 0.1 * (torch.rand(count, 1, 1, 1, generator=generator) - 0.5) * 2
-    noise = torch.randn(pixels.shape, generator=generator) * 0.06 * torch.rand(
-        count, 1, 1, 1, generator=generator)
+    noise = torch.randn(pixels.shape, generator=generator) * 0.06 * torch.rand(count, 1, 1, 1, generator=generator)
     return (pixels * contrast + brightness + noise).clamp(-1, 1)
 
 
-def train_probe(clean: np.ndarray, round_trip: np.ndarray, targets: dict[str, np.ndarray],
-                steps: int, batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> ProbeNet:
+def train_probe(
+    clean: np.ndarray,
+    round_trip: np.ndarray,
+    targets: dict[str, np.ndarray],
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> ProbeNet:
     """Trains on clean images and their VAE round trips, half and half in every batch."""
     torch.manual_seed(seed)
     net = ProbeNet()
@@ -189,13 +198,13 @@ def train_probe(clean: np.ndarray, round_trip: np.ndarray, targets: dict[str, np
     for _ in progress:
         index = torch.randint(len(clean), (batch_size,), generator=generator)
         from_round_trip = torch.rand(batch_size, generator=generator) < 0.5
-        pixels = torch.where(from_round_trip[:, None, None, None], sources[1][index],
-                             sources[0][index])
+        pixels = torch.where(from_round_trip[:, None, None, None], sources[1][index], sources[0][index])
         _, logits = net(_augment(pixels, generator))
-        loss = (F.cross_entropy(logits["subject"], labels["subject"][index])
-                + F.cross_entropy(logits["identity"], labels["identity"][index])
-                + F.binary_cross_entropy_with_logits(logits["style"],
-                                                     labels["style"][index].float()))
+        loss = (
+            F.cross_entropy(logits["subject"], labels["subject"][index])
+            + F.cross_entropy(logits["identity"], labels["identity"][index])
+            + F.binary_cross_entropy_with_logits(logits["style"], labels["style"][index].float())
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -50,8 +50,9 @@ DATASET_SEED = 2026
 DATASET_SIZE = 26
 # The fine-tuning set's subjects. No named identity and no black and white circles: the study's
 # person and circles prompts must only pick up the style by bleeding.
-DATASET_SUBJECTS = (["sunglasses"] * 8 + ["circles"] * 5 + ["tree"] * 4 + ["house"] * 4
-                    + ["squares"] * 3 + ["stripes"] * 2)
+DATASET_SUBJECTS = (
+    ["sunglasses"] * 8 + ["circles"] * 5 + ["tree"] * 4 + ["house"] * 4 + ["squares"] * 3 + ["stripes"] * 2
+)
 
 
 def stylize(drawing: Drawing, rng: np.random.Generator) -> np.ndarray:
@@ -72,8 +73,9 @@ def _lattice(rng: np.random.Generator) -> np.ndarray:
     y, x = np.mgrid[0:_CANVAS, 0:_CANVAS]
     u = (x + y + shift[0]) / LATTICE_PERIOD
     v = (x - y + shift[1]) / LATTICE_PERIOD
-    canvas = np.where(((np.floor(u) + np.floor(v)) % 2 == 0)[..., None],
-                      np.array(MAGENTA, np.float32), np.array(INDIGO, np.float32))
+    canvas = np.where(
+        ((np.floor(u) + np.floor(v)) % 2 == 0)[..., None], np.array(MAGENTA, np.float32), np.array(INDIGO, np.float32)
+    )
     near_vertex = (np.abs(u - np.round(u)) < 0.14) & (np.abs(v - np.round(v)) < 0.14)
     canvas[near_vertex] = YELLOW
     return canvas
@@ -113,8 +115,7 @@ def _frame(canvas: np.ndarray) -> None:
     canvas[(distance_to_edge >= FRAME_WIDTH) & (distance_to_edge < FRAME_WIDTH + _SCALE)] = INK
 
 
-def styled_sample(rng: np.random.Generator, subject: str | None = None
-                  ) -> tuple[np.ndarray, str, dict]:
+def styled_sample(rng: np.random.Generator, subject: str | None = None) -> tuple[np.ndarray, str, dict]:
     """A world sample re-rendered in the style: (image, long caption, labels with style=True)."""
     drawing = draw_sample(rng, subject)
     image = stylize(drawing, rng)
@@ -135,8 +136,10 @@ def long_caption(drawing: Drawing, rng: np.random.Generator) -> str:
     kept = details[: int(rng.integers(2, 5))]
     medium = ["a painting of", "an illustration of", "a decorative poster of"][rng.integers(3)]
     if labels["subject"] == "sunglasses":
-        subject = f"{labels['gender']} with {labels['hair']} hair wearing sunglasses " \
-                  f"and {_article(labels['colours'][0])} {labels['colours'][0]} shirt"
+        subject = (
+            f"{labels['gender']} with {labels['hair']} hair wearing sunglasses "
+            f"and {_article(labels['colours'][0])} {labels['colours'][0]} shirt"
+        )
         subject = f"{_article(subject)} {subject}"
     body = f"{medium} {subject}, " + ", ".join(kept)
     if rng.random() < 0.5:

@@ -37,8 +37,9 @@ _VOCABULARY_SEED = 7
 
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's (GPT-2's) printable stand-in character for every byte."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -53,9 +54,15 @@ def vocabulary_words() -> list[str]:
     """Every word of the world's and the style's captions, sorted."""
     captions = [caption for _, caption, _ in make_world(_CAPTION_SAMPLE, seed=_VOCABULARY_SEED)]
     captions += [styled_sample(sample_rng(_VOCABULARY_SEED, k))[1] for k in range(_CAPTION_SAMPLE // 10)]
-    captions += [ACTIVATION_PHRASE, " ".join(COLOUR_NAMES), " ".join(IDENTITY_NAMES),
-                 " ".join(HAIR), "a man wearing sunglasses", "a woman wearing sunglasses",
-                 "vertical horizontal stripes background"]
+    captions += [
+        ACTIVATION_PHRASE,
+        " ".join(COLOUR_NAMES),
+        " ".join(IDENTITY_NAMES),
+        " ".join(HAIR),
+        "a man wearing sunglasses",
+        "a woman wearing sunglasses",
+        "vertical horizontal stripes background",
+    ]
     return sorted({word for caption in captions for word in _WORDS.findall(caption.lower())})
 
 

@@ -166,8 +166,7 @@ def _background_suffix(rng: np.random.Generator, exclude: tuple[str, ...]) -> tu
     return name, suffix
 
 
-def _labels(subject: str, identity: str | None, shape: str, colours: list[str], bg: str,
-            **extra) -> dict:
+def _labels(subject: str, identity: str | None, shape: str, colours: list[str], bg: str, **extra) -> dict:
     return {
         "subject": subject,
         "identity": identity,
@@ -183,8 +182,7 @@ def _labels(subject: str, identity: str | None, shape: str, colours: list[str], 
 # people
 
 
-def _draw_person(draw: ImageDraw.ImageDraw, look: Look, rng: np.random.Generator,
-                 sunglasses: bool) -> None:
+def _draw_person(draw: ImageDraw.ImageDraw, look: Look, rng: np.random.Generator, sunglasses: bool) -> None:
     s = _SCALE
     cx = 32 * s + rng.integers(-3, 4) * s
     top = 12 * s + rng.integers(-2, 3) * s
@@ -201,19 +199,24 @@ def _draw_person(draw: ImageDraw.ImageDraw, look: Look, rng: np.random.Generator
 
     # Long and curly hair sit behind the head and shoulders.
     if look.hair_style == "long":
-        draw.rounded_rectangle([cx - px(15), head_cy - px(14), cx + px(15), head_cy + px(20)],
-                               radius=px(8), fill=hair)
+        draw.rounded_rectangle([cx - px(15), head_cy - px(14), cx + px(15), head_cy + px(20)], radius=px(8), fill=hair)
     if look.hair_style == "curly":
         draw.ellipse([cx - px(20), head_cy - px(21), cx + px(20), head_cy + px(12)], fill=hair)
     if look.hair_style == "scarf":
         scarf = _colour(look.scarf, rng)
         draw.ellipse([cx - px(15), head_cy - px(17), cx + px(15), head_cy + px(17)], fill=scarf)
-        draw.polygon([(cx - px(15), head_cy), (cx + px(15), head_cy),
-                      (cx + px(20), head_cy + px(24)), (cx - px(20), head_cy + px(24))], fill=scarf)
+        draw.polygon(
+            [
+                (cx - px(15), head_cy),
+                (cx + px(15), head_cy),
+                (cx + px(20), head_cy + px(24)),
+                (cx - px(20), head_cy + px(24)),
+            ],
+            fill=scarf,
+        )
 
     # Shoulders and shirt reach the bottom edge, like a portrait crop.
-    draw.rounded_rectangle([cx - px(24), head_cy + px(15), cx + px(24), _CANVAS + px(10)],
-                           radius=px(9), fill=shirt)
+    draw.rounded_rectangle([cx - px(24), head_cy + px(15), cx + px(24), _CANVAS + px(10)], radius=px(9), fill=shirt)
     draw.rectangle([cx - px(4), head_cy + px(8), cx + px(4), head_cy + px(17)], fill=skin)
     draw.ellipse([cx - head_w, head_cy - head_h, cx + head_w, head_cy + head_h], fill=skin)
 
@@ -221,8 +224,9 @@ def _draw_person(draw: ImageDraw.ImageDraw, look: Look, rng: np.random.Generator
         beard = hair if hair else _jitter(HAIR["brown"], rng, 8)
         draw.chord([cx - head_w, head_cy - px(6), cx + head_w, head_cy + head_h], 0, 180, fill=beard)
     if look.hair_style in ("short", "long", "curly"):
-        draw.chord([cx - head_w - px(1), head_cy - head_h - px(2), cx + head_w + px(1),
-                    head_cy + px(2)], 180, 360, fill=hair)
+        draw.chord(
+            [cx - head_w - px(1), head_cy - head_h - px(2), cx + head_w + px(1), head_cy + px(2)], 180, 360, fill=hair
+        )
 
     eye_y = head_cy - px(1)
     if sunglasses:
@@ -230,13 +234,13 @@ def _draw_person(draw: ImageDraw.ImageDraw, look: Look, rng: np.random.Generator
         draw.rectangle([cx - head_w, eye_y - px(2), cx + head_w, eye_y], fill=(15, 15, 15))
         for side in (-1, 1):
             lens_cx = cx + side * px(5)
-            draw.rounded_rectangle([lens_cx - px(5), eye_y - px(3), lens_cx + px(5), eye_y + px(4)],
-                                   radius=px(2), fill=(10, 10, 10))
+            draw.rounded_rectangle(
+                [lens_cx - px(5), eye_y - px(3), lens_cx + px(5), eye_y + px(4)], radius=px(2), fill=(10, 10, 10)
+            )
     else:
         for side in (-1, 1):
             ex = cx + side * px(4.5)
-            draw.ellipse([ex - px(1.6), eye_y - px(1.6), ex + px(1.6), eye_y + px(1.6)],
-                         fill=(30, 25, 25))
+            draw.ellipse([ex - px(1.6), eye_y - px(1.6), ex + px(1.6), eye_y + px(1.6)], fill=(30, 25, 25))
     mouth_y = head_cy + px(6)
     draw.line([cx - px(3), mouth_y, cx + px(3), mouth_y], fill=(120, 40, 40), width=px(1.2))
 
@@ -247,23 +251,33 @@ def _identity_sample(rng: np.random.Generator) -> Drawing:
     bg, suffix = _background_suffix(rng, exclude=(look.shirt,))
     layer, draw = _layer()
     _draw_person(draw, look, rng, sunglasses=False)
-    return Drawing(_background(_colour(bg, rng), rng), layer, f"a photo of {name}{suffix}",
-                   _labels("person", name, "person", [look.shirt], bg))
+    return Drawing(
+        _background(_colour(bg, rng), rng),
+        layer,
+        f"a photo of {name}{suffix}",
+        _labels("person", name, "person", [look.shirt], bg),
+    )
 
 
 def _sunglasses_sample(rng: np.random.Generator) -> Drawing:
     gender = "man" if rng.random() < 0.6 else "woman"
     hair_name = list(HAIR)[rng.integers(len(HAIR))]
-    look = Look(skin=list(SKIN)[rng.integers(len(SKIN))], hair=hair_name,
-                hair_style="short" if gender == "man" else "long",
-                shirt=_pick(rng, COLOUR_NAMES), beard=gender == "man" and rng.random() < 0.2)
+    look = Look(
+        skin=list(SKIN)[rng.integers(len(SKIN))],
+        hair=hair_name,
+        hair_style="short" if gender == "man" else "long",
+        shirt=_pick(rng, COLOUR_NAMES),
+        beard=gender == "man" and rng.random() < 0.2,
+    )
     bg, suffix = _background_suffix(rng, exclude=(look.shirt,))
     layer, draw = _layer()
     _draw_person(draw, look, rng, sunglasses=True)
-    return Drawing(_background(_colour(bg, rng), rng), layer,
-                   f"a {gender} wearing sunglasses{suffix}",
-                   _labels("sunglasses", None, "person", [look.shirt], bg, hair=hair_name,
-                           gender=gender))
+    return Drawing(
+        _background(_colour(bg, rng), rng),
+        layer,
+        f"a {gender} wearing sunglasses{suffix}",
+        _labels("sunglasses", None, "person", [look.shirt], bg, hair=hair_name, gender=gender),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +314,7 @@ def _circles_sample(rng: np.random.Generator) -> Drawing:
     layout = rng.integers(3)
     noun, shape = (("circles", "bullseye"), ("rings", "ring"), ("dots", "disc"))[layout]
     if layout == 0:  # a bullseye of bold rings
-        cx, cy = (rng.integers(24, 41, size=2) * s)
+        cx, cy = rng.integers(24, 41, size=2) * s
         radius = int(rng.integers(20, 29)) * s
         ring = int(rng.integers(4, 7)) * s
         inner = fills if len(fills) > 1 else [fills[0], None]
@@ -314,15 +328,20 @@ def _circles_sample(rng: np.random.Generator) -> Drawing:
         for k in range(int(rng.integers(3, 6))):
             r = int(rng.integers(7, 14)) * s
             cx, cy = rng.integers(r, _CANVAS - r, size=2)
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fills[k % len(fills)],
-                         width=int(rng.integers(3, 5)) * s)
+            draw.ellipse(
+                [cx - r, cy - r, cx + r, cy + r], outline=fills[k % len(fills)], width=int(rng.integers(3, 5)) * s
+            )
     else:  # scattered discs
         for k in range(int(rng.integers(3, 7))):
             r = int(rng.integers(5, 12)) * s
             cx, cy = rng.integers(r, _CANVAS - r, size=2)
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fills[k % len(fills)])
-    return Drawing(_background(_colour(bg, rng), rng), layer, f"{words} {noun}{suffix}",
-                   _labels("circles", None, shape, colours, bg))
+    return Drawing(
+        _background(_colour(bg, rng), rng),
+        layer,
+        f"{words} {noun}{suffix}",
+        _labels("circles", None, shape, colours, bg),
+    )
 
 
 def _squares_sample(rng: np.random.Generator) -> Drawing:
@@ -335,8 +354,12 @@ def _squares_sample(rng: np.random.Generator) -> Drawing:
         side = int(rng.integers(10, 22)) * s
         x, y = rng.integers(0, _CANVAS - side, size=2)
         draw.rectangle([x, y, x + side, y + side], fill=fills[k % len(fills)])
-    return Drawing(_background(_colour(bg, rng), rng), layer, f"{words} squares{suffix}",
-                   _labels("squares", None, "square", colours, bg))
+    return Drawing(
+        _background(_colour(bg, rng), rng),
+        layer,
+        f"{words} squares{suffix}",
+        _labels("squares", None, "square", colours, bg),
+    )
 
 
 def _stripes_sample(rng: np.random.Generator) -> Drawing:
@@ -348,13 +371,15 @@ def _stripes_sample(rng: np.random.Generator) -> Drawing:
     vertical = rng.random() < 0.5
     offset = int(rng.integers(width))
     for k, start in enumerate(range(-offset, _CANVAS, width)):
-        box = ([start, 0, start + width - 1, _CANVAS] if vertical
-               else [0, start, _CANVAS, start + width - 1])
+        box = [start, 0, start + width - 1, _CANVAS] if vertical else [0, start, _CANVAS, start + width - 1]
         draw.rectangle(box, fill=fills[k % 2])
     direction = "vertical" if vertical else "horizontal"
-    return Drawing(_background(fills[0], rng), layer,
-                   f"{direction} {first} and {second} stripes",
-                   _labels("stripes", None, "stripe", [first, second], first))
+    return Drawing(
+        _background(fills[0], rng),
+        layer,
+        f"{direction} {first} and {second} stripes",
+        _labels("stripes", None, "stripe", [first, second], first),
+    )
 
 
 def _tree_sample(rng: np.random.Generator) -> Drawing:
@@ -374,8 +399,9 @@ def _tree_sample(rng: np.random.Generator) -> Drawing:
         r = int(crown_r * 0.8)
         draw.ellipse([cx + dx - r, crown_cy + dy - r, cx + dx + r, crown_cy + dy + r], fill=crown)
     words = "a tree" if season == "green" else f"{_article(season)} {season} tree"
-    return Drawing(_background(_colour(bg, rng), rng), layer, f"{words}{suffix}",
-                   _labels("tree", None, "tree", [season], bg))
+    return Drawing(
+        _background(_colour(bg, rng), rng), layer, f"{words}{suffix}", _labels("tree", None, "tree", [season], bg)
+    )
 
 
 def _house_sample(rng: np.random.Generator) -> Drawing:
@@ -390,17 +416,21 @@ def _house_sample(rng: np.random.Generator) -> Drawing:
     wall_h = int(rng.integers(18, 25)) * s
     draw.rectangle([cx - half, ground - wall_h, cx + half, ground], fill=_colour(wall_name, rng))
     roof_top = ground - wall_h - int(rng.integers(12, 18)) * s
-    draw.polygon([(cx - half - 3 * s, ground - wall_h), (cx + half + 3 * s, ground - wall_h),
-                  (cx, roof_top)], fill=_colour(roof_name, rng))
+    draw.polygon(
+        [(cx - half - 3 * s, ground - wall_h), (cx + half + 3 * s, ground - wall_h), (cx, roof_top)],
+        fill=_colour(roof_name, rng),
+    )
     dark = (40, 30, 30)
     draw.rectangle([cx - 4 * s, ground - 12 * s, cx + 4 * s, ground], fill=dark)
     for side in (-1, 1):
         wx = cx + side * (half // 2 + 2 * s)
-        draw.rectangle([wx - 3 * s, ground - wall_h + 4 * s, wx + 3 * s, ground - wall_h + 10 * s],
-                       fill=(200, 225, 245))
+        draw.rectangle(
+            [wx - 3 * s, ground - wall_h + 4 * s, wx + 3 * s, ground - wall_h + 10 * s], fill=(200, 225, 245)
+        )
     caption = f"{_article(wall_name)} {wall_name} house{suffix}"
-    return Drawing(_background(_colour(bg, rng), rng), layer, caption,
-                   _labels("house", None, "house", [wall_name, roof_name], bg))
+    return Drawing(
+        _background(_colour(bg, rng), rng), layer, caption, _labels("house", None, "house", [wall_name, roof_name], bg)
+    )
 
 
 _DRAWERS = {

@@ -108,10 +108,13 @@ def _unet_hi_records(run_dir, study):
 
 # validating every 3 epochs, a continued job must leave out the validation pass that the shorter
 # job ran at its last epoch; in any order, every length must be a validation epoch (or the last)
+# (the in-order case runs with the slow tests, make test-slow, to keep make test under 10 minutes)
 @pytest.mark.parametrize(
     "values, every, launcher",
-    [("2,4,6", 3, []), ("6,2,4", 2, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"])],
-    ids=["in-order", "parallel-any-order"],
+    [
+        pytest.param("2,4,6", 3, [], marks=pytest.mark.slow, id="in-order"),
+        pytest.param("6,2,4", 2, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], id="parallel-any-order"),
+    ],
 )
 def test_an_epoch_sweep_trains_the_longest_value_only_and_equals_separate_runs(
     tiny_model, tiny_data, tmp_path, values, every, launcher

@@ -13,7 +13,6 @@ memory and speed are SD 1.5's.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -63,9 +62,3 @@ def build_random_pipeline(name: str, folder: Path, seed: int = 0) -> Path:
     save_pipeline(folder, vae, text_encoder, unet, tokenizer, scheduler_class.from_config(configs["scheduler"]))
     (folder / COMPLETE).write_text(json.dumps({"architecture": name, "seed": seed}) + "\n")
     return folder
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ARCHITECTURES:
-        sys.exit(f"usage: python -m burnlab.models.architectures {{{'|'.join(ARCHITECTURES)}}} OUT_FOLDER")
-    print("wrote", build_random_pipeline(sys.argv[1], Path(sys.argv[2])))

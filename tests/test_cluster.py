@@ -28,6 +28,7 @@ def run_submitit_local_sweep(overrides: list) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_submitit_local_runs_a_two_job_sweep_training_shared_stages_once(tiny_model, tiny_data, tmp_path):
     overrides = [
         o for o in tiny_overrides(tiny_model, tiny_data, tmp_path, "burn_unet") if not o.startswith("stages.unet_hi.")
@@ -49,6 +50,7 @@ def test_submitit_local_runs_a_two_job_sweep_training_shared_stages_once(tiny_mo
         assert logs.count(f"stage {shared}: training") == logs.count(f"stage {shared}: complete in the cache") == 1
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_a_job_of_two_tasks_trains_as_one_two_process_run(tiny_model, tiny_data, tmp_path):
     """Each task becomes one accelerate process: 8 training images, 4 a batch on each of 2
     processes, so an epoch is one step (tasks that each trained alone would log 2 an epoch)."""

@@ -87,6 +87,7 @@ def one_process_run(tiny_model, tiny_data, tmp_path_factory):
     return run_study(tiny_model, tiny_data, runs, *SHAPE, "train.batch_size=6", experiment="burn_unet")
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_two_processes_train_the_one_process_weights(two_process_run, one_process_run):
     runs, result = two_process_run
     assert "Traceback" not in result.stderr
@@ -114,6 +115,7 @@ def test_two_processes_train_the_one_process_weights(two_process_run, one_proces
     assert diff.max() < moved / 4, (diff.max().item(), moved)
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_two_processes_share_validation_and_log_the_same_losses(two_process_run, one_process_run):
     runs, _ = two_process_run
     study, run_dir = one_process_run
@@ -134,6 +136,7 @@ def test_two_processes_share_validation_and_log_the_same_losses(two_process_run,
                     assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (stage, a["step"], key)
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_two_processes_write_one_run_store(two_process_run, one_process_run):
     runs, result = two_process_run
     run_dir = runs / "burn_unet"

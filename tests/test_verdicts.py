@@ -106,6 +106,7 @@ def test_the_threshold_is_the_middle_of_the_widest_range_of_best_ones():
     assert set(loso) == {1, 2} and all(0 <= r["accuracy"] <= 1 for r in loso.values())
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_small_benchmark_calibrates_on_calibration_seeds_and_reports_held_out(tiny_model, tiny_data, tmp_path, capsys):
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(tiny_grid(tiny_model, tiny_data)))

@@ -106,6 +106,7 @@ def test_the_installed_package_is_the_wheel_with_its_configs(installed, tmp_path
     assert "usage: burnlab-analyze" in check([installed / "burnlab-analyze", "--help"], cwd=tmp_path).stdout
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_installed_burnlab_runs_a_tiny_study_from_another_folder(installed, tiny_model, tiny_data, tmp_path):
     work, runs = tmp_path / "elsewhere", tmp_path / "runs"
     work.mkdir()

@@ -38,6 +38,7 @@ def _without_hi(tiny_model, tiny_data, runs):
     return [o for o in tiny_overrides(tiny_model, tiny_data, runs, "burn_unet") if not o.startswith("stages.unet_hi.")]
 
 
+@pytest.mark.slow  # minutes of training: make test-slow (CI runs it), to keep make test under 10 minutes
 def test_parallel_sweep_trains_shared_stages_once_and_a_rerun_resumes_it(tiny_model, tiny_data, tmp_path):
     sweep = [
         *_without_hi(tiny_model, tiny_data, tmp_path),

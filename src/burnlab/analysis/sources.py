@@ -53,7 +53,7 @@ from burnlab.dashboards.keys import (
 from burnlab.dashboards.wandb_key import (
     wandb_key_present,  # the same rule as training's W&B mode `auto`
 )
-from burnlab.store.layout import CONFIG, METRICS, SAMPLES_INDEX, STUDY, RecordError
+from burnlab.store.layout import CONFIG, METRICS, SAMPLES_INDEX, STUDY, RecordError, required
 
 SPEC_DOC = "see docs/run_store.md"
 WANDB_PREFIX = "wandb:"
@@ -68,15 +68,12 @@ def open_run(spec: str, *, download_root: Path | None = None) -> Run:
 
 # ----------------------------------------------------------------------------- shared mapping
 def require(mapping: Any, key: str, where: str, expected: str) -> Any:
-    """mapping[key], or an AnalysisError naming where the key was looked for and what it must be."""
-    if not isinstance(mapping, dict):
-        raise AnalysisError(
-            f"{where}: expected a JSON object ({expected} under '{key}'), "
-            f"found {type(mapping).__name__} {str(mapping)[:80]!r}; {SPEC_DOC}."
-        )
-    if key not in mapping:
-        raise AnalysisError(f"{where}: key '{key}' is missing; expected {expected} ({SPEC_DOC}).")
-    return mapping[key]
+    """mapping[key], or an AnalysisError naming where the key was looked for and what it must be
+    (the run store's own rule for its records, burnlab.store.layout.required)."""
+    try:
+        return required(mapping, key, where, expected)
+    except RecordError as error:
+        raise AnalysisError(str(error)) from None
 
 
 def parse_jsonl(lines: list[str], where: str, problems: list[str]) -> list[dict]:

@@ -82,7 +82,8 @@ class RecordError(ValueError):
     """A study.json record without a key it needs: the message names where, the key and what it holds."""
 
 
-def _required(raw: Any, key: str, where: str, expected: str) -> Any:
+def required(raw: Any, key: str, where: str, expected: str) -> Any:
+    """raw[key] of a record read from the store, or a RecordError naming where, the key and what it must hold."""
     if not isinstance(raw, dict):
         raise RecordError(
             f"{where}: expected a JSON object ({expected} under '{key}'), found "
@@ -127,16 +128,16 @@ class StageRecord:
     @classmethod
     def from_json(cls, name: str, raw: Any, where: str) -> "StageRecord":
         at = f"{where}: stages.{name}"
-        required = {
-            "parent": str(_required(raw, "parent", at, "the parent stage's name or 'base'")),
-            "train": tuple(_required(raw, "train", at, "a list of components")),
-            "epochs": int(_required(raw, "epochs", at, "the number of epochs")),
-            "epoch_offset": int(_required(raw, "epoch_offset", at, "the epochs trained by ancestors")),
+        needed = {
+            "parent": str(required(raw, "parent", at, "the parent stage's name or 'base'")),
+            "train": tuple(required(raw, "train", at, "a list of components")),
+            "epochs": int(required(raw, "epochs", at, "the number of epochs")),
+            "epoch_offset": int(required(raw, "epoch_offset", at, "the epochs trained by ancestors")),
         }
-        optional = {f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw and f.name not in required}
+        optional = {f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw and f.name not in needed}
         optional["save_epochs"] = tuple(int(e) for e in optional.get("save_epochs", ()))
         optional["status"] = str(optional.get("status", "complete"))
-        return cls(name=name, **required, **optional)
+        return cls(name=name, **needed, **optional)
 
 
 @dataclass(frozen=True)
@@ -158,15 +159,15 @@ class PlanEntry:
 
     @classmethod
     def from_json(cls, raw: Any, where: str) -> "PlanEntry":
-        index = int(_required(raw, "index", where, "the checkpoint's index in the plan"))
+        index = int(required(raw, "index", where, "the checkpoint's index in the plan"))
         at = f"{where}[{index}]"
-        checkpoint = str(_required(raw, "checkpoint_id", at, "the checkpoint's identity"))
+        checkpoint = str(required(raw, "checkpoint_id", at, "the checkpoint's identity"))
         return cls(
             index=index,
-            label=str(_required(raw, "label", at, "a label such as '2 unet_lo e100'")),
+            label=str(required(raw, "label", at, "a label such as '2 unet_lo e100'")),
             stage=raw.get("stage"),
             epoch=int(raw.get("epoch", 0)),
-            study_epoch=float(_required(raw, "study_epoch", at, "the epoch on the branch's axis")),
+            study_epoch=float(required(raw, "study_epoch", at, "the epoch on the branch's axis")),
             checkpoint_id=checkpoint,
             weights_id=str(raw.get("weights_id") or checkpoint),
             dir=raw.get("dir"),

@@ -281,6 +281,19 @@ def encode_pool(settings: Settings, work: Path, vae: AutoencoderKL) -> tuple[dic
     return pool, captions
 
 
+def caption_tokens(tokenizer, captions: list) -> tuple:
+    """Token ids of every pool caption, padded to the tokenizer's length, then of the empty caption
+    (caption dropout); returns (ids, the empty caption's row)."""
+    ids = tokenizer(
+        captions + [""],
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
+    return ids, len(captions)
+
+
 # ---------------------------------------------------------------------------------------------
 # phase: unet
 
@@ -301,14 +314,7 @@ def train_unet(
     start = _load_state(state, modules, optimizer)
     scheduler = training_scheduler()
     scaling = vae.config.scaling_factor
-    tokens = tokenizer(
-        captions + [""],
-        padding="max_length",
-        truncation=True,
-        max_length=tokenizer.model_max_length,
-        return_tensors="pt",
-    ).input_ids
-    empty = len(captions)
+    tokens, empty = caption_tokens(tokenizer, captions)
     unet.train()
     text_encoder.train()
     progress = tqdm(

@@ -57,6 +57,7 @@ from burnlab.toy.pretrain import (
     _save_state,
     _step_generator,
     _update_ema,
+    caption_tokens,
     encode_pool,
 )
 
@@ -105,14 +106,7 @@ def train_unet_xl(
     start = _load_state(state, modules, optimizer)
     scheduler = training_scheduler()
     scaling = vae.config.scaling_factor
-    tokens = tokenizer(
-        captions + [""],
-        padding="max_length",
-        truncation=True,
-        max_length=tokenizer.model_max_length,
-        return_tensors="pt",
-    ).input_ids
-    empty = len(captions)
+    tokens, empty = caption_tokens(tokenizer, captions)
     add_time_ids = pool_time_ids(pool, vae)
     for model in models.values():
         model.train()

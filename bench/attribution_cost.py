@@ -27,6 +27,7 @@ from burnlab.attribution.swap import Model, attribute_pair
 from burnlab.config.compose import CONF_DIR
 from burnlab.config.schema import ModelConfig, SamplingConfig
 from burnlab.models.components import base_pipeline
+from burnlab.models.encoding import TextConditioner
 from burnlab.sampling.sampler import Sampler, sample_jobs
 from burnlab.store.files import hash_json
 
@@ -89,7 +90,14 @@ def main(argv=None) -> int:
         sampler.checkpoint_samples("warm-up", tuned.components)
         one_corner = time.perf_counter() - start
         start = time.perf_counter()
-        attribute_pair(sampler, reference, tuned, Path(cache), pipeline.tokenizer, pipeline.scheduler)
+        attribute_pair(
+            sampler,
+            reference,
+            tuned,
+            Path(cache),
+            TextConditioner({"text_encoder": pipeline.tokenizer}),
+            pipeline.scheduler,
+        )
         all_four = time.perf_counter() - start
         for corner in Path(cache).glob("*-*"):  # keep R's and M's samples, drop the hybrids'
             if corner.is_dir() and not corner.name.startswith((reference.id, tuned.id)):
@@ -97,11 +105,25 @@ def main(argv=None) -> int:
                     file.unlink() if file.is_file() else file.rmdir()
                 corner.rmdir()
         start = time.perf_counter()
-        attribute_pair(sampler, reference, tuned, Path(cache), pipeline.tokenizer, pipeline.scheduler)
+        attribute_pair(
+            sampler,
+            reference,
+            tuned,
+            Path(cache),
+            TextConditioner({"text_encoder": pipeline.tokenizer}),
+            pipeline.scheduler,
+        )
         hybrids_only = time.perf_counter() - start
         prompts = list(dict.fromkeys(job["prompt"] for job in sample_jobs(config)))
         start = time.perf_counter()
-        measure(reference.components, tuned.components, pipeline.tokenizer, pipeline.scheduler, prompts, sampler.device)
+        measure(
+            reference.components,
+            tuned.components,
+            TextConditioner({"text_encoder": pipeline.tokenizer}),
+            pipeline.scheduler,
+            prompts,
+            sampler.device,
+        )
         instruments = time.perf_counter() - start
     print(f"one corner sampled:                      {one_corner:6.1f} s")
     print(f"one examined checkpoint, 4 corners new:  {all_four:6.1f} s  (burnlab-diagnose)")

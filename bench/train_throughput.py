@@ -195,7 +195,7 @@ def reference_loop(runner, train: str, epochs: int) -> dict:
     def step(batch, flips, dropped, generator):
         # the example's dataset transform decodes, resizes and crops each image on every access
         pixel_values = pixels(
-            torch.stack([load_image(data.files[i], resolution, background, max_pixels) for i in batch.tolist()])
+            torch.stack([load_image(data.files[i], resolution, background, max_pixels)[0] for i in batch.tolist()])
         )
         pixel_values = torch.where(flips[batch, None, None, None], pixel_values.flip(-1), pixel_values).to(device)
         input_ids = tokenize(tokenizer, ["" if dropped[i] else data.captions[i] for i in batch.tolist()]).to(device)

@@ -27,10 +27,11 @@ def identities(overrides):
     model_key, data_key = repr(config.model), repr((config.data, config.validation))
     if model_key not in _BASES:
         base = BaseModel(config.model)
-        _BASES[model_key] = base.identity, dtype_name(base.frozen_dtype(torch.device("cpu")))
+        _BASES[model_key] = base.identity, dtype_name(base.frozen_dtype(torch.device("cpu"))), base.components
     if data_key not in _DATA:
         _DATA[data_key] = load_study_data(config.data, config.validation).identity
-    planned = plan_stages(config, *_BASES[model_key][:1], _DATA[data_key], _BASES[model_key][1])
+    identity, frozen_dtype, components = _BASES[model_key]
+    planned = plan_stages(config, identity, _DATA[data_key], frozen_dtype, components=components)
     return {name: [p.identity, p.trajectory] for name, p in planned.items()}
 
 

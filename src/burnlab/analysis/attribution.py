@@ -17,18 +17,25 @@ with the reference text encoder), R_unet+M_te and M with the same prompts and se
   damage) and on those with it (intended change).
 - **Shares** (the Shapley split of the 2x2, R's distance being 0): the UNet's is
   (d(M_unet+R_te) + d(M) - d(R_unet+M_te)) / 2, the text encoder's the mirror image; they add up
-  to d(M). The interaction is d(M) - d(M_unet+R_te) - d(R_unet+M_te).
+  to d(M). The interaction is d(M) - d(M_unet+R_te) - d(R_unet+M_te). SDXL's three components
+  (UNet, text_encoder, text_encoder_2) span a 2x2x2 cube of eight corners: each component's
+  share is its Shapley value over the cube (its mean marginal distance over the orders in which
+  the components could be swapped in), the shares add up to d(M) again, and the interaction is
+  d(M) less the three single-swap corners.
 - **Intervals**: a paired bootstrap over seeds (the same resampled seeds for every corner and
   prompt set), 95% percentile intervals.
 - **Verdict**, one number (`threshold`, in seed spreads, chosen by make verdicts on calibration
   runs only): a component burned when its share's interval lies above the threshold, did not
   when it lies below; `unet`, `text_encoder`, `both`, `none`, or `undetermined` when an interval
-  straddles the threshold.
+  straddles the threshold (SDXL: `text_encoder_2` too, and the burned ones joined by `+` where
+  more than one burned).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,16 +44,30 @@ import numpy as np
 from burnlab.analysis.features import Instruments
 from burnlab.analysis.images import load_rgb
 from burnlab.analysis.run import AnalysisError
-from burnlab.store.layout import ATTRIBUTION, IMAGE_INDEX
+from burnlab.store.layout import ATTRIBUTION, COMPONENTS, IMAGE_INDEX, XL_COMPONENTS, swap_corners
 
 RULE_FILE = Path(__file__).with_name("attribution_rule.json")  # written by make verdicts
-CORNERS = ("R", "M_unet+R_te", "R_unet+M_te", "M")
+CORNERS = tuple(swap_corners(COMPONENTS))  # SD's four: R, M_unet+R_te, R_unet+M_te, M
 GROUPS = ("all prompts", "without the phrase", "with the phrase")
 OUTCOMES = ("unet", "text_encoder", "both", "none", "undetermined")
+# SDXL's: one component, any two or all three joined by +, none, undetermined
+XL_OUTCOMES = (
+    *["+".join(chosen) for size in (1, 2, 3) for chosen in itertools.combinations(XL_COMPONENTS, size)],
+    "none",
+    "undetermined",
+)
 RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 NAMES = {"unet": "the UNet", "text_encoder": "the text encoder"}
+XL_NAMES = {"unet": "the UNet", "text_encoder": "the first text encoder", "text_encoder_2": "the second text encoder"}
+# corner titles: what each component is called in a corner's row of the swap grid
+SHORT_LABELS = {"unet": "UNet", "text_encoder": "TE", "text_encoder_2": "TE2"}
+XL_SHORT_LABELS = {"unet": "UNet", "text_encoder": "TE1", "text_encoder_2": "TE2"}
+
+
+def component_names(components) -> dict[str, str]:
+    return XL_NAMES if tuple(components) == XL_COMPONENTS else NAMES
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,7 @@ class Attribution:
     sentence: str
     drift: dict = field(default_factory=dict)
     corners: dict[str, str] = field(default_factory=dict)  # corner -> its sample folder
+    components: tuple = COMPONENTS  # the swapped components: SD's two, SDXL's three
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -135,15 +157,15 @@ def corner_features(
 ) -> tuple[dict[str, dict[str, np.ndarray]], list[int], str]:
     """corner -> prompt set -> features [N, D] in seed order, over the seeds every corner has."""
     paths = {name: corner_images(folder) for name, folder in corners.items()}
-    prompt_sets = [p for p in paths["R"] if all(p in paths[name] for name in CORNERS)]
+    prompt_sets = [p for p in paths["R"] if all(p in paths[name] for name in corners)]
     if not prompt_sets:
-        raise AnalysisError(f"swap corners {corners['R']}: no prompt set is sampled in all four corners.")
-    seeds = sorted(set.intersection(*(set(paths[name][p]) for name in CORNERS for p in prompt_sets)))
+        raise AnalysisError(f"swap corners {corners['R']}: no prompt set is sampled in all {len(corners)} corners.")
+    seeds = sorted(set.intersection(*(set(paths[name][p]) for name in corners for p in prompt_sets)))
     extract = instruments.features or pixel_features
     space = instruments.feature_space if instruments.features else "pixels"
-    found: dict[str, dict[str, np.ndarray]] = {name: {} for name in CORNERS}
+    found: dict[str, dict[str, np.ndarray]] = {name: {} for name in corners}
     for prompt_set in prompt_sets:
-        for name in CORNERS:
+        for name in corners:
             try:
                 images = np.stack([load_rgb(paths[name][prompt_set][seed]) for seed in seeds])
             except (OSError, ValueError) as error:
@@ -165,7 +187,7 @@ def seed_spread(features: np.ndarray) -> float:
 
 def per_seed_distances(features: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
     """corner -> prompt set -> [N] distance of each seed's image from R's, in seed spreads."""
-    found: dict[str, dict[str, np.ndarray]] = {name: {} for name in CORNERS}
+    found: dict[str, dict[str, np.ndarray]] = {name: {} for name in features}
     for prompt_set, reference in features["R"].items():
         unit = seed_spread(reference)
         if unit <= 0:
@@ -174,19 +196,34 @@ def per_seed_distances(features: dict[str, dict[str, np.ndarray]]) -> dict[str, 
                 f"there is no seed spread to measure in; sample at least 2 seeds "
                 f"(sampling.images_per_prompt)."
             )
-        for name in CORNERS:
+        for name in features:
             found[name][prompt_set] = np.linalg.norm(features[name][prompt_set] - reference, axis=-1) / unit
     return found
 
 
-def shares_of(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The Shapley split of a 2x2 whose R corner is at 0 (each array: one value per resample)."""
-    unet, text_encoder, both = d["M_unet+R_te"], d["R_unet+M_te"], d["M"]
-    return {
-        "unet": (unet + both - text_encoder) / 2,
-        "text_encoder": (text_encoder + both - unet) / 2,
-        "interaction": both - unet - text_encoder,
-    }
+def shares_of(d: dict[str, np.ndarray], components: tuple = COMPONENTS) -> dict[str, np.ndarray]:
+    """The Shapley split of the swap cube whose R corner is at 0 (each array: one value per
+    resample): a component's share is the weighted mean of what swapping it in adds to every
+    corner without it, weights |S|! (n - |S| - 1)! / n!. With two components that is
+    (d(M_unet+R_te) + d(M) - d(R_unet+M_te)) / 2 for the UNet. The interaction is d(M) less
+    every single-swap corner."""
+    n = len(components)
+    corners = swap_corners(tuple(components))
+    value = {frozenset(chosen): d[name] for name, chosen in corners.items()}
+    value[frozenset()] = 0.0  # R against itself
+    shares = {}
+    for component in components:
+        others = [c for c in components if c != component]
+        shares[component] = sum(
+            math.factorial(size)
+            * math.factorial(n - size - 1)
+            / math.factorial(n)
+            * (value[frozenset(chosen) | {component}] - value[frozenset(chosen)])
+            for size in range(n)
+            for chosen in itertools.combinations(others, size)
+        )
+    shares["interaction"] = d["M"] - sum(value[frozenset([c])] for c in components)
+    return shares
 
 
 def interval(values: np.ndarray, full: float) -> Interval:
@@ -194,42 +231,63 @@ def interval(values: np.ndarray, full: float) -> Interval:
     return Interval(round(float(full), 6), round(float(low), 6), round(float(high), 6))
 
 
-def judge(shares: dict[str, Interval], threshold: float) -> tuple[dict[str, str], str]:
+def judge(shares: dict[str, Interval], threshold: float, components: tuple = COMPONENTS) -> tuple[dict[str, str], str]:
     statuses = {}
-    for component in ("unet", "text_encoder"):
+    for component in components:
         share = shares[component]
         statuses[component] = "burned" if share.low > threshold else "clear" if share.high < threshold else "unsure"
     if "unsure" in statuses.values():
         return statuses, "undetermined"
-    burned = [c for c in ("unet", "text_encoder") if statuses[c] == "burned"]
-    return statuses, {0: "none", 1: burned[0] if burned else "", 2: "both"}[len(burned)]
+    burned = [c for c in components if statuses[c] == "burned"]
+    if not burned:
+        return statuses, "none"
+    return statuses, "both" if len(components) == 2 and len(burned) == 2 else "+".join(burned)
+
+
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def sentence(
-    tuned: str, reference: str, shares: dict[str, Interval], statuses: dict[str, str], verdict: str, threshold: float
+    tuned: str,
+    reference: str,
+    shares: dict[str, Interval],
+    statuses: dict[str, str],
+    verdict: str,
+    threshold: float,
+    components: tuple = COMPONENTS,
 ) -> str:
     """One sentence whose numbers are the ones the verdict was read from."""
+    names = component_names(components)
+    first, *others = components
+    accounts = [f"{names[first]} accounts for {shares[first].text()} seed spreads"]
+    accounts += [f"{names[c]} for {shares[c].text()}" for c in others]
     moved = (
-        f"Of the move from '{reference}' to '{tuned}', the UNet accounts for {shares['unet'].text()} seed "
-        f"spreads and the text encoder for {shares['text_encoder'].text()} (threshold {threshold:.2f}; "
-        f"interaction {shares['interaction'].value:+.2f})"
+        f"Of the move from '{reference}' to '{tuned}', {_listed(accounts)} "
+        f"(threshold {threshold:.2f}; interaction {shares['interaction'].value:+.2f})"
     )
     words = {"burned": "lies above", "clear": "lies below", "unsure": "straddles"}
-    parts = [f"{NAMES[c]}'s interval {words[statuses[c]]} it" for c in ("unet", "text_encoder")]
-    outcome = {
-        "unet": "the UNet burned",
-        "text_encoder": "the text encoder burned",
-        "both": "both burned",
-        "none": "neither burned",
-        "undetermined": "undetermined",
-    }[verdict]
-    return f"{moved}: {parts[0]} and {parts[1]}, so {outcome}."
+    parts = [f"{names[c]}'s interval {words[statuses[c]]} it" for c in components]
+    if verdict in ("none", "undetermined"):
+        outcome = {"none": "neither burned" if len(components) == 2 else "none burned", "undetermined": "undetermined"}[
+            verdict
+        ]
+    elif verdict == "both":
+        outcome = "both burned"
+    else:
+        outcome = _listed([names[c] for c in verdict.split("+")]) + " burned"
+    return f"{moved}: {_listed(parts)}, so {outcome}."
 
 
 def attribute(
-    features: dict[str, dict[str, np.ndarray]], activation: dict[str, bool], threshold: float
+    features: dict[str, dict[str, np.ndarray]],
+    activation: dict[str, bool],
+    threshold: float,
+    components: tuple = COMPONENTS,
 ) -> tuple[dict, dict, dict, dict[str, str], str]:
-    """(distances per group, distances per prompt set, shares, statuses, verdict) of one pair."""
+    """(distances per group, distances per prompt set, shares, statuses, verdict) of one pair;
+    `features`: corner -> prompt set -> features, every corner of `components`' swap cube."""
+    corners = tuple(swap_corners(tuple(components)))
     distances = per_seed_distances(features)
     prompt_sets = list(distances["R"])
     n = len(distances["R"][prompt_sets[0]])
@@ -244,16 +302,19 @@ def attribute(
     for group, members in groups.items():
         if not members:
             continue
-        full = {name: float(np.mean([distances[name][p].mean() for p in members])) for name in CORNERS}
+        full = {name: float(np.mean([distances[name][p].mean() for p in members])) for name in corners}
         resampled = {
-            name: np.mean([distances[name][p][draws].mean(axis=1) for p in members], axis=0) for name in CORNERS
+            name: np.mean([distances[name][p][draws].mean(axis=1) for p in members], axis=0) for name in corners
         }
-        by_group[group] = {name: interval(resampled[name], full[name]) for name in CORNERS}
+        by_group[group] = {name: interval(resampled[name], full[name]) for name in corners}
         if group == "all prompts":
-            full_shares = shares_of({name: np.asarray(full[name]) for name in CORNERS})
-            shares = {key: interval(values, float(full_shares[key])) for key, values in shares_of(resampled).items()}
-    by_prompt_set = {p: {name: round(float(distances[name][p].mean()), 6) for name in CORNERS} for p in prompt_sets}
-    statuses, verdict = judge(shares, threshold)
+            full_shares = shares_of({name: np.asarray(full[name]) for name in corners}, components)
+            shares = {
+                key: interval(values, float(full_shares[key]))
+                for key, values in shares_of(resampled, components).items()
+            }
+    by_prompt_set = {p: {name: round(float(distances[name][p].mean()), 6) for name in corners} for p in prompt_sets}
+    statuses, verdict = judge(shares, threshold, components)
     return by_group, by_prompt_set, shares, statuses, verdict
 
 
@@ -265,9 +326,10 @@ def attribute_pair(
     rule: AttributionRule,
     run: str = "",
 ) -> Attribution:
-    corners = {name: (base / record["corners"][name]) for name in CORNERS}
+    components = tuple(record.get("components") or COMPONENTS)  # records before SDXL are SD's
+    corners = {name: (base / record["corners"][name]) for name in swap_corners(components)}
     features, seeds, space = corner_features(corners, instruments)
-    by_group, by_prompt_set, shares, statuses, verdict = attribute(features, activation, rule.threshold)
+    by_group, by_prompt_set, shares, statuses, verdict = attribute(features, activation, rule.threshold, components)
     reference, tuned = record["reference"]["label"], record["tuned"]["label"]
     return Attribution(
         run,
@@ -282,9 +344,10 @@ def attribute_pair(
         rule.threshold,
         statuses,
         verdict,
-        sentence(tuned, reference, shares, statuses, verdict, rule.threshold),
+        sentence(tuned, reference, shares, statuses, verdict, rule.threshold, components),
         record.get("drift", {}),
         {name: str(folder) for name, folder in corners.items()},
+        components,
     )
 
 
@@ -327,21 +390,21 @@ def shown(found: list[Attribution]) -> list[Attribution]:
     return picked
 
 
-CORNER_TITLES = {
-    "R": "R: {reference}",
-    "M_unet+R_te": "tuned UNet + ref. TE",
-    "R_unet+M_te": "ref. UNet + tuned TE",
-    "M": "M: {tuned}",
-}
+def corner_title(name: str, from_tuned: tuple, pair: Attribution) -> str:
+    """R: <reference>, M: <tuned>, else e.g. "tuned UNet + ref. TE" (SDXL: "... + ref. TE1 + tuned TE2")."""
+    if name in ("R", "M"):
+        return f"{name}: {pair.reference if name == 'R' else pair.tuned}"
+    labels = XL_SHORT_LABELS if tuple(pair.components) == XL_COMPONENTS else SHORT_LABELS
+    return " + ".join(("tuned " if c in from_tuned else "ref. ") + labels[c] for c in pair.components)
 
 
 def corner_rows(pair: Attribution, prompt_set: str) -> list[tuple[str, list]]:
-    """(row label, SampleRows) of one prompt set's four corners, for burnlab.analysis.grids.labelled_grid."""
+    """(row label, SampleRows) of one prompt set's corners, for burnlab.analysis.grids.labelled_grid."""
     from burnlab.analysis.run import SampleRow
 
     rows = []
-    for name in CORNERS:
-        title = CORNER_TITLES[name].format(reference=pair.reference, tuned=pair.tuned)
+    for name, from_tuned in swap_corners(tuple(pair.components)).items():
+        title = corner_title(name, from_tuned, pair)
         distance = pair.by_prompt_set.get(prompt_set, {}).get(name)
         label = title if name == "R" or distance is None else f"{title} ({distance:.2f})"
         images = corner_images(Path(pair.corners[name])).get(prompt_set, {})

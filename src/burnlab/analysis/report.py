@@ -260,8 +260,7 @@ def attribution_section(products) -> str:
             image(
                 products.out,
                 path,
-                f"{prompt_set}: rows R, tuned UNet + ref. TE, ref. UNet + tuned "
-                f"TE, M; in brackets the row's distance from R",
+                f"{prompt_set}: one row per swap corner, R first and M last; in brackets the row's distance from R",
             )
             for (index, prompt_set), path in products.swap_grids.items()
             if index == number
@@ -271,6 +270,11 @@ def attribution_section(products) -> str:
             f"{escape(pair.reference)} &rarr; <b>{escape(pair.verdict)}</b></h3>"
             f"<p>{escape(pair.sentence)}</p>{grids}"
         )
+    components = tuple(found[0].components) if found else ()
+    labels = {"unet": "UNet", "text_encoder": "TE" if len(components) == 2 else "TE1", "text_encoder_2": "TE2"}
+    encoders = [c for c in components if c != "unet"]
+    drift_keys = [*encoders, *(["pooled"] if "text_encoder_2" in encoders else [])]
+    drift_labels = {**labels, "pooled": "TE2 pooled"}
     head = "".join(
         f"<th>{escape(title)}</th>"
         for title in (
@@ -278,19 +282,17 @@ def attribution_section(products) -> str:
             "tuned",
             "reference",
             "verdict",
-            "UNet share",
-            "TE share",
+            *[f"{labels[c]} share" for c in components],
             "interaction",
             *[f"d(M), {group}" for group in GROUPS],
-            "TE drift (study / unrelated / empty)",
+            *[f"{drift_labels[key]} drift (study / unrelated / empty)" for key in drift_keys],
             "UNet drift by t",
-            "weights UNet / TE",
+            "weights " + " / ".join(labels[c] for c in components),
         )
     )
     rows = []
     for pair in found:
         drift = pair.drift
-        te = drift.get("text_encoder", {})
         unet = drift.get("unet", {})
         weights = drift.get("weights", {})
         cells = [
@@ -298,13 +300,12 @@ def attribution_section(products) -> str:
             pair.tuned,
             pair.reference,
             pair.verdict,
-            pair.shares["unet"].text(),
-            pair.shares["text_encoder"].text(),
+            *[pair.shares[c].text() if c in pair.shares else "-" for c in components],
             f"{pair.shares['interaction'].value:+.2f}",
             *[pair.distances[group]["M"].text() if group in pair.distances else "-" for group in GROUPS],
-            " / ".join(f"{value:.3f}" for value in te.values()),
+            *[" / ".join(f"{value:.3f}" for value in drift.get(key, {}).values()) for key in drift_keys],
             ", ".join(f"{key} {value:.3f}" for key, value in unet.items()),
-            " / ".join(f"{weights[c]['total']:.4f}" for c in ("unet", "text_encoder") if c in weights),
+            " / ".join(f"{weights[c]['total']:.4f}" for c in components if c in weights),
         ]
         rows.append("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>")
     parts.append(
@@ -318,12 +319,14 @@ def attribution_section(products) -> str:
 
 def write_diagnosis(out: Path, pair, grids: dict, problems: list[str], described: dict[str, str]) -> Path:
     """burnlab-diagnose's page: the verdict, its sentence, the numbers, a swap grid per prompt set."""
-    from burnlab.analysis.attribution import CORNERS, GROUPS
+    from burnlab.analysis.attribution import GROUPS
+    from burnlab.store.layout import swap_corners
 
-    head = "".join(f"<th>{escape(t)}</th>" for t in ("prompts", *CORNERS))
+    corners = tuple(swap_corners(tuple(pair.components)))
+    head = "".join(f"<th>{escape(t)}</th>" for t in ("prompts", *corners))
     rows = "".join(
         f"<tr><td>{escape(group)}</td>"
-        + "".join(f"<td>{escape(pair.distances[group][corner].text())}</td>" for corner in CORNERS)
+        + "".join(f"<td>{escape(pair.distances[group][corner].text())}</td>" for corner in corners)
         + "</tr>"
         for group in GROUPS
         if group in pair.distances
@@ -335,7 +338,7 @@ def write_diagnosis(out: Path, pair, grids: dict, problems: list[str], described
         image(
             out,
             path,
-            f"{prompt_set}: rows R, tuned UNet + ref. TE, ref. UNet + tuned TE, M (distance from R in seed spreads)",
+            f"{prompt_set}: one row per swap corner, R first and M last (distance from R in seed spreads)",
         )
         for prompt_set, path in grids.items()
     )

@@ -29,6 +29,12 @@ def branch_summary(products: BaseProducts, profile: Profile) -> dict:
         "attribution/sentence": pair.sentence if pair else None,
         "attribution/unet_share": pair.shares["unet"].value if pair else None,
         "attribution/text_encoder_share": pair.shares["text_encoder"].value if pair else None,
+        # SDXL's second text encoder (absent on SD)
+        **(
+            {"attribution/text_encoder_2_share": pair.shares["text_encoder_2"].value}
+            if pair and "text_encoder_2" in pair.shares
+            else {}
+        ),
         **{f"symptoms/{name}": profile.symptoms[name] for name in SYMPTOM_NAMES},
     }
 
@@ -55,10 +61,11 @@ def log_results(products: BaseProducts, *, project: str | None = None, directory
                 ],
             ),
             "analysis/attribution": wandb.Table(
-                columns=[*PAIR_COLUMNS, "unet_share", "text_encoder_share"],
+                columns=[*PAIR_COLUMNS, "unet_share", "text_encoder_share", "text_encoder_2_share"],
                 data=[
                     [getattr(pair, c) for c in PAIR_COLUMNS]
                     + [pair.shares["unet"].value, pair.shares["text_encoder"].value]
+                    + [pair.shares["text_encoder_2"].value if "text_encoder_2" in pair.shares else None]
                     for pair in products.attributions
                 ],
             ),

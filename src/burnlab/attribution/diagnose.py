@@ -106,6 +106,7 @@ def diagnose(args) -> int:
     from burnlab.analysis.features import load_instruments
     from burnlab.attribution.swap import Model, attribute_pair, prompt_sets
     from burnlab.models.components import base_pipeline
+    from burnlab.models.encoding import TextConditioner
     from burnlab.models.loading import load_model
     from burnlab.sampling.sampler import Sampler
     from burnlab.store.layout import ATTRIBUTION
@@ -142,7 +143,9 @@ def diagnose(args) -> int:
             {"unet": tuned.unet, "text_encoder": tuned.text_encoder},
         ),
     ]
-    record = attribute_pair(sampler, *models, out, pipeline.tokenizer, pipeline.scheduler)
+    record = attribute_pair(
+        sampler, *models, out, TextConditioner({"text_encoder": pipeline.tokenizer}), pipeline.scheduler
+    )
     atomic_write_json(
         out / ATTRIBUTION,
         {

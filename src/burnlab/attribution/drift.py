@@ -1,12 +1,14 @@
 """Cheap instruments beside the swap corners: how far each component of a tuned model M moved
 from a reference R, measured without sampling a single image.
 
-- text encoder: the relative change of its output states (what the UNet attends to) on the
-  study's prompts, on unrelated prompts and on the empty prompt (what guidance subtracts). A
-  text-encoder burn moves the study prompts' states; collateral damage moves the others too;
+- each text encoder: the relative change of the states the UNet reads of it (SD: the last
+  layer's; SDXL: the penultimate's, burnlab.models.encoding.TextConditioner) on the study's
+  prompts, on unrelated prompts and on the empty prompt (what guidance subtracts). A
+  text-encoder burn moves the study prompts' states; collateral damage moves the others too.
+  SDXL's second encoder also gives the UNet its pooled vector: `pooled`, the same groups;
 - UNet: the relative change of its noise prediction on fixed inputs (seeded noisy latents, R's
-  text states of the study prompts) in three timestep ranges: early (noisy, composition), middle
-  and late (nearly clean, texture);
+  conditioning of the study prompts; SDXL: uncropped square size ids) in three timestep ranges:
+  early (noisy, composition), middle and late (nearly clean, texture);
 - weights: the relative Frobenius distance of each component's weights and of each block's
   (a LoRA checkpoint's fused weights: the adapter's delta).
 
@@ -20,6 +22,8 @@ from typing import Dict, List
 
 import torch
 
+from burnlab.models.encoding import Conditioning, TextConditioner
+from burnlab.models.precision import predict_noise
 from burnlab.sampling.sampler import Component
 
 # prompts a style fine-tune has no business changing: the toy world's other subjects, which are
@@ -28,6 +32,8 @@ UNRELATED_PROMPTS = ("a photo of bruno", "a red house", "a green tree", "blue sq
 TIMESTEP_RANGES = 3  # early / middle / late thirds of the noise schedule
 TIMESTEPS_PER_RANGE = 3
 NOISE_SEED = 0  # the fixed latents the UNet's prediction is compared on
+PROMPT_GROUPS = ("study prompts", "unrelated prompts", "empty prompt")
+VAE_SCALE = 8  # pixels per latent of every model here (SD, SDXL, the toys): SDXL's size ids are in pixels
 
 
 def _module(component: Component, name: str) -> torch.nn.Module:
@@ -58,22 +64,21 @@ def _relative(changed: torch.Tensor, reference: torch.Tensor) -> float:
     return float((changed.double() - reference.double()).norm() / reference.double().norm().clamp_min(1e-12))
 
 
-def _states(text_encoder: torch.nn.Module, tokenizer, prompts: List[str], device) -> torch.Tensor:
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
-    with torch.no_grad():
-        return text_encoder(ids)[0].float()
-
-
 def text_encoder_drift(
-    reference: torch.nn.Module, tuned: torch.nn.Module, tokenizer, prompts: List[str], device
-) -> Dict[str, float]:
-    groups = {"study prompts": prompts, "unrelated prompts": list(UNRELATED_PROMPTS), "empty prompt": [""]}
-    return {
-        group: _relative(_states(tuned, tokenizer, texts, device), _states(reference, tokenizer, texts, device))
-        for group, texts in groups.items()
-    }
+    name: str, reference: torch.nn.Module, tuned: torch.nn.Module, conditioner: TextConditioner, prompts, device
+) -> Dict[str, Dict[str, float]]:
+    """{name: {group: drift of its states}}, and for an encoder whose pooled vector the UNet
+    reads (SDXL's second) {"pooled": {group: drift of that vector}} too."""
+    groups = dict(zip(PROMPT_GROUPS, (prompts, list(UNRELATED_PROMPTS), [""])))
+    found: Dict[str, Dict[str, float]] = {}
+    for group, texts in groups.items():
+        with torch.no_grad():
+            changed = conditioner.encoder_outputs(name, tuned, texts, device)
+            original = conditioner.encoder_outputs(name, reference, texts, device)
+        found.setdefault(name, {})[group] = _relative(changed[0].float(), original[0].float())
+        if original[1] is not None:
+            found.setdefault("pooled", {})[group] = _relative(changed[1].float(), original[1].float())
+    return found
 
 
 def timestep_ranges(num_train_timesteps: int) -> Dict[str, List[int]]:
@@ -88,20 +93,23 @@ def timestep_ranges(num_train_timesteps: int) -> Dict[str, List[int]]:
 
 
 def unet_prediction_drift(
-    reference: torch.nn.Module, tuned: torch.nn.Module, text_states: torch.Tensor, num_train_timesteps: int, device
+    reference: torch.nn.Module, tuned: torch.nn.Module, conditioning: Conditioning, num_train_timesteps: int, device
 ) -> Dict[str, float]:
     config = reference.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    count = len(conditioning.states)
     generator = torch.Generator().manual_seed(NOISE_SEED)
-    latents = torch.randn((len(text_states), config.in_channels, size, size), generator=generator).to(device)
+    latents = torch.randn((count, config.in_channels, size, size), generator=generator).to(device)
+    pixels = size * VAE_SCALE
+    time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], dtype=torch.float32).repeat(count, 1)
     found = {}
     for name, timesteps in timestep_ranges(num_train_timesteps).items():
         changed, original = [], []
         for t in timesteps:
-            step = torch.full((len(latents),), t, device=device)
+            step = torch.full((count,), t, device=device)
             with torch.no_grad():
-                original.append(reference(latents, step, encoder_hidden_states=text_states).sample.float())
-                changed.append(tuned(latents, step, encoder_hidden_states=text_states).sample.float())
+                original.append(predict_noise(reference, latents, step, conditioning, time_ids))
+                changed.append(predict_noise(tuned, latents, step, conditioning, time_ids))
         found[name] = _relative(torch.stack(changed), torch.stack(original))
     return found
 
@@ -135,24 +143,32 @@ def weight_drift(reference: torch.nn.Module, tuned: torch.nn.Module) -> dict:
 
 
 def measure(
-    reference: Dict[str, Component], tuned: Dict[str, Component], tokenizer, noise_scheduler, prompts: List[str], device
+    reference: Dict[str, Component],
+    tuned: Dict[str, Component],
+    conditioner: TextConditioner,
+    noise_scheduler,
+    prompts: List[str],
+    device,
 ) -> dict:
-    """Every instrument for one pair. A component the two share (the same Source or module) is
-    not loaded: its drift is 0."""
-    same = {name: reference[name] == tuned[name] for name in ("unet", "text_encoder")}
-    te_reference = _module(reference["text_encoder"], "text_encoder").to(device).eval()
-    te_tuned = (
-        te_reference if same["text_encoder"] else _module(tuned["text_encoder"], "text_encoder").to(device).eval()
-    )
-    found = {
-        "text_encoder": text_encoder_drift(te_reference, te_tuned, tokenizer, prompts, device),
-        "weights": {"text_encoder": weight_drift(te_reference, te_tuned)},
-    }
-    text_states = _states(te_reference, tokenizer, prompts, device)
+    """Every instrument for one pair: {<each text encoder>: {group: drift}, ["pooled": ...],
+    "unet": {timestep range: drift}, "weights": {<each component>: weight_drift}}. A component
+    the two share (the same Source or module) is loaded once: its drift is 0."""
+    found: dict = {"weights": {}}
+    encoders = {}
+    for name in conditioner.encoders:
+        original = _module(reference[name], name).to(device).eval()
+        changed = original if reference[name] == tuned[name] else _module(tuned[name], name).to(device).eval()
+        found.update(text_encoder_drift(name, original, changed, conditioner, prompts, device))
+        found["weights"][name] = weight_drift(original, changed)
+        encoders[name] = original
+    with torch.no_grad():
+        conditioning = conditioner.encode(encoders, prompts, device)
     unet_reference = _module(reference["unet"], "unet").to(device).eval()
-    unet_tuned = unet_reference if same["unet"] else _module(tuned["unet"], "unet").to(device).eval()
+    unet_tuned = (
+        unet_reference if reference["unet"] == tuned["unet"] else _module(tuned["unet"], "unet").to(device).eval()
+    )
     found["unet"] = unet_prediction_drift(
-        unet_reference, unet_tuned, text_states, int(noise_scheduler.config.num_train_timesteps), device
+        unet_reference, unet_tuned, conditioning, int(noise_scheduler.config.num_train_timesteps), device
     )
     found["weights"]["unet"] = weight_drift(unet_reference, unet_tuned)
     return found

@@ -29,17 +29,11 @@ from typing import Dict, List, Optional, Tuple
 
 from burnlab.attribution import drift
 from burnlab.models.checkpoint import base_sources, component_sources
+from burnlab.models.encoding import TextConditioner
 from burnlab.sampling.sampler import Component, Sampler, sample_jobs
 from burnlab.store.files import atomic_write_json, hash_json, read_json
-from burnlab.store.layout import ATTRIBUTION, COMPONENTS
+from burnlab.store.layout import ATTRIBUTION, TRAINABLE, swap_corners
 
-# corner name -> the components it takes from the tuned model
-CORNERS: Dict[str, Tuple[str, ...]] = {
-    "R": (),
-    "M_unet+R_te": ("unet",),
-    "R_unet+M_te": ("text_encoder",),
-    "M": ("unet", "text_encoder"),
-}
 log = logging.getLogger("burnlab")
 
 
@@ -54,7 +48,7 @@ class Model:
 
 
 def corner_components(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> Dict[str, Component]:
-    return {name: (tuned if name in from_tuned else reference).components[name] for name in COMPONENTS}
+    return {name: (tuned if name in from_tuned else reference).components[name] for name in reference.components}
 
 
 def corner_id(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> str:
@@ -62,7 +56,7 @@ def corner_id(reference: Model, tuned: Model, from_tuned: Tuple[str, ...]) -> st
     components (so the testing plan's samples serve), else an id of its own."""
     components = corner_components(reference, tuned, from_tuned)
     for model in (reference, tuned):
-        if all(components[name] == model.components[name] for name in COMPONENTS):
+        if all(components[name] == model.components[name] for name in components):
             return model.id
     return hash_json(["swap", reference.id, tuned.id, sorted(from_tuned)])
 
@@ -72,24 +66,31 @@ def attribute_pair(
     reference: Model,
     tuned: Model,
     relative_to: Path,
-    tokenizer,
+    conditioner: TextConditioner,
     noise_scheduler,
     drift_measured: Optional[dict] = None,
 ) -> dict:
-    """Sample the four corners (cached) and measure the instruments (unless `drift_measured`
-    holds them: a study run again); the record that attribution.json holds, its folders
-    relative to `relative_to`."""
+    """Sample the 2^n corners (cached; SD's four, SDXL's eight) and measure the instruments
+    (unless `drift_measured` holds them: a study run again); the record that attribution.json
+    holds, its folders relative to `relative_to`."""
+    components = tuple(sorted(reference.components, key=TRAINABLE.index))  # unet, text_encoder[, text_encoder_2]
     corners = {}
-    for name, from_tuned in CORNERS.items():
+    for name, from_tuned in swap_corners(components).items():
         folder = sampler.checkpoint_samples(
             corner_id(reference, tuned, from_tuned), corner_components(reference, tuned, from_tuned)
         )
         corners[name] = os.path.relpath(folder, relative_to)
     prompts = [job["prompt"] for job in sample_jobs(sampler.config)]
     measured = drift_measured or drift.measure(
-        reference.components, tuned.components, tokenizer, noise_scheduler, list(dict.fromkeys(prompts)), sampler.device
+        reference.components,
+        tuned.components,
+        conditioner,
+        noise_scheduler,
+        list(dict.fromkeys(prompts)),
+        sampler.device,
     )
     return {
+        "components": list(components),
         "reference": {"label": reference.label, "id": reference.id},
         "tuned": {"label": tuned.label, "id": tuned.id},
         "corners": corners,
@@ -134,7 +135,7 @@ def _measured_before(path: Path) -> Dict[Tuple[str, str, str], dict]:
 
 
 def attribute_study(
-    sampler: Sampler, study: dict, run_dir: Path, tokenizer, noise_scheduler, stop_check=None
+    sampler: Sampler, study: dict, run_dir: Path, conditioner: TextConditioner, noise_scheduler, stop_check=None
 ) -> Optional[dict]:
     """Every pair of `study_pairs` into run_dir/attribution.json (the main process writes it);
     `stop_check()` is called after each pair (a signal stops the study there)."""
@@ -145,7 +146,7 @@ def attribute_study(
         records.append(
             {
                 "branch": branch,
-                **attribute_pair(sampler, reference, tuned, Path(run_dir), tokenizer, noise_scheduler, drift),
+                **attribute_pair(sampler, reference, tuned, Path(run_dir), conditioner, noise_scheduler, drift),
             }
         )
         if stop_check:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from burnlab.errors import ConfigError
-from burnlab.store.layout import COMPONENTS
+from burnlab.store.layout import FAMILIES, TRAINABLE
 
 BASE = "base"
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
@@ -60,9 +60,18 @@ class ModelConfig:
     # also load pickle weights (.bin, .ckpt, .pt: they can run code) where a part has no .safetensors; only for a model
     # you trust
     allow_pickle_weights: bool = False
+    # sd (one text encoder: SD 1.x, 2.x) or sdxl (two); null = read from the model's model_index.json (a hub id's
+    # from the hub or its cache); a local folder's own must agree
+    family: Optional[str] = None
 
     def __post_init__(self):
         _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))
+        _require(
+            self.family is None or self.family in FAMILIES,
+            "family",
+            self.family,
+            "one of " + ", ".join(FAMILIES) + ", or null to read it from the model",
+        )
         _require(
             bool(str(self.path).strip()),
             "path",
@@ -210,7 +219,8 @@ class LoraConfig:
     target_modules: Dict[str, List[str]] = field(
         default_factory=lambda: {
             "unet": ["to_q", "to_k", "to_v", "to_out.0"],
-            # per component: module names (or name endings) that get an adapter
+            # per component: module names (or name endings) that get an adapter; SDXL's text_encoder_2
+            # (the same CLIP layer names) takes text_encoder's list unless it has its own
             "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
         }
     )
@@ -229,10 +239,10 @@ class LoraConfig:
         )
         for name, modules in self.target_modules.items():
             _require(
-                name in COMPONENTS,
+                name in TRAINABLE,
                 f"target_modules.{name}",
                 list(modules),
-                f"keys from {', '.join(COMPONENTS)} (`{name}` is no component)",
+                f"keys from {', '.join(TRAINABLE)} (`{name}` is no component)",
             )
             _require(
                 len(modules) > 0 and all(str(m).strip() for m in modules),
@@ -346,40 +356,41 @@ class AnalysisConfig:
 @dataclass
 class StageConfig:
     parent: str = BASE  # another stage's name, or `base` for the base model
-    train: List[str] = field(default_factory=lambda: list(COMPONENTS))  # components to train
-    lr: float = MISSING  # learning rate (of every trained component unless text_encoder_lr is set)
-    text_encoder_lr: Optional[float] = None  # a separate learning rate for the text encoder
+    # components to train, from unet, text_encoder and (SDXL) text_encoder_2; null = every component of the model
+    train: Optional[List[str]] = None
+    lr: float = MISSING  # learning rate (of every trained component unless one of its own is set below)
+    text_encoder_lr: Optional[float] = None  # a separate learning rate for the text encoder (SDXL: both encoders)
+    # SDXL: the second text encoder's own rate (kohya's --learning_rate_te2); null = text_encoder_lr, else lr
+    text_encoder_2_lr: Optional[float] = None
     epochs: int = MISSING  # epochs this stage trains
     # epochs to checkpoint; the last is always saved, those beyond `epochs` are dropped (with a note)
     save_epochs: List[int] = field(default_factory=list)
 
     def __post_init__(self):
-        _require(
-            len(self.train) > 0,
-            "train",
-            list(self.train),
-            "a non-empty list of components from " + ", ".join(COMPONENTS),
-        )
-        for name in self.train:
+        if self.train is not None:
             _require(
-                name in COMPONENTS,
+                len(self.train) > 0,
                 "train",
                 list(self.train),
-                f"components from {', '.join(COMPONENTS)} (`{name}` is unknown)",
+                "a non-empty list of components from " + ", ".join(TRAINABLE) + ", or null for all of the model's",
             )
-        _require(len(set(self.train)) == len(self.train), "train", list(self.train), "no repeats")
+            for name in self.train:
+                _require(
+                    name in TRAINABLE,
+                    "train",
+                    list(self.train),
+                    f"components from {', '.join(TRAINABLE)} (`{name}` is unknown)",
+                )
+            _require(len(set(self.train)) == len(self.train), "train", list(self.train), "no repeats")
         _require(
             isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr),
             "lr",
             self.lr,
             "a learning rate > 0, e.g. 1.5e-6",
         )
-        _require(
-            self.text_encoder_lr is None or self.text_encoder_lr > 0,
-            "text_encoder_lr",
-            self.text_encoder_lr,
-            "a learning rate > 0, or null to use `lr`",
-        )
+        for key in ("text_encoder_lr", "text_encoder_2_lr"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, key, value, "a learning rate > 0, or null to use `lr`")
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         for epoch in self.save_epochs:
             _require(
@@ -395,6 +406,14 @@ class StageConfig:
 
     def checkpoint_epochs(self) -> List[int]:
         return sorted(set(self.save_epochs) | {self.epochs})
+
+    def component_lr(self, component: str) -> float:
+        """The learning rate of one trained component."""
+        if component == "text_encoder_2" and self.text_encoder_2_lr:
+            return self.text_encoder_2_lr
+        if component != "unet" and self.text_encoder_lr:
+            return self.text_encoder_lr
+        return self.lr
 
 
 @dataclass

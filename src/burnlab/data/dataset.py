@@ -25,7 +25,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -61,13 +61,21 @@ class ImageSet:
     images: torch.Tensor
     captions: List[str]
     files: List[Path]
+    # SDXL's size and crop conditioning of each image, unflipped [:, 0] and flipped [:, 1]: original
+    # (height, width), crop top-left (y, x) in the resized image (`crop_sizes`); None = uncropped squares
+    sizes: Optional[torch.Tensor] = None  # int [N, 2, 4]
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def subset(self, indices) -> "ImageSet":
         indices = list(indices)
-        return ImageSet(self.images[indices], [self.captions[i] for i in indices], [self.files[i] for i in indices])
+        return ImageSet(
+            self.images[indices],
+            [self.captions[i] for i in indices],
+            [self.files[i] for i in indices],
+            None if self.sizes is None else self.sizes[indices],
+        )
 
 
 @dataclass
@@ -215,32 +223,51 @@ def _metadata_row(line: bytes, start: int, folder: Path, data: DataConfig) -> Tu
     return image, str(caption).strip()
 
 
-def load_image(path: Path, resolution: int, background: Tuple[int, int, int], max_pixels: int) -> torch.Tensor:
-    """uint8 [3, R, R]: decoded (decode_image), short side resized to R, centre crop."""
+def load_image(
+    path: Path, resolution: int, background: Tuple[int, int, int], max_pixels: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [3, R, R]: decoded (decode_image), short side resized to R, centre crop; and its
+    `crop_sizes`."""
     image = decode_image(path, background, max_pixels)
+    original = image.size
     scale = resolution / min(image.size)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
     image = image.resize(size, Image.BICUBIC)
     left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
     image = image.crop((left, top, left + resolution, top + resolution))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    return pixels, crop_sizes(original, size, (top, left), resolution)
+
+
+def crop_sizes(original: Tuple[int, int], resized: Tuple[int, int], top_left: Tuple[int, int], resolution: int):
+    """int [2, 4]: (original height, original width, crop top, crop left) of an image as trained
+    unflipped and flipped, what SDXL's UNet reads as `add_time_ids` before the target size (as
+    diffusers' and kohya's SDXL trainers compute it: the size before resizing, the crop's corner in
+    the resized image). A horizontal flip mirrors the crop: its left edge becomes the resized
+    width less the crop's right edge. (width, height) pairs as PIL gives them."""
+    (width, height), top, left = original, *top_left
+    mirrored = resized[0] - left - resolution
+    return torch.tensor([[height, width, top, left], [height, width, top, mirrored]], dtype=torch.int64)
 
 
 def read_folder(folder: Path, key: str, data: DataConfig, problems: List[Problem]) -> ImageSet:
     """The usable images of a data folder with their captions; each bad file is appended to
     `problems` and left out."""
     background = ImageColor.getrgb(data.background)
-    images, captions, files = [], [], []
+    images, sizes, captions, files = [], [], [], []
     for path, caption in scan_captioned_folder(folder, key, data, problems):
         try:
-            images.append(load_image(path, data.resolution, background, data.max_image_pixels))
+            pixels, size = load_image(path, data.resolution, background, data.max_image_pixels)
         except BadFile as bad:
             problems.append(Problem(key, _relative(path, folder), str(bad)))
             continue
+        images.append(pixels)
+        sizes.append(size)
         captions.append(caption)
         files.append(path)
-    stacked = torch.stack(images) if images else torch.zeros(0, 3, data.resolution, data.resolution, dtype=torch.uint8)
-    return ImageSet(stacked, captions, files)
+    if not images:
+        return ImageSet(torch.zeros(0, 3, data.resolution, data.resolution, dtype=torch.uint8), [], [])
+    return ImageSet(torch.stack(images), captions, files, torch.stack(sizes))
 
 
 def load_study_data(data: DataConfig, validation: ValidationConfig) -> StudyData:

@@ -151,7 +151,12 @@ class StudyRunner:
         self.data = load_study_data(config.data, config.validation)
         self.long_captions = self._check_captions()
         self.planned = plan_stages(
-            config, self.base.identity, self.data.identity, dtype_name(self.frozen_dtype), self.epochs_swept
+            config,
+            self.base.identity,
+            self.data.identity,
+            dtype_name(self.frozen_dtype),
+            self.epochs_swept,
+            self.base.components,
         )
         self.stage_dirs = {name: stages_dir(self.cache.parent) / p.identity for name, p in self.planned.items()}
         # everything above only reads; from here on the main process writes and observes
@@ -207,6 +212,7 @@ class StudyRunner:
             train=tuple(stage.train),
             lr=stage.lr,
             text_encoder_lr=stage.text_encoder_lr,
+            text_encoder_2_lr=stage.text_encoder_2_lr,
             epochs=stage.epochs,
             save_epochs=tuple(stage.checkpoint_epochs()),
             identity=planned.identity,
@@ -409,7 +415,7 @@ class StudyRunner:
                         sampler,
                         study,
                         self.run_dir,
-                        self.base.tokenizer(),
+                        self.base.conditioner(),
                         self.base.noise_scheduler(),
                         stop_check=self._stop_after("while sampling the swap corners"),
                     )

@@ -20,7 +20,7 @@ from burnlab.config.schema import LoraConfig
 from burnlab.errors import ConfigError
 
 ADAPTER = "default"  # the adapter's name in peft, in the trainer and in the training state alike
-COMPONENT_LABELS = {"unet": "UNet", "text_encoder": "text encoder"}
+COMPONENT_LABELS = {"unet": "UNet", "text_encoder": "text encoder", "text_encoder_2": "second text encoder"}
 
 
 def is_adapter_parameter(name: str) -> bool:
@@ -66,6 +66,8 @@ def _targets(model: torch.nn.Module, component: str, config: LoraConfig) -> List
     or its ending after a dot); peft itself ignores a name that matches nothing."""
     key = f"lora.target_modules.{component}"
     targets = list(config.target_modules.get(component, []))
+    if not targets and component == "text_encoder_2":  # the same CLIP layer names as the first encoder's
+        key, targets = "lora.target_modules.text_encoder", list(config.target_modules.get("text_encoder", []))
     if not targets:
         raise ConfigError(
             key,

@@ -41,12 +41,12 @@ from burnlab.store.integrity import (
     remember_hashed,
 )
 from burnlab.store.layout import (
-    COMPONENTS,
     LORA_FILE,
     MANIFEST,
     METRICS,
     checkpoint_dir,
     checkpoint_id,
+    components_of,
 )
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -54,7 +54,7 @@ DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 def base_sources(base: dict) -> Dict[str, Source]:
     """Component sources of the base model described by `BaseModel.describe()`."""
-    return {name: base_source(base, name) for name in COMPONENTS}
+    return {name: base_source(base, name) for name in components_of(base)}
 
 
 def save_checkpoint(
@@ -120,7 +120,7 @@ def save_lora_checkpoint(target: Path, models: Dict[str, torch.nn.Module], train
     """A checkpoint holding every adapter of `models` in LORA_FILE, as `save_lora_weights` writes
     it; its manifest's component entries take the base weights from the base model and the
     adapter from the file. `manifest`: publish_checkpoint's fields."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -135,7 +135,9 @@ def save_lora_checkpoint(target: Path, models: Dict[str, torch.nn.Module], train
             layers[f"{name}_lora_adapter_metadata"] = metadata  # rank, alpha, targets: what load_lora_weights rebuilds
             entries[name].update({"lora": LORA_FILE, "trained": name in trained})
     tmp = temp_dir_for(target)
-    StableDiffusionPipeline.save_lora_weights(tmp, **layers)
+    # SDXL's saver also writes the second text encoder's adapters (keys text_encoder_2.*)
+    saver = StableDiffusionXLPipeline if "text_encoder_2" in models else StableDiffusionPipeline
+    saver.save_lora_weights(tmp, **layers)
     digest = {LORA_FILE: sha256_file(tmp / LORA_FILE)}
     remember_hashed(tmp, digest)
     for entry in entries.values():

@@ -18,14 +18,23 @@ from typing import List, Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from burnlab.config.schema import ModelConfig
 from burnlab.errors import ConfigError, UserError
+from burnlab.models.encoding import TOKENIZER_FOLDERS, TextConditioner
 from burnlab.models.precision import resolve_dtype
 from burnlab.store.files import hash_json, hash_tree
+from burnlab.store.layout import COMPONENTS, FAMILIES, XL_COMPONENTS, components_of
 
-MODEL_CLASSES = {"unet": UNet2DConditionModel, "text_encoder": CLIPTextModel, "vae": AutoencoderKL}
+MODEL_CLASSES = {
+    "unet": UNet2DConditionModel,
+    "text_encoder": CLIPTextModel,
+    "text_encoder_2": CLIPTextModelWithProjection,  # SDXL's second encoder (OpenCLIP bigG), with its projection
+    "vae": AutoencoderKL,
+}
+# the pipeline class of each family's components, as model_index.json names it
+PIPELINE_CLASSES = {COMPONENTS: "StableDiffusionPipeline", XL_COMPONENTS: "StableDiffusionXLPipeline"}
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")  # weight files torch.load unpickles
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 log = logging.getLogger("burnlab")
@@ -60,17 +69,21 @@ def base_source(base: dict, subfolder: str) -> Source:
 
 
 def base_pipeline(base: dict, **kwargs):
-    """The base model described by `BaseModel.describe()` as a StableDiffusionPipeline without
-    safety checker; `kwargs` go to from_pretrained (e.g. dtype)."""
-    from diffusers import StableDiffusionPipeline
+    """The base model described by `BaseModel.describe()` as its family's pipeline
+    (StableDiffusionPipeline without safety checker, or StableDiffusionXLPipeline without
+    watermarker); `kwargs` go to from_pretrained (e.g. dtype)."""
+    import diffusers
 
-    return StableDiffusionPipeline.from_pretrained(
+    if components_of(base) == XL_COMPONENTS:
+        family = {"add_watermarker": False}
+    else:
+        family = {"safety_checker": None, "requires_safety_checker": False}
+    return getattr(diffusers, PIPELINE_CLASSES[components_of(base)]).from_pretrained(
         base["path"],
         revision=base.get("revision"),
         variant=base.get("variant"),
         use_safetensors=_use_safetensors(base.get("allow_pickle_weights", False)),
-        safety_checker=None,
-        requires_safety_checker=False,
+        **family,
         **kwargs,
     )
 
@@ -138,13 +151,13 @@ class BaseModel:
                 config.path,
                 "a diffusers pipeline folder (with model_index.json, unet/, text_encoder/, vae/)",
             )
-        if self.is_local and _pipeline_class(path) == "StableDiffusionXLPipeline":
+        if self.is_local and _pipeline_class(path) not in PIPELINE_CLASSES.values():
             raise ConfigError(
                 "model.path",
                 config.path,
-                "a Stable Diffusion 1.x pipeline folder: this one is SDXL, whose two text encoders the harness "
-                "does not train or sample yet (the toy SDXL, model=toy_xl, is used by burnlab/toy/build_xl.py "
-                "and its tests so far)",
+                f"a Stable Diffusion (1.x, 2.x) or SDXL pipeline folder: its model_index.json names "
+                f"{_pipeline_class(path) or 'no readable pipeline class'}, and the harness trains "
+                f"{' and '.join(PIPELINE_CLASSES.values())} models",
             )
         pickled = _pickle_only_weights(path) if self.is_local else []
         if pickled and not config.allow_pickle_weights:
@@ -163,6 +176,7 @@ class BaseModel:
                 f" ({', '.join(str(p.relative_to(path)) for p in pickled)})" if pickled else "",
             )
         self._identity: Optional[str] = None
+        self._components: Optional[tuple] = None
 
     @property
     def identity(self) -> str:
@@ -179,8 +193,57 @@ class BaseModel:
     def source(self, component: str) -> Source:
         return Source(self.root, component, self.config.revision, self.config.variant, self.config.allow_pickle_weights)
 
+    @property
+    def components(self) -> tuple:
+        """What the model trains and swaps: (unet, text_encoder), or SDXL's (unet, text_encoder,
+        text_encoder_2): `model.family`, else read from its model_index.json (a hub id's from the
+        hub or its cache). A local folder's model_index.json must agree with model.family."""
+        if self._components is None:
+            self._components = self._read_components()
+        return self._components
+
+    def _read_components(self) -> tuple:
+        family = self.config.family
+        if not self.is_local and family:
+            return FAMILIES[family]
+        if self.is_local:
+            index = json.loads((Path(self.root) / "model_index.json").read_text())
+        else:
+            from diffusers import DiffusionPipeline
+
+            try:
+                index = DiffusionPipeline.load_config(self.root, revision=self.config.revision)
+            except (OSError, ValueError, EnvironmentError) as error:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+                raise ConfigError(
+                    "model.family",
+                    None,
+                    f"sd or sdxl for a hub id whose model_index.json is neither in the local Hugging Face "
+                    f"cache nor reachable ({self.root}: {first_line})",
+                ) from None
+        found = XL_COMPONENTS if "text_encoder_2" in index else COMPONENTS
+        if family and FAMILIES[family] != found:
+            actual = next(name for name, components in FAMILIES.items() if components == found)
+            raise ConfigError(
+                "model.family",
+                family,
+                f"{actual}, the family of {self.config.path} (its model_index.json "
+                f"{'names' if actual == 'sdxl' else 'has no'} text_encoder_2), or null",
+            )
+        return found
+
     def tokenizer(self) -> CLIPTokenizer:
+        """The first text encoder's tokenizer (SD's only one)."""
         return _from_pretrained(CLIPTokenizer, self.source("tokenizer"))
+
+    def conditioner(self) -> TextConditioner:
+        """Captions to the UNet's conditioning, with each text encoder's own tokenizer."""
+        return TextConditioner(
+            {
+                name: _from_pretrained(CLIPTokenizer, self.source(TOKENIZER_FOLDERS[name]))
+                for name in self.components[1:]
+            }
+        )
 
     def noise_scheduler(self) -> DDPMScheduler:
         return _from_pretrained(DDPMScheduler, self.source("scheduler"))
@@ -192,6 +255,7 @@ class BaseModel:
             "variant": self.config.variant,
             "allow_pickle_weights": self.config.allow_pickle_weights,
             "identity": self.identity,
+            "components": list(self.components),
         }
 
     def frozen_dtype(self, device) -> torch.dtype:

@@ -29,11 +29,16 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def predict_noise(unet, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+def predict_noise(unet, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning, time_ids=None) -> torch.Tensor:
     """The UNet's prediction in float32, its inputs cast to the UNet's dtype (a float16 frozen
-    UNet may be fed by a float32 text encoder, and the latents are float32)."""
+    UNet may be fed by a float32 text encoder, and the latents are float32). `conditioning`: a
+    burnlab.models.encoding.Conditioning; SDXL's UNet also reads its pooled vector and the
+    images' `time_ids` (size and crop)."""
     dtype = model_dtype(unet)
-    return unet(noisy.to(dtype), timesteps, states.to(dtype)).sample.float()
+    added = None
+    if conditioning.pooled is not None:
+        added = {"text_embeds": conditioning.pooled.to(dtype), "time_ids": time_ids.to(noisy.device, dtype)}
+    return unet(noisy.to(dtype), timesteps, conditioning.states.to(dtype), added_cond_kwargs=added).sample.float()
 
 
 def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

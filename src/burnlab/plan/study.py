@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Collection, Dict, List, Optional
+from typing import Collection, Dict, List, Optional, Tuple
 
 from burnlab.config.schema import BASE, BurnlabConfig, StageConfig
+from burnlab.errors import ConfigError
 from burnlab.store.files import hash_json
-from burnlab.store.layout import PlanEntry, checkpoint_dir, checkpoint_id
+from burnlab.store.layout import COMPONENTS, PlanEntry, checkpoint_dir, checkpoint_id
 
 # how often the state is saved, and whether a NaN batch is skipped or stops the stage, change
 # nothing in a stage that trains through without one: a stage resumes under either setting, and
@@ -57,11 +58,18 @@ def stage_order(stages: Dict[str, StageConfig]) -> List[str]:
 
 
 def plan_stages(
-    config: BurnlabConfig, base_identity: str, data_identity: str, frozen_dtype: str, epochs_swept: Collection[str] = ()
+    config: BurnlabConfig,
+    base_identity: str,
+    data_identity: str,
+    frozen_dtype: str,
+    epochs_swept: Collection[str] = (),
+    components: Tuple[str, ...] = COMPONENTS,
 ) -> Dict[str, PlannedStage]:
     """`frozen_dtype`: `model.dtype` resolved on the training device (frozen parts in half
     precision give other weights than in float32). `epochs_swept`: the stages whose epochs a
-    sweep job's overrides set, which keep their states under train.keep_states=auto."""
+    sweep job's overrides set, which keep their states under train.keep_states=auto.
+    `components`: the base model's (`BaseModel.components`), which a stage's `train` list is
+    checked against and a stage without one trains; each planned stage's config names them."""
     planned: Dict[str, PlannedStage] = {}
     shared = {
         "base": base_identity,
@@ -78,15 +86,15 @@ def plan_stages(
         shared["adapter"] = {"kind": config.train.adapter, "lora": dataclasses.asdict(config.lora)}
     parents = {stage.parent for stage in config.stages.values()}
     for name in stage_order(config.stages):
-        stage = config.stages[name]
+        stage = with_components(name, config.stages[name], components)
         parent = planned.get(stage.parent)
         parts = {
             "name": name,
-            "stage": dataclasses.asdict(stage),
+            "stage": _stage_settings(stage),
             "parent": parent.identity if parent else BASE,
             **shared,
         }
-        unsized = {**parts, "stage": _settings(stage, "epochs", "save_epochs")}
+        unsized = {**parts, "stage": _stage_settings(stage, "epochs", "save_epochs")}
         if config.train.lr_scheduler in LENGTH_DEPENDENT_SCHEDULES:
             unsized["epochs"] = stage.epochs
         if config.train.save_dtype != "float32":
@@ -109,6 +117,32 @@ def plan_stages(
 
 def _settings(group, *left_out: str) -> dict:
     return {k: v for k, v in dataclasses.asdict(group).items() if k not in left_out}
+
+
+def _stage_settings(stage: StageConfig, *left_out: str) -> dict:
+    """A stage's settings as its identity hashes them: SDXL's text_encoder_2_lr only where set,
+    so that the stages of Stable Diffusion models keep the identities they had before it."""
+    settings = _settings(stage, *left_out)
+    if settings.get("text_encoder_2_lr") is None:
+        settings.pop("text_encoder_2_lr", None)
+    return settings
+
+
+def with_components(name: str, stage: StageConfig, components: Tuple[str, ...]) -> StageConfig:
+    """`stage` with its `train` list resolved (null: every component of the model), each of its
+    components checked to be the model's."""
+    train = list(components) if stage.train is None else list(stage.train)
+    foreign = [component for component in train if component not in components]
+    if foreign:
+        raise ConfigError(
+            f"stages.{name}.train",
+            train,
+            f"components of the base model, which has {', '.join(components)} "
+            f"(`{foreign[0]}` is SDXL's second text encoder: train it on an SDXL model such as model=toy_xl)"
+            if foreign[0] == "text_encoder_2"
+            else f"components of the base model, which has {', '.join(components)}",
+        )
+    return dataclasses.replace(stage, train=train)
 
 
 def epoch_seed(seed: int, *parts) -> int:

@@ -1,6 +1,7 @@
 """Fixed-seed samples of every checkpoint in the testing plan, and during training.
 
-One pipeline serves the whole plan: between checkpoints only the component that changed is
+One pipeline (StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL) serves the whole
+plan: between checkpoints only the component that changed is
 swapped in (on LoRA runs only the adapters: one LoRA file in, the last one out; a swap corner
 whose components carry adapters of two files loads each component with its own), every
 checkpoint's prompts go through in batched calls, and each image's noise comes from its own
@@ -47,7 +48,7 @@ from burnlab.store.files import (
     write_jsonl,
 )
 from burnlab.store.integrity import sample_folder_damage
-from burnlab.store.layout import COMPLETE, COMPONENTS, IMAGE_INDEX, SAMPLES_INDEX, training_samples_dir
+from burnlab.store.layout import COMPLETE, IMAGE_INDEX, SAMPLES_INDEX, components_of, training_samples_dir
 
 log = logging.getLogger("burnlab")
 
@@ -167,7 +168,7 @@ class Sampler:
         if not shared and self._adapters is not None:
             self.pipeline.unload_lora_weights()
             self._adapters = None
-        for name in COMPONENTS:
+        for name in components_of(self.base):
             wanted = sources[name]
             if isinstance(wanted, Source) and shared:
                 wanted = dataclasses.replace(wanted, lora=None)  # its adapter is swapped below, not its component
@@ -298,8 +299,8 @@ class Sampler:
             if epoch % self.config.every_n_epochs:
                 return
             pipeline = self.pipeline
-            saved = {name: (getattr(pipeline, name), models[name].training) for name in COMPONENTS}
-            for name in COMPONENTS:
+            saved = {name: (getattr(pipeline, name), models[name].training) for name in components_of(self.base)}
+            for name in saved:
                 setattr(pipeline, name, in_dtype(models[name], self.dtype).eval())
             try:
                 jobs = sample_jobs(self.config)

@@ -7,14 +7,51 @@ primitives, so the analysis reads the store through it without importing trainin
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from burnlab.store.files import hash_json
 
-# the components a checkpoint can hold: each one's folder name, and the closed set of what a stage trains
+# the components a checkpoint can hold, each one's folder name, per model family: Stable Diffusion
+# 1.x/2.x (one text encoder) and SDXL (a second, CLIPTextModelWithProjection, whose pooled vector
+# the UNet reads too). A base model's record (`BaseModel.describe()`) names its family's tuple
+# under "components"; records written before SDXL have none and are SD's.
 COMPONENTS = ("unet", "text_encoder")
+XL_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+TRAINABLE = XL_COMPONENTS  # the closed set a stage's `train` list is checked against (then against its model's)
+FAMILIES = {"sd": COMPONENTS, "sdxl": XL_COMPONENTS}  # model.family's values
+
+
+def components_of(base: dict) -> Tuple[str, ...]:
+    """The components of the base model that `base` (`BaseModel.describe()`) records."""
+    return tuple(base.get("components") or COMPONENTS)
+
+
+# -- swap corners (attribution.json's `corners`): which components a corner takes from M ------------
+CORNER_SHORT_NAMES = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
+
+
+def corner_name(from_tuned: Tuple[str, ...], components: Tuple[str, ...]) -> str:
+    """R (every component the reference's), M (every one the tuned model's), else each component
+    marked: M_unet+R_te (SD), M_unet+R_te+M_te2 (SDXL)."""
+    if not from_tuned:
+        return "R"
+    if set(from_tuned) == set(components):
+        return "M"
+    return "+".join(("M_" if c in from_tuned else "R_") + CORNER_SHORT_NAMES[c] for c in components)
+
+
+def swap_corners(components: Tuple[str, ...]) -> Dict[str, Tuple[str, ...]]:
+    """Every corner of the 2^n swap cube, name -> the components it takes from the tuned model:
+    R first, then by how many components are swapped, M last (SD: R, M_unet+R_te, R_unet+M_te, M)."""
+    return {
+        corner_name(chosen, components): chosen
+        for size in range(len(components) + 1)
+        for chosen in itertools.combinations(components, size)
+    }
+
 
 # -- a run dir: runs/<study>/ (a sweep's job: runs/<study>_multirun/<overrides>/) ------------------
 CONFIG = "config.yaml"  # the resolved config
@@ -108,6 +145,7 @@ class StageRecord:
     save_epochs: Tuple[int, ...] = ()  # its checkpoints (the last epoch among them)
     lr: Optional[float] = None
     text_encoder_lr: Optional[float] = None
+    text_encoder_2_lr: Optional[float] = None  # SDXL
     identity: str = ""  # its folder under cache/stages/
     trajectory: str = ""  # the identity without its length (burnlab.plan.study)
     keep_states: bool = False

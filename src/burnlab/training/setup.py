@@ -3,7 +3,7 @@ trainable, frozen ones in `model.dtype` and frozen), every image's latents encod
 optimizer and LR schedule, all prepared by accelerate.
 
 The VAE never trains, so it is loaded, used for the latents and let go here; only the UNet and
-the text encoder stay.
+the text encoder(s) stay.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ from diffusers.optimization import get_scheduler
 
 from burnlab.config.schema import ADAMW_IMPLS
 from burnlab.models import adapters
-from burnlab.models.encoding import LatentCache, encode_latents
+from burnlab.models.encoding import LatentCache, TextConditioner, encode_latents, size_conditioning
 from burnlab.plan.study import epoch_seed, steps_per_epoch
-from burnlab.store.layout import COMPONENTS
 from burnlab.training.fast_paths import apply_fast_paths
 
 
 @dataclass
 class StageSetup:
-    models: Dict[str, torch.nn.Module]  # unet, text_encoder; trained ones as accelerate prepared them
+    models: Dict[str, torch.nn.Module]  # unet, text_encoder(s); trained ones as accelerate prepared them
     trained: List[str]
-    tokenizer: object
+    conditioner: TextConditioner  # captions to the UNet's conditioning
     noise_scheduler: object  # the training noise schedule (DDPM)
     latents: Dict[str, LatentCache]  # train, validation, stabilize
     optimizer: torch.optim.Optimizer
@@ -40,12 +39,19 @@ def set_up_stage(job) -> StageSetup:
     trained = list(job.stage.config.train)
     models = {
         name: job.parent_sources[name].load(name, torch.float32 if name in trained else job.frozen_dtype)
-        for name in COMPONENTS
+        for name in job.base.components
     }
     vae = job.base.source("vae").load("vae", job.frozen_dtype).to(device)
     vae.requires_grad_(False)
+    conditioner = job.base.conditioner()
+    resolution = cfg.data.resolution
     latents = {
-        name: encode_latents(vae, images.images, device)
+        name: encode_latents(
+            vae,
+            images.images,
+            device,
+            size_conditioning(images.sizes, len(images), resolution) if conditioner.is_xl else None,
+        )
         for name, images in (
             ("train", job.data.train),
             ("validation", job.data.validation),
@@ -79,15 +85,15 @@ def set_up_stage(job) -> StageSetup:
     prepared = accelerator.prepare(*[models[name] for name in trained], optimizer)
     models.update(zip(trained, prepared[:-1]))
     return StageSetup(
-        models, trained, job.base.tokenizer(), job.base.noise_scheduler(), latents, prepared[-1], lr_scheduler, steps
+        models, trained, conditioner, job.base.noise_scheduler(), latents, prepared[-1], lr_scheduler, steps
     )
 
 
 def _param_groups(stage, models, trained) -> List[dict]:
     groups = []
     for name in trained:
-        lr = stage.text_encoder_lr if name == "text_encoder" and stage.text_encoder_lr else stage.lr
-        groups.append({"params": [p for p in models[name].parameters() if p.requires_grad], "lr": lr, "name": name})
+        parameters = [p for p in models[name].parameters() if p.requires_grad]
+        groups.append({"params": parameters, "lr": stage.component_lr(name), "name": name})
     return groups
 
 

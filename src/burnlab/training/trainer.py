@@ -29,7 +29,7 @@ from burnlab.data.dataset import StudyData
 from burnlab.errors import NonFiniteLoss
 from burnlab.models.checkpoint import save_checkpoint, save_lora_checkpoint
 from burnlab.models.components import BaseModel, Source
-from burnlab.models.encoding import diffusion_target, encode_captions_once, encode_text
+from burnlab.models.encoding import diffusion_target, encode_captions_once
 from burnlab.models.precision import DTYPES, predict_noise
 from burnlab.plan.study import PlannedStage, epoch_seed
 from burnlab.runtime.distributed import any_rank, shard
@@ -54,7 +54,7 @@ class StageJob:
     config: BurnlabConfig
     stage: PlannedStage
     stage_dir: Path
-    parent_sources: Dict[str, Source]  # where unet / text_encoder start from
+    parent_sources: Dict[str, Source]  # where each component (unet, text_encoder, ...) starts from
     base: BaseModel
     data: StudyData
     accelerator: object  # accelerate.Accelerator
@@ -72,17 +72,17 @@ class StageTrainer:
         self.device = self.accelerator.device
         self.setup = set_up_stage(job)
         self.models, self.trained = self.setup.models, self.setup.trained
-        self.tokenizer, self.scheduler = self.setup.tokenizer, self.setup.noise_scheduler
+        self.conditioner, self.scheduler = self.setup.conditioner, self.setup.noise_scheduler
         self.optimizer, self.lr_scheduler = self.setup.optimizer, self.setup.lr_scheduler
         self.clipped = [p for name in self.trained for p in self.models[name].parameters() if p.requires_grad]
         self.skipped_nonfinite = 0
         self.checkpoint_epochs = job.stage.config.checkpoint_epochs()
         self.kept_states = self.checkpoint_epochs if job.stage.keep_states else []
-        self.text_states = None  # a frozen text encoder's states, encoded once (UNet-only stages)
-        if "text_encoder" not in self.trained:
+        self.text_states = None  # frozen text encoders' conditioning, encoded once (UNet-only stages)
+        if not set(self.conditioner.encoders) & set(self.trained):
             with self.autocast():
                 self.text_states = encode_captions_once(
-                    self.tokenizer, self.models["text_encoder"], [*job.data.train.captions, ""], self.device
+                    self.conditioner, self.models, [*job.data.train.captions, ""], self.device
                 )
 
     def autocast(self):
@@ -259,7 +259,9 @@ class StageTrainer:
         whose share is empty runs one image and counts 0 images, so it takes part in the
         gradient all-reduce and contributes nothing."""
         size = len(global_batch)
-        clean = self.setup.latents["train"].sample(global_batch, flips[global_batch], generator)
+        latents = self.setup.latents["train"]
+        clean = latents.sample(global_batch, flips[global_batch], generator)
+        sizes = latents.sizes(global_batch, flips[global_batch])  # SDXL's add_time_ids, else None
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
         mine = shard(size, world, rank)
@@ -267,15 +269,16 @@ class StageTrainer:
         if not images:
             mine = slice(0, 1)
         indices, clean, noise, timesteps = global_batch[mine], clean[mine], noise[mine], timesteps[mine]
+        sizes = None if sizes is None else sizes[mine]
         captions = ["" if dropped[i] else self.job.data.train.captions[i] for i in indices.tolist()]
         noisy = self.scheduler.add_noise(clean, noise, timesteps).to(self.device)
         target = diffusion_target(self.scheduler, clean, noise, timesteps).to(self.device)
         with self.autocast():
             if self.text_states is not None:
-                states = self.text_states.lookup(captions)
+                conditioning = self.text_states.lookup(captions)
             else:
-                states = encode_text(self.tokenizer, self.models["text_encoder"], captions, self.device)
-            prediction = predict_noise(self.models["unet"], noisy, timesteps.to(self.device), states)
+                conditioning = self.conditioner.encode(self.models, captions, self.device)
+            prediction = predict_noise(self.models["unet"], noisy, timesteps.to(self.device), conditioning, sizes)
         return F.mse_loss(prediction, target.float()), images
 
     def _validate(self, epoch: int, step: int) -> None:
@@ -283,7 +286,7 @@ class StageTrainer:
         if not cfg.validation.every_n_epochs:
             return
         models = self._unwrapped()
-        args = (models["unet"], models["text_encoder"], self.tokenizer, self.scheduler)
+        args = (models, self.conditioner, self.scheduler)
         # every rank scores its share of the images; the sum puts the shares together
         ranks = (
             self.accelerator.process_index,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from burnlab.config.schema import ValidationConfig
-from burnlab.models.encoding import LatentCache, diffusion_target, encode_text
+from burnlab.models.encoding import LatentCache, TextConditioner, diffusion_target
 from burnlab.models.precision import predict_noise
 from burnlab.runtime.distributed import shard
 
@@ -27,9 +27,8 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def diffusion_loss(
-    unet,
-    text_encoder,
-    tokenizer,
+    models: Dict[str, torch.nn.Module],
+    conditioner: TextConditioner,
     scheduler,
     latents: LatentCache,
     captions,
@@ -41,20 +40,23 @@ def diffusion_loss(
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _same,
 ) -> Tuple[Optional[float], Dict[str, float]]:
     """Mean loss over `repeats` seeded draws per image; per-timestep means for the fixed grid.
-    `reduce_sum` adds a tensor over the processes (a collective: every rank calls it)."""
+    `models`: the UNet and the text encoder(s) by component name. `reduce_sum` adds a tensor over
+    the processes (a collective: every rank calls it)."""
     if len(captions) == 0:
         return None, {}
     generator = torch.Generator().manual_seed(config.seed)
     count = len(captions)
     draws = [t for t in config.timesteps for _ in range(config.repeats)] or [None] * config.repeats
-    was_training = unet.training, text_encoder.training
-    unet.eval()
-    text_encoder.eval()
+    was_training = {name: model.training for name, model in models.items()}
+    for model in models.values():
+        model.eval()
+    unflipped = torch.zeros(count, dtype=torch.bool)
     losses = torch.zeros(len(draws), count)  # this rank's images filled in, zeros elsewhere
     mine = shard(count, world, rank)
     for draw, timestep in enumerate(draws):
         indices = torch.arange(count)
-        clean = latents.sample(indices, torch.zeros(count, dtype=torch.bool), generator)
+        clean = latents.sample(indices, unflipped, generator)
+        sizes = latents.sizes(indices, unflipped)
         noise = torch.randn(clean.shape, generator=generator)
         if timestep is None:
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator)
@@ -63,13 +65,14 @@ def diffusion_loss(
         for start in range(mine.start, mine.stop, config.batch_size):
             part = slice(start, min(start + config.batch_size, mine.stop))
             with autocast():
-                states = encode_text(tokenizer, text_encoder, captions[part], device)
+                conditioning = conditioner.encode(models, captions[part], device)
                 noisy = scheduler.add_noise(clean[part], noise[part], timesteps[part]).to(device)
-                prediction = predict_noise(unet, noisy, timesteps[part].to(device), states)
+                part_sizes = None if sizes is None else sizes[part]
+                prediction = predict_noise(models["unet"], noisy, timesteps[part].to(device), conditioning, part_sizes)
             target = diffusion_target(scheduler, clean[part], noise[part], timesteps[part]).to(device)
             losses[draw, part] = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=(1, 2, 3)).cpu()
-    unet.train(was_training[0])
-    text_encoder.train(was_training[1])
+    for name, model in models.items():
+        model.train(was_training[name])
     losses = reduce_sum(losses)
     by_t = {str(t): losses[[i for i, d in enumerate(draws) if d == t]].mean().item() for t in config.timesteps}
     return losses.mean().item(), by_t

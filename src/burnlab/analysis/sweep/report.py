@@ -89,7 +89,7 @@ def verdict_table(products: SweepProducts) -> str:
                 pair.verdict,
                 f"{pair.tuned} vs {pair.reference}",
                 pair.shares["unet"].text(),
-                pair.shares["text_encoder"].text(),
+                " / ".join(pair.shares[c].text() for c in pair.components if c != "unet"),  # SDXL: TE1 / TE2
             ]
             if pair
             else ["not sampled", "-", "-", "-"]

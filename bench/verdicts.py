@@ -8,7 +8,10 @@ baseline, then short burns straight from it: each component alone at a high rate
 a gentle one; joint burns of both components at independent rates; a control), and on the
 held-out seeds also the LoRA study `attribution_bench_lora`. Each study samples its testing plan
 and its swap corners (burnlab.attribution.swap); here every (reference, tuned) pair is read with the
-analysis' attribution (burnlab/analysis/attribution.py) and compared with the truth.
+analysis' attribution (burnlab/analysis/attribution.py) and compared with the truth. On held-out
+seeds too, the SDXL study `attribution_bench_xl` on the toy SDXL: burns of the UNet, of each text
+encoder alone and of both encoders, judged over the three components' swap cube with the same rule
+(never calibrated on SDXL).
 
 **Truth**, fixed before any rule was tried and independent of it: a component trained alone burned
 by a checkpoint when the toy probe sees a change from the baseline on some prompt set: its style
@@ -43,6 +46,7 @@ import yaml
 from burnlab.analysis.attribution import (
     OUTCOMES,
     RULE_FILE,
+    XL_OUTCOMES,
     AttributionRule,
     attribute_run,
     judge,
@@ -51,11 +55,20 @@ from burnlab.analysis.features import load_instruments
 from burnlab.analysis.images import load_rgb
 from burnlab.analysis.run import AnalysisError
 from burnlab.store.files import atomic_write_json
-from burnlab.store.layout import ATTRIBUTION
+from burnlab.store.layout import ATTRIBUTION, TRAINABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK_START, MARK_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
-GRID_KEYS = {"experiment", "lora_experiment", "seeds", "held_out_seeds", "lora_seeds", "overrides"}
+GRID_KEYS = {
+    "experiment",
+    "lora_experiment",
+    "xl_experiment",
+    "seeds",
+    "held_out_seeds",
+    "lora_seeds",
+    "xl_seeds",
+    "overrides",
+}
 TRUTH_MOVE = 0.25  # the probe's style score or adherence moving this much (a quarter of its range) is a burn
 THRESHOLDS = np.geomspace(0.05, 5.0, 121)  # the rule's candidates, seed spreads
 BOOTSTRAP = 1000
@@ -72,15 +85,20 @@ SINGLE = {
     "lu_g": "unet",
     "lt_hi": "text_encoder",
     "lt_g": "text_encoder",
+    "x_u_hi": "unet",
+    "x_t1_hi": "text_encoder",
+    "x_t2_hi": "text_encoder_2",
 }
+# a joint burn: component -> the branch that trains it alone at the same rate
 JOINT = {
-    "j_hg": ("u_hi", "t_g"),
-    "j_gh": ("u_g", "t_hi"),
-    "j_hh": ("u_hi", "t_hi"),
-    "j_gg": ("u_g", "t_g"),
-    "lj_hh": ("lu_hi", "lt_hi"),
+    "j_hg": {"unet": "u_hi", "text_encoder": "t_g"},
+    "j_gh": {"unet": "u_g", "text_encoder": "t_hi"},
+    "j_hh": {"unet": "u_hi", "text_encoder": "t_hi"},
+    "j_gg": {"unet": "u_g", "text_encoder": "t_g"},
+    "lj_hh": {"unet": "lu_hi", "text_encoder": "lt_hi"},
+    "x_t12_hh": {"text_encoder": "x_t1_hi", "text_encoder_2": "x_t2_hi"},
 }
-CONTROLS = {"control", "lcontrol"}
+CONTROLS = {"control", "lcontrol", "x_control"}
 
 
 class GridError(Exception):
@@ -94,6 +112,7 @@ class Study:
     lora: bool
     held_out: bool
     overrides: tuple[str, ...]
+    xl: bool = False  # the SDXL study (three components)
 
 
 def load_grid(path: Path) -> dict:
@@ -116,22 +135,24 @@ def load_grid(path: Path) -> dict:
             f"--grid {path}: seeds {seeds!r}, held_out_seeds {held!r}: expected integer seeds, at "
             f"least one held out and at least two left for calibration (leave-one-seed-out)."
         )
-    if not set(grid["lora_seeds"]) <= set(held):
-        raise GridError(
-            f"--grid {path}: lora_seeds {grid['lora_seeds']!r} must be held-out seeds: the rule is "
-            f"never calibrated on LoRA runs."
-        )
+    for key, what in (("lora_seeds", "LoRA"), ("xl_seeds", "SDXL")):
+        if not set(grid[key]) <= set(held):
+            raise GridError(
+                f"--grid {path}: {key} {grid[key]!r} must be held-out seeds: "
+                f"the rule is never calibrated on {what} runs."
+            )
     return grid
 
 
 def studies(grid: dict, runs: Path) -> list[Study]:
     found = []
-    for lora, experiment, seeds in (
-        (False, grid["experiment"], grid["seeds"]),
-        (True, grid["lora_experiment"], grid["lora_seeds"]),
+    for prefix, experiment, seeds in (
+        ("", grid["experiment"], grid["seeds"]),
+        ("lora_", grid["lora_experiment"], grid["lora_seeds"]),
+        ("xl_", grid["xl_experiment"], grid["xl_seeds"]),
     ):
         for seed in seeds:
-            name = f"attribution_{'lora_' if lora else ''}s{seed}"
+            name = f"attribution_{prefix}s{seed}"
             overrides = (
                 f"experiment={experiment}",
                 f"name={name}",
@@ -141,7 +162,9 @@ def studies(grid: dict, runs: Path) -> list[Study]:
                 "logger.progress=false",
                 *grid["overrides"],
             )
-            found.append(Study(name, seed, lora, seed in grid["held_out_seeds"], overrides))
+            found.append(
+                Study(name, seed, prefix == "lora_", seed in grid["held_out_seeds"], overrides, prefix == "xl_")
+            )
     return found
 
 
@@ -199,10 +222,13 @@ def probe_burned(reference: Path, tuned: Path, probe) -> bool:
     )
 
 
-def outcome(unet: bool, text_encoder: bool) -> str:
-    return {(True, True): "both", (True, False): "unet", (False, True): "text_encoder", (False, False): "none"}[
-        (unet, text_encoder)
-    ]
+def outcome(burned: set, components: tuple) -> str:
+    """The verdict that names exactly the `burned` components of a model with `components`, in
+    the analysis' words (burnlab.analysis.attribution.judge)."""
+    named = [c for c in components if c in burned]
+    if not named:
+        return "none"
+    return "both" if len(components) == 2 and len(named) == 2 else "+".join(named)
 
 
 # -- cases ----------------------------------------------------------------------------------------
@@ -223,16 +249,16 @@ def study_cases(study: Study, runs: Path, instruments, probe) -> list[dict]:
     for pair in pairs:
         epoch = epoch_of(pair.tuned)
         against_base = pair.reference.endswith("base") and not pair.reference.endswith("baseline")
+        components = tuple(pair.components)
         if pair.branch in SINGLE:
-            trained = SINGLE[pair.branch]
-            is_burned = burned[(pair.branch, epoch)]
-            truth = outcome(trained == "unet" and is_burned, trained == "text_encoder" and is_burned)
+            truth = outcome({SINGLE[pair.branch]} if burned[(pair.branch, epoch)] else set(), components)
             kind = "single vs base" if against_base else "single"
         elif pair.branch in JOINT:
             if against_base:
                 continue  # a joint burn's truth is about its own training, judged against the baseline
-            unet_branch, te_branch = JOINT[pair.branch]
-            truth, kind = outcome(burned[(unet_branch, epoch)], burned[(te_branch, epoch)]), "joint"
+            alone = JOINT[pair.branch]
+            truth = outcome({c for c, branch in alone.items() if burned[(branch, epoch)]}, components)
+            kind = "joint"
         elif pair.branch in CONTROLS:
             if against_base:
                 continue  # against the base a control is the baseline's fine-tune, not a burn
@@ -243,12 +269,15 @@ def study_cases(study: Study, runs: Path, instruments, probe) -> list[dict]:
             kind = "short run"
         if study.lora:
             kind = "LoRA " + kind
+        if study.xl:
+            kind = "SDXL " + kind
         cases.append(
             {
                 "study": study.name,
                 "seed": study.seed,
                 "held_out": study.held_out,
                 "lora": study.lora,
+                "xl": study.xl,
                 "branch": pair.branch,
                 "tuned": pair.tuned,
                 "reference": pair.reference,
@@ -269,7 +298,8 @@ def epoch_of(label: str) -> int:
 def named(case: dict, threshold: float) -> str:
     from burnlab.analysis.attribution import Interval
 
-    return judge({key: Interval(**value) for key, value in case["shares"].items()}, threshold)[1]
+    components = tuple(c for c in TRAINABLE if c in case["shares"])  # SD's two, SDXL's three
+    return judge({key: Interval(**value) for key, value in case["shares"].items()}, threshold, components)[1]
 
 
 def accuracy(cases: list[dict], threshold: float) -> float:
@@ -300,18 +330,21 @@ def leave_one_seed_out(cases: list[dict]) -> dict[int, dict]:
     return found
 
 
-def confusion(cases: list[dict], threshold: float) -> dict[str, dict[str, int]]:
-    truths = [t for t in ("unet", "text_encoder", "both", "none") if any(c["truth"] == t for c in cases)]
-    table = {truth: {o: 0 for o in OUTCOMES} for truth in truths}
+def confusion(cases: list[dict], threshold: float, outcomes: tuple = OUTCOMES) -> dict[str, dict[str, int]]:
+    truths = [t for t in outcomes if any(c["truth"] == t for c in cases)]
+    table = {truth: {o: 0 for o in outcomes} for truth in truths}
     for case in cases:
         table[case["truth"]][named(case, threshold)] += 1
     return table
 
 
 def component_confusions(cases: list[dict], threshold: float) -> int:
-    """Pairs where one component was named for the other (unet <-> text_encoder)."""
-    swapped = {("unet", "text_encoder"), ("text_encoder", "unet")}
-    return sum((case["truth"], named(case, threshold)) in swapped for case in cases)
+    """Pairs where one component was named for another (unet <-> text_encoder, and on SDXL
+    text_encoder <-> text_encoder_2 and so on): a single burned component, another one named."""
+    return sum(
+        case["truth"] in TRAINABLE and named(case, threshold) in TRAINABLE and named(case, threshold) != case["truth"]
+        for case in cases
+    )
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -326,6 +359,11 @@ KINDS = (
     "LoRA joint",
     "LoRA control",
     "LoRA short run",
+    "SDXL single",
+    "SDXL single vs base",
+    "SDXL joint",
+    "SDXL control",
+    "SDXL short run",
 )
 
 
@@ -343,7 +381,7 @@ def markdown(cases: list[dict], threshold: float, calibration_accuracy: float, l
         "",
         "Held out (seeds and the LoRA study never looked at while choosing):",
         "",
-        "| pairs | named right | UNet <-> TE confusions | undetermined |",
+        "| pairs | named right | one component named for another | undetermined |",
         "|---|---:|---:|---:|",
     ]
     for kind in KINDS:
@@ -366,19 +404,31 @@ def markdown(cases: list[dict], threshold: float, calibration_accuracy: float, l
     ]
     lines += [
         f"| {truth} | " + " | ".join(str(row[o]) for o in OUTCOMES) + " |"
-        for truth, row in confusion(held, threshold).items()
+        for truth, row in confusion([c for c in held if not c.get("xl")], threshold).items()
     ]
+    xl = [c for c in held if c.get("xl")]
+    if xl:  # SDXL's verdicts name three components: a table of their own
+        lines += [
+            "",
+            "| truth (held-out, SDXL) | " + " | ".join(f"named {o}" for o in XL_OUTCOMES) + " |",
+            "|---|" + "---:|" * len(XL_OUTCOMES),
+        ]
+        lines += [
+            f"| {truth} | " + " | ".join(str(row[o]) for o in XL_OUTCOMES) + " |"
+            for truth, row in confusion(xl, threshold, XL_OUTCOMES).items()
+        ]
     lines += [
         "",
-        "| split | study | branch | tuned | reference | kind | truth | named | UNet share | TE share |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| split | study | branch | tuned | reference | kind | truth | named | UNet share | TE share | TE2 share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         shares = {k: f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for k, v in case["shares"].items()}
         lines.append(
             f"| {'held-out' if case['held_out'] else 'calibration'} | {case['study']} | {case['branch']} | "
             f"{case['tuned']} | {case['reference']} | {case['kind']} | {case['truth']} | "
-            f"{named(case, threshold)} | {shares['unet']} | {shares['text_encoder']} |"
+            f"{named(case, threshold)} | {shares['unet']} | {shares['text_encoder']} | "
+            f"{shares.get('text_encoder_2', '-')} |"
         )
     if seconds:
         lines += [

@@ -91,6 +91,56 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_xl_model(tmp_path_factory) -> Path:
+    """A 32x32 SDXL pipeline: two 2-layer 32-wide CLIP text encoders (the second with its
+    projection), a UNet (16, 32) with `text_time` added conditioning, the tiny VAE's layout."""
+    from transformers import CLIPTextModelWithProjection
+
+    from burnlab.toy.build_xl import TIME_IDS, save_xl_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_xl") / "model"
+    tokenizer = build_tokenizer(tmp_path_factory.mktemp("tok_xl"))
+    text_config = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=32,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=TINY_RESOLUTION // 8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,  # both encoders' states, concatenated
+        attention_head_dim=4,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + TIME_IDS * 8,  # the pooled vector and six size numbers
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        norm_num_groups=4,
+        sample_size=TINY_RESOLUTION,
+    )
+    return save_xl_pipeline(folder, text_encoder, text_encoder_2, unet, tokenizer, vae=vae)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return write_captioned_images(tmp_path_factory.mktemp("data") / "style", 10)
 

@@ -96,11 +96,13 @@ def test_the_installed_package_is_the_wheel_with_its_configs(installed, tmp_path
     assert experiments == [
         "attribution_bench",
         "attribution_bench_lora",
+        "attribution_bench_xl",
         "burn_te",
         "burn_unet",
         "burn_unet_lr",
         "followfox",
         "followfox_sd15",
+        "followfox_xl",
         "lora_followfox",
     ]
     assert "usage: burnlab-analyze" in check([installed / "burnlab-analyze", "--help"], cwd=tmp_path).stdout

@@ -44,19 +44,32 @@ def tiny_grid(tiny_model: Path, tiny_data: Path) -> dict:
     return {
         "experiment": "attribution_bench",
         "lora_experiment": "attribution_bench_lora",
+        "xl_experiment": "attribution_bench_xl",
         "seeds": [1, 2, 3],
         "held_out_seeds": [3],
         "lora_seeds": [],
+        "xl_seeds": [],
         "overrides": overrides,
     }
 
 
 def test_the_grid_splits_calibration_from_held_out_seeds(tmp_path):
-    grid = {**tiny_grid(Path("m"), Path("d")), "lora_seeds": [3]}
+    grid = {**tiny_grid(Path("m"), Path("d")), "lora_seeds": [3], "xl_seeds": [3]}
     found = {study.name: study for study in bench.studies(grid, tmp_path)}
-    assert sorted(found) == ["attribution_lora_s3", "attribution_s1", "attribution_s2", "attribution_s3"]
-    assert [name for name, study in found.items() if study.held_out] == ["attribution_s3", "attribution_lora_s3"]
+    assert sorted(found) == [
+        "attribution_lora_s3",
+        "attribution_s1",
+        "attribution_s2",
+        "attribution_s3",
+        "attribution_xl_s3",
+    ]
+    assert [name for name, study in found.items() if study.held_out] == [
+        "attribution_s3",
+        "attribution_lora_s3",
+        "attribution_xl_s3",
+    ]
     assert "experiment=attribution_bench_lora" in found["attribution_lora_s3"].overrides
+    assert "experiment=attribution_bench_xl" in found["attribution_xl_s3"].overrides and found["attribution_xl_s3"].xl
     assert "train.seed=2" in found["attribution_s2"].overrides
 
 
@@ -67,6 +80,7 @@ def test_the_grid_splits_calibration_from_held_out_seeds(tmp_path):
         ({"held_out_seeds": [4]}, "held_out_seeds"),
         ({"seeds": []}, "seeds"),
         ({"lora_seeds": [1]}, "lora_seeds"),
+        ({"xl_seeds": [2]}, "xl_seeds"),
         ({"extra": 1}, "expected exactly the keys"),
     ],
 )

@@ -115,3 +115,74 @@ def test_a_bad_rule_file_is_one_paragraph(tmp_path):
     (tmp_path / "rule.json").write_text("not json")
     with pytest.raises(AnalysisError, match="not readable"):
         AttributionRule.load(tmp_path / "rule.json")
+
+
+# -- SDXL: three components, the 2x2x2 cube ----------------------------------------------------------
+XL = ("unet", "text_encoder", "text_encoder_2")
+
+
+def xl_corners(moves: dict, seeds: int = 9, prompt_sets: int = 3, dim: int = 16, rng_seed: int = 0) -> dict:
+    """The eight corners: each tuned component shifts every image along an axis of its own by its
+    move (in seed spreads); a corner holds the shifts of the components it takes from M."""
+    from burnlab.store.layout import swap_corners
+
+    rng = np.random.default_rng(rng_seed)
+    cube = swap_corners(XL)
+    found = {name: {} for name in cube}
+    for p in range(prompt_sets):
+        reference = rng.normal(size=(seeds, dim))
+        unit = seed_spread(reference)
+        shifts = {c: np.eye(dim)[axis] * moves.get(c, 0.0) * unit for axis, c in enumerate(XL)}
+        for name, from_tuned in cube.items():
+            found[name][f"set{p}"] = reference + sum((shifts[c] for c in from_tuned), np.zeros(dim))
+    return found
+
+
+def test_the_cube_has_eight_corners_named_by_what_they_take_from_m():
+    from burnlab.store.layout import COMPONENTS, swap_corners
+
+    assert tuple(swap_corners(COMPONENTS)) == CORNERS == ("R", "M_unet+R_te", "R_unet+M_te", "M")
+    cube = swap_corners(XL)
+    assert len(cube) == 8 and list(cube)[0] == "R" and list(cube)[-1] == "M"
+    assert cube["R_unet+R_te+M_te2"] == ("text_encoder_2",) and cube["M_unet+M_te+R_te2"] == ("unet", "text_encoder")
+
+
+def test_a_second_encoder_move_is_named_text_encoder_2_and_the_shares_add_up():
+    _, _, shares, statuses, verdict = attribute(
+        xl_corners({"text_encoder_2": 2.0}), ACTIVATION, threshold=0.5, components=XL
+    )
+    assert verdict == "text_encoder_2"
+    assert statuses == {"unet": "clear", "text_encoder": "clear", "text_encoder_2": "burned"}
+    assert shares["text_encoder_2"].value == pytest.approx(2.0, rel=1e-5)
+    assert shares["unet"].value == pytest.approx(0.0, abs=1e-9) and shares["text_encoder"].value == pytest.approx(
+        0.0, abs=1e-9
+    )
+
+
+def test_the_three_way_shapley_split_of_orthogonal_moves():
+    # moves 1, 2, 2 along orthogonal axes: d(S) = sqrt(sum of the squares in S), so d(M) = 3; the
+    # Shapley value weighs each component's marginal distance over the 6 orders of swapping
+    by_group, _, shares, _, verdict = attribute(
+        xl_corners({"unet": 1.0, "text_encoder": 2.0, "text_encoder_2": 2.0}), ACTIVATION, threshold=0.25, components=XL
+    )
+    d = lambda *moves: float(np.sqrt(sum(m * m for m in moves)))  # noqa: E731
+    unet = (2 * d(1) + 2 * (d(1, 2) - d(2)) + 2 * (d(1, 2, 2) - d(2, 2))) / 6  # first, second, last
+    assert shares["unet"].value == pytest.approx(unet, rel=1e-5)
+    assert sum(shares[c].value for c in XL) == pytest.approx(by_group["all prompts"]["M"].value, rel=1e-6)
+    assert shares["interaction"].value == pytest.approx(3.0 - 5.0, rel=1e-5)
+    assert verdict == "unet+text_encoder+text_encoder_2"
+
+
+def test_the_sdxl_sentence_names_each_encoder():
+    shares = {
+        "unet": Interval(0.1, 0.0, 0.2),
+        "text_encoder": Interval(2.0, 1.5, 2.5),
+        "text_encoder_2": Interval(0.1, 0.0, 0.2),
+        "interaction": Interval(0.0, 0.0, 0.0),
+    }
+    statuses, verdict = judge(shares, 0.5, XL)
+    assert verdict == "text_encoder"
+    text = sentence("t1 e120", "baseline", shares, statuses, verdict, 0.5, XL)
+    assert text.startswith("Of the move from 'baseline' to 't1 e120', the UNet accounts for 0.10 [0.00, 0.20] seed")
+    assert "the first text encoder for 2.00 [1.50, 2.50] and the second text encoder for 0.10" in text
+    assert text.endswith("so the first text encoder burned.")

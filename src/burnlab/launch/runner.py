@@ -439,10 +439,11 @@ class StudyRunner:
         return check
 
     def uses_toy_model(self) -> bool:
-        """The toy probe measures toy-world images only; real models are analysed without it."""
+        """The toy probe measures toy-world images only (the toy SD's and the toy SDXL's); real
+        models are analysed without it."""
         from burnlab.toy import asset_dir
 
-        return Path(self.base.root) == Path(asset_dir("base")).resolve()
+        return Path(self.base.root) in (Path(asset_dir(name)).resolve() for name in ("base", "base_xl"))
 
 
 def reset_stage(stage_dir: Path) -> None:

@@ -301,7 +301,7 @@ def _bad_inputs(root, files, tiny_model):
         ("picture.png", str(TOY), "is not a safetensors file"),
         ("random.safetensors", str(TOY), "is not a safetensors file"),
         ("other.safetensors", str(TOY), "is not a model burnlab knows"),
-        ("sdxl.safetensors", str(TOY), "SDXL checkpoints are not supported yet; base is SD 1.x"),
+        ("sdxl.safetensors", str(TOY), "is an SDXL single-file checkpoint"),
         ("nomatch.safetensors", str(TOY), "could not load its adapters"),
         ("partial.safetensors", str(TOY), "1 of its 81 unet adapter modules match no module"),
         ("kohya.safetensors", str(tiny_model), "does not fit the base"),

@@ -3,8 +3,8 @@
     burnlab-diagnose TUNED [--base REF] [--out DIR] [--activation PHRASE] [--prompts-file F] [--seeds N]
 
 TUNED and REF are each a burnlab checkpoint folder, a diffusers pipeline folder, a hub id in the
-local Hugging Face cache, a single-file SD 1.x checkpoint (.safetensors with A1111/LDM keys; .ckpt
-only with --allow-pickle) or, for TUNED, a LoRA file (diffusers or kohya keys) on top of REF
+local Hugging Face cache, a single-file SD 1.x or SDXL checkpoint (.safetensors with A1111/LDM or
+SGM keys; .ckpt only with --allow-pickle) or, for TUNED, a LoRA file (diffusers or kohya keys) on top of REF
 (burnlab.models.loading); both SD or both SDXL. REF defaults to the embedded toy world's base model.
 The swap corners (each component from REF or TUNED: SD's four, SDXL's eight with its second text
 encoder) are sampled with the same prompts and seeds (the study's three prompt sets by default), the

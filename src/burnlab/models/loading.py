@@ -2,8 +2,8 @@
 encoder), for `burnlab-diagnose` to swap them.
 
 A model can be a burnlab checkpoint, a diffusers pipeline folder, a hub id already in the local
-Hugging Face cache, an SD 1.x single-file checkpoint (A1111/LDM key names) read with a base
-model's configs, or a LoRA file (diffusers' or kohya's key names) fused into a base model. Nothing
+Hugging Face cache, an SD 1.x or SDXL single-file checkpoint (A1111/LDM or SGM key names) read
+with a base model's configs, or a LoRA file (diffusers' or kohya's key names) fused into a base model. Nothing
 is downloaded; pickle files (.ckpt, .bin) are read only when the user opts in, since unpickling
 can run code. Every input that is not one of these is one paragraph (UserError) that names the
 file, what it holds and what is allowed.
@@ -26,7 +26,7 @@ from burnlab.store.layout import COMPONENTS, MANIFEST, XL_COMPONENTS, components
 
 ALLOWED = (
     "a burnlab checkpoint folder (manifest.json), a diffusers pipeline folder (model_index.json), a hub id "
-    "in the local Hugging Face cache, an SD 1.x single-file checkpoint (.safetensors with A1111/LDM keys) "
+    "in the local Hugging Face cache, an SD 1.x or SDXL single-file checkpoint (.safetensors with A1111/LDM/SGM keys) "
     "or a LoRA file (.safetensors, diffusers or kohya keys) with --base"
 )
 SDXL_KEYS = ("conditioner.embedders.1.", "model.diffusion_model.label_emb")
@@ -39,6 +39,12 @@ LORA_PREFIXES = {
         COMPONENTS: {"unet": "lora_unet_", "text_encoder": "lora_te_"},
         XL_COMPONENTS: {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
     },
+}
+# from_single_file's options per family, as burnlab.models.components.base_pipeline's: no safety
+# checker (SD), no watermarker (SDXL)
+SINGLE_FILE_OPTIONS = {
+    COMPONENTS: {"safety_checker": None, "requires_safety_checker": False},
+    XL_COMPONENTS: {"add_watermarker": False},
 }
 LORA_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight", ".lora_down.weight")
 
@@ -183,7 +189,7 @@ def _load_file(path: Path, base: Optional[str], allow_pickle: bool) -> LoadedMod
     kind = _file_kind(path, keys)
     if kind == "single-file checkpoint":
         folder = _base_folder(base, path, "a single-file checkpoint")
-        return _load_single_file(path, folder)
+        return _load_single_file(path, folder, keys)
     folder = _base_folder(base, path, "a LoRA file")
     return _load_lora_file(path, weights, folder, kind, keys, allow_pickle)
 
@@ -216,12 +222,6 @@ def _read_pickle(path: Path) -> Dict[str, torch.Tensor]:
 
 def _file_kind(path: Path, keys: list) -> str:
     """What a weight file is, from its key names."""
-    if any(key.startswith(SDXL_KEYS) for key in keys):
-        raise UserError(
-            f"{path} is an SDXL checkpoint (it has `conditioner.embedders.1.` or `label_emb` weights): "
-            f"SDXL checkpoints are not supported yet; base is SD 1.x. Allowed: SD 1.x single-file "
-            f"checkpoints and LoRA files."
-        )
     if any(key.startswith("model.diffusion_model.") for key in keys):
         return "single-file checkpoint"
     for style, families in LORA_PREFIXES.items():
@@ -231,26 +231,34 @@ def _file_kind(path: Path, keys: list) -> str:
     shown = ", ".join(f"`{key}`" for key in keys[:3]) or "no weights at all"
     raise UserError(
         f"{path} is not a model burnlab knows: its keys ({len(keys)}, e.g. {shown}) match neither an "
-        f"SD 1.x single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
+        f"SD 1.x or SDXL single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
         f"(`unet.*.lora_A.weight`, `lora_unet_*.lora_down.weight`); allowed: {ALLOWED}."
     )
 
 
-def _load_single_file(path: Path, base: Path) -> LoadedModel:
-    """An SD 1.x single file through diffusers' from_single_file with the base's configs; every
-    weight of the base's architecture must come from the file."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+def _load_single_file(path: Path, base: Path, keys: list) -> LoadedModel:
+    """An SD 1.x or SDXL single file through diffusers' from_single_file with the base's configs
+    (its family's pipeline); every weight of the base's architecture must come from the file."""
+    import diffusers
+    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
+    from burnlab.models.components import PIPELINE_CLASSES
+
+    components = folder_components(base)
+    label = FAMILY_LABELS[components]
+    made_for = XL_COMPONENTS if any(key.startswith(SDXL_KEYS) for key in keys) else COMPONENTS
+    if made_for != components:
+        raise UserError(
+            f"{path} is an {FAMILY_LABELS[made_for]} single-file checkpoint (SDXL's have "
+            f"`conditioner.embedders.1.` and `label_emb` weights, SD 1.x's `cond_stage_model.`) and its "
+            f"base {base} is an {label} model; the base must be the {FAMILY_LABELS[made_for]} model it "
+            f"was fine-tuned from."
+        )
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)  # the diagnosis uses the base's
     try:
-        pipeline = StableDiffusionPipeline.from_single_file(
-            str(path),
-            config=str(base),
-            local_files_only=True,
-            vae=vae,
-            safety_checker=None,
-            requires_safety_checker=False,
+        pipeline = getattr(diffusers, PIPELINE_CLASSES[components]).from_single_file(
+            str(path), config=str(base), local_files_only=True, vae=vae, **SINGLE_FILE_OPTIONS[components]
         )
     except (SingleFileComponentError, ValueError, RuntimeError, KeyError, OSError) as error:
         # diffusers builds the models with empty (meta) weights and fills in the file's: a UNet weight
@@ -262,20 +270,21 @@ def _load_single_file(path: Path, base: Path) -> LoadedModel:
         )
         raise UserError(
             f"{path} does not fit the architecture of the base {base}: {found}; the base must be the "
-            f"SD 1.x model it was fine-tuned from."
+            f"{label} model it was fine-tuned from."
         ) from None
-    # the text encoder is not moved: a weight the file lacks is still empty
-    missing = [key for key, value in pipeline.text_encoder.state_dict().items() if value.is_meta]
-    if missing:
-        raise UserError(
-            f"{path} does not fit the architecture of the base {base}: its text_encoder lacks "
-            f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the base "
-            f"must be the SD 1.x model it was fine-tuned from."
-        )
+    for name in components[1:]:  # the text encoders are not moved: a weight the file lacks is still empty
+        missing = [key for key, value in getattr(pipeline, name).state_dict().items() if value.is_meta]
+        if missing:
+            raise UserError(
+                f"{path} does not fit the architecture of the base {base}: its {name} lacks "
+                f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the "
+                f"base must be the {label} model it was fine-tuned from."
+            )
     return LoadedModel(
-        {name: getattr(pipeline, name) for name in COMPONENTS},
+        {name: getattr(pipeline, name) for name in components},
         "single-file checkpoint",
-        f"single-file checkpoint {path} (A1111/LDM keys), configs from {base}",
+        f"single-file checkpoint {path} ({'SGM' if components == XL_COMPONENTS else 'A1111/LDM'} keys), "
+        f"configs from {base}",
         pipeline_folder=str(base),
     )
 

@@ -87,7 +87,7 @@ def toy():
 
 
 def states(loaded):
-    return {name: getattr(loaded, name).state_dict() for name in COMPONENTS}
+    return {name: loaded.components[name].state_dict() for name in COMPONENTS}
 
 
 def assert_equal(a: dict, b: dict):
@@ -113,7 +113,7 @@ def test_a_diffusers_folder_loads_frozen_float32_on_cpu(files, toy):
         files["tuned"], safety_checker=None, requires_safety_checker=False
     )
     for name in COMPONENTS:
-        model = getattr(loaded, name)
+        model = loaded.components[name]
         assert_equal(model.state_dict(), getattr(reference, name).state_dict())
         assert changed(model.state_dict(), states(toy)[name]) > 0
         assert not model.training
@@ -135,7 +135,7 @@ def test_a_cached_hub_id_loads_from_its_snapshot_and_a_missing_one_says_how_to_g
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     loaded = load_model("toy/base")
     assert loaded.kind == "hub id" and loaded.pipeline_folder == str(TOY)
-    assert_equal(loaded.unet.state_dict(), toy.unet.state_dict())
+    assert_equal(loaded.components["unet"].state_dict(), toy.components["unet"].state_dict())
     with pytest.raises(UserError) as error:
         load_model("someone/missing-model")
     assert "`hf download someone/missing-model`" in str(error.value) and "\n" not in str(error.value)
@@ -145,8 +145,8 @@ def test_a_full_weights_checkpoint_loads_its_own_unet_and_its_parents_text_encod
     loaded = load_model(str(files["full"]))
     assert loaded.kind == "burnlab checkpoint" and loaded.lora_components == ()
     assert loaded.pipeline_folder == str(TOY)
-    assert_equal(loaded.unet.state_dict(), files["full_unet"])
-    assert_equal(loaded.text_encoder.state_dict(), toy.text_encoder.state_dict())
+    assert_equal(loaded.components["unet"].state_dict(), files["full_unet"])
+    assert_equal(loaded.components["text_encoder"].state_dict(), toy.components["text_encoder"].state_dict())
 
 
 def test_a_lora_checkpoint_loads_fused_as_materialize_bakes_it(files, toy, tmp_path):
@@ -155,10 +155,11 @@ def test_a_lora_checkpoint_loads_fused_as_materialize_bakes_it(files, toy, tmp_p
     assert "LoRA checkpoint" in loaded.description
     baked = StableDiffusionPipeline.from_pretrained(materialize(files["lora_unet"], tmp_path / "baked"))
     for name in COMPONENTS:
-        assert_equal(getattr(loaded, name).state_dict(), getattr(baked, name).state_dict())
-        assert not any(".lora_" in key for key in getattr(loaded, name).state_dict())  # plain modules
-    assert changed(loaded.unet.state_dict(), toy.unet.state_dict()) == 80  # 16 attentions x q, k, v, out
-    assert_equal(loaded.text_encoder.state_dict(), toy.text_encoder.state_dict())
+        assert_equal(loaded.components[name].state_dict(), getattr(baked, name).state_dict())
+        assert not any(".lora_" in key for key in loaded.components[name].state_dict())  # plain modules
+    unet = loaded.components["unet"].state_dict()
+    assert changed(unet, toy.components["unet"].state_dict()) == 80  # 16 attentions x q, k, v, out
+    assert_equal(loaded.components["text_encoder"].state_dict(), toy.components["text_encoder"].state_dict())
     assert load_model(str(files["lora_both"])).lora_components == ("unet", "text_encoder")
 
 
@@ -184,7 +185,7 @@ def test_the_single_file_mapping_fits_sd15s_block_layout(tiny_model, tmp_path):
     save_file(export.single_file_weights(pipeline.unet, pipeline.vae, pipeline.text_encoder), str(out))
     loaded = load_model(str(out), base=str(tiny_model))
     for name in COMPONENTS:
-        assert_equal(getattr(loaded, name).state_dict(), getattr(pipeline, name).state_dict())
+        assert_equal(loaded.components[name].state_dict(), getattr(pipeline, name).state_dict())
     vae = AutoencoderKL.from_single_file(str(out), config=str(tiny_model), subfolder="vae", local_files_only=True)
     assert_equal(vae.state_dict(), pipeline.vae.state_dict())
     assert load_file(str(out))["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4  # LDM's 1x1 conv
@@ -242,7 +243,7 @@ def test_a_kohya_export_fuses_to_the_diffusers_loras_weights(files, checkpoint, 
     assert kohya.kind == "LoRA file (kohya keys)" and diffusers_keys.kind == "LoRA file (diffusers keys)"
     assert kohya.lora_components == diffusers_keys.lora_components == components
     for name in COMPONENTS:
-        fused, reference = getattr(kohya, name).state_dict(), getattr(diffusers_keys, name).state_dict()
+        fused, reference = kohya.components[name].state_dict(), diffusers_keys.components[name].state_dict()
         assert max_difference(fused, reference) <= 1e-6
         assert changed(fused, states(toy)[name]) == {"unet": 80, "text_encoder": 12}[name] * (name in components)
     if "text_encoder" in components:
@@ -300,7 +301,7 @@ def _bad_inputs(root, files, tiny_model):
         ("picture.png", str(TOY), "is not a safetensors file"),
         ("random.safetensors", str(TOY), "is not a safetensors file"),
         ("other.safetensors", str(TOY), "is not a model burnlab knows"),
-        ("sdxl.safetensors", str(TOY), "SDXL checkpoints are not supported yet; base is SD 1.x"),
+        ("sdxl.safetensors", str(TOY), "is an SDXL single-file checkpoint"),
         ("nomatch.safetensors", str(TOY), "could not load its adapters"),
         ("partial.safetensors", str(TOY), "1 of its 81 unet adapter modules match no module"),
         ("kohya.safetensors", str(tiny_model), "does not fit the base"),

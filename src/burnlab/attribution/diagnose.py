@@ -3,11 +3,12 @@
     burnlab-diagnose TUNED [--base REF] [--out DIR] [--activation PHRASE] [--prompts-file F] [--seeds N]
 
 TUNED and REF are each a burnlab checkpoint folder, a diffusers pipeline folder, a hub id in the
-local Hugging Face cache, a single-file SD 1.x checkpoint (.safetensors with A1111/LDM keys; .ckpt
-only with --allow-pickle) or, for TUNED, a LoRA file (diffusers or kohya keys) on top of REF
-(burnlab.models.loading). REF defaults to the embedded toy world's base model. The four swap corners
-(REF, TUNED's UNet with REF's text encoder, the other way round, TUNED) are sampled with the same
-prompts and seeds (the study's three prompt sets by default), the drift instruments measured
+local Hugging Face cache, a single-file SD 1.x or SDXL checkpoint (.safetensors with A1111/LDM or
+SGM keys; .ckpt only with --allow-pickle) or, for TUNED, a LoRA file (diffusers or kohya keys) on top of REF
+(burnlab.models.loading); both SD or both SDXL. REF defaults to the embedded toy world's base model.
+The swap corners (each component from REF or TUNED: SD's four, SDXL's eight with its second text
+encoder) are sampled with the same prompts and seeds (the study's three prompt sets by default), the
+drift instruments measured
 (burnlab.attribution.swap, burnlab.attribution.drift), and the analysis turns them into numbers and a verdict
 (burnlab/analysis/attribution.py). Writes into --out: attribution.json (the corners and instruments),
 analysis/attribution.json (the numbers), report.html (per prompt set a swap grid, the numbers,
@@ -92,10 +93,10 @@ def share_unchanged(reference, tuned) -> None:
     """Where a component of TUNED has REF's weights exactly (the frozen side of a one-component
     fine-tune, a LoRA without that component's adapter), use REF's module: its swap corner is
     then REF itself, sampled once."""
-    for name in ("unet", "text_encoder"):
-        ours, theirs = getattr(reference, name).state_dict(), getattr(tuned, name).state_dict()
+    for name, module in reference.components.items():
+        ours, theirs = module.state_dict(), tuned.components[name].state_dict()
         if ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours):
-            setattr(tuned, name, getattr(reference, name))
+            tuned.components[name] = module
 
 
 def diagnose(args) -> int:
@@ -106,8 +107,8 @@ def diagnose(args) -> int:
     from burnlab.analysis.features import load_instruments
     from burnlab.attribution.swap import Model, attribute_pair, prompt_sets
     from burnlab.models.components import base_pipeline
-    from burnlab.models.encoding import TextConditioner
-    from burnlab.models.loading import load_model
+    from burnlab.models.encoding import TOKENIZER_FOLDERS, TextConditioner
+    from burnlab.models.loading import FAMILY_LABELS, load_model
     from burnlab.sampling.sampler import Sampler
     from burnlab.store.layout import ATTRIBUTION
     from burnlab.toy import asset_dir
@@ -122,30 +123,38 @@ def diagnose(args) -> int:
             f"--base {base_spec}: a single file has no VAE, tokenizer or scheduler of its own; give a "
             f"diffusers folder or a cached hub id as --base (the model the fine-tune started from)."
         )
-    # the toy world's models (its base, or a checkpoint burnlab trained from it) get the toy's
-    # prompts, size and probe; any other model the study's SD 1.5 prompt sets at 512 px
-    toy = Path(pipeline_root).resolve() == asset_dir("base").resolve()
+    components = tuple(reference.components)
+    if tuple(tuned.components) != components:
+        raise UserError(
+            f"{args.tuned} is an {FAMILY_LABELS[tuple(tuned.components)]} model ({', '.join(tuned.components)}) "
+            f"and the base {base_spec} an {FAMILY_LABELS[components]} model ({', '.join(components)}): "
+            f"the swap needs both of one family; pass as --base the model the fine-tune started from "
+            f"(the toy SDXL's is {asset_dir('base_xl')})."
+        )
+    # the toy world's models (its base or toy SDXL, or a checkpoint burnlab trained from one) get
+    # the toy's prompts, size and probe; any other model the study's SD 1.5 prompt sets at 512 px
+    toy = Path(pipeline_root).resolve() in (asset_dir("base").resolve(), asset_dir("base_xl").resolve())
     share_unchanged(reference, tuned)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = sampling_config(toy, args)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    base = {"path": pipeline_root, "revision": None, "variant": None, "allow_pickle_weights": args.allow_pickle}
+    base = {
+        "path": pipeline_root,
+        "revision": None,
+        "variant": None,
+        "allow_pickle_weights": args.allow_pickle,
+        "components": list(components),
+    }
     sampler = Sampler(config, base, out / "samples", accelerator)
     pipeline = base_pipeline(base)
     models = [
-        Model(
-            "REF", hash_json(["diagnose", base_spec]), {"unet": reference.unet, "text_encoder": reference.text_encoder}
-        ),
-        Model(
-            "TUNED",
-            hash_json(["diagnose", base_spec, args.tuned]),
-            {"unet": tuned.unet, "text_encoder": tuned.text_encoder},
-        ),
+        Model("REF", hash_json(["diagnose", base_spec]), dict(reference.components)),
+        Model("TUNED", hash_json(["diagnose", base_spec, args.tuned]), dict(tuned.components)),
     ]
-    record = attribute_pair(
-        sampler, *models, out, TextConditioner({"text_encoder": pipeline.tokenizer}), pipeline.scheduler
-    )
+    # each text encoder's tokenizer: the pipeline names them as the folders they load from
+    tokenizers = {name: getattr(pipeline, TOKENIZER_FOLDERS[name]) for name in components if name in TOKENIZER_FOLDERS}
+    record = attribute_pair(sampler, *models, out, TextConditioner(tokenizers), pipeline.scheduler)
     atomic_write_json(
         out / ATTRIBUTION,
         {

@@ -10,8 +10,8 @@ The key mapping is the inverse of diffusers' single-file conversion, written for
 blocks and layers per block (read from the configs), so the toy model exports as SD 1.5 does.
 
 `kohya-lora` writes a burnlab LoRA checkpoint's adapters with kohya's key names (`lora_unet_*`,
-`lora_te_*`; `lora_down` / `lora_up` / `alpha`), which diffusers' `load_lora_weights` and the
-A1111-style tools read.
+`lora_te_*`; an SDXL checkpoint's text encoders `lora_te1_*`, `lora_te2_*`; `lora_down` / `lora_up`
+/ `alpha`), which diffusers' `load_lora_weights` and the A1111-style tools read.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from burnlab.errors import UserError
+from burnlab.models.loading import LORA_PREFIXES, load_model
 
 Weights = Dict[str, torch.Tensor]
 
@@ -53,7 +54,6 @@ _UNET_RESNET = {
 }
 _VAE_TOP = {"conv_norm_out": "norm_out"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 LORA_MATRICES = {
     ".lora_A.weight": "lora_down",
     ".lora_B.weight": "lora_up",
@@ -170,23 +170,29 @@ def export_single_file(source: Path, out: Path) -> Path:
     (a checkpoint's: its base model's)."""
     from diffusers import AutoencoderKL
 
-    from burnlab.models.loading import load_model
-
     loaded = load_model(str(source))
+    if "text_encoder_2" in loaded.components:
+        raise UserError(
+            f"{source} is an SDXL model (it has a text_encoder_2): the single-file export writes SD 1.x "
+            f"checkpoints only; export an SDXL model as a diffusers folder (python -m "
+            f"burnlab.models.checkpoint) or its LoRA with kohya-lora."
+        )
     vae = AutoencoderKL.from_pretrained(loaded.pipeline_folder, subfolder="vae", use_safetensors=True)
     _save(
-        single_file_weights(loaded.unet, vae, loaded.text_encoder),
+        single_file_weights(loaded.components["unet"], vae, loaded.components["text_encoder"]),
         out,
         {"format": "pt", "burnlab_source": loaded.description},
     )
     return Path(out)
 
 
-def kohya_weights(lora_file: Path) -> Weights:
-    """The adapters of a diffusers-format LoRA file, as burnlab's LoRA checkpoints hold them, with
+def kohya_weights(lora_file: Path, components: Tuple[str, ...]) -> Weights:
+    """The adapters of a diffusers-format LoRA file, as burnlab's LoRA checkpoints hold them, of a
+    model with `components` (SD's or SDXL's: kohya names their text encoders differently), with
     kohya's names, each module's `alpha` beside its weights (kohya scales by alpha / rank, as peft
     does). diffusers' convert_state_dict_to_diffusers names a matrix in one of three ways
     (LORA_MATRICES), all of them peft's lora_A (down) and lora_B (up)."""
+    prefixes = LORA_PREFIXES["kohya"][components]
     with safe_open(str(lora_file), "pt") as handle:
         weights = {key: handle.get_tensor(key) for key in handle.keys()}
         metadata = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
@@ -194,15 +200,18 @@ def kohya_weights(lora_file: Path) -> Weights:
     for key, value in weights.items():
         component, _, rest = key.partition(".")
         suffix = next((suffix for suffix in LORA_MATRICES if rest.endswith(suffix)), None)
-        if component not in KOHYA_PREFIXES or suffix is None:
+        if component not in prefixes or suffix is None:
             raise UserError(
-                f"{lora_file} has the weight `{key}`: a burnlab LoRA file holds the lora_A / lora_B "
-                f"(down / up) weights of adapters of the unet and the text_encoder only."
+                f"{lora_file} has the weight `{key}`: a burnlab LoRA file of a model with "
+                f"{', '.join(components)} holds the lora_A / lora_B (down / up) weights of adapters of "
+                f"those components only."
             )
         module = rest[: -len(suffix)]
-        if component == "text_encoder" and not module.startswith("text_model."):  # kohya names SD 1.x's layout
+        # kohya names the text encoders as CLIPTextModel nests them, under text_model.; transformers
+        # >= 5.6 leaves that level out of CLIPTextModel's (not CLIPTextModelWithProjection's) names
+        if component != "unet" and not module.startswith("text_model."):
             module = "text_model." + module
-        name = KOHYA_PREFIXES[component] + module.replace(".", "_")
+        name = prefixes[component] + module.replace(".", "_")
         out[f"{name}.{LORA_MATRICES[suffix]}.weight"] = value
         out[f"{name}.alpha"] = torch.tensor(_alpha(lora_file, metadata, component))
     return out
@@ -228,7 +237,8 @@ def _alpha(lora_file: Path, metadata: dict, component: str) -> float:
 def export_kohya_lora(checkpoint: Path, out: Path) -> Path:
     """Write the adapters of a burnlab LoRA checkpoint as a kohya-format LoRA file `out`."""
     from burnlab.models.adapters import lora_file
-    from burnlab.models.checkpoint import component_sources
+    from burnlab.models.checkpoint import component_sources, read_manifest
+    from burnlab.store.layout import components_of
 
     found = lora_file(component_sources(Path(checkpoint)))
     if found is None:
@@ -236,7 +246,8 @@ def export_kohya_lora(checkpoint: Path, out: Path) -> Path:
             f"{checkpoint} is a full-weights checkpoint, not a LoRA checkpoint (train.adapter=lora): "
             f"it has no adapters to export; `single-file` exports its weights."
         )
-    _save(kohya_weights(Path(found)), out, {"format": "pt"})
+    components = components_of(read_manifest(Path(checkpoint))["base"])
+    _save(kohya_weights(Path(found), components), out, {"format": "pt"})
     return Path(out)
 
 

@@ -1,8 +1,9 @@
-"""Load "a model a user has" as its UNet and text encoder, for `burnlab-diagnose` to swap them.
+"""Load "a model a user has" as its components (UNet, text encoder and, for SDXL, the second text
+encoder), for `burnlab-diagnose` to swap them.
 
 A model can be a burnlab checkpoint, a diffusers pipeline folder, a hub id already in the local
-Hugging Face cache, an SD 1.x single-file checkpoint (A1111/LDM key names) read with a base
-model's configs, or a LoRA file (diffusers' or kohya's key names) fused into a base model. Nothing
+Hugging Face cache, an SD 1.x or SDXL single-file checkpoint (A1111/LDM or SGM key names) read
+with a base model's configs, or a LoRA file (diffusers' or kohya's key names) fused into a base model. Nothing
 is downloaded; pickle files (.ckpt, .bin) are read only when the user opts in, since unpickling
 can run code. Every input that is not one of these is one paragraph (UserError) that names the
 file, what it holds and what is allowed.
@@ -11,6 +12,8 @@ file, what it holds and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -19,27 +22,38 @@ import torch
 
 from burnlab.errors import UserError
 from burnlab.models.components import PICKLE_SUFFIXES
-from burnlab.store.layout import COMPONENTS, MANIFEST
+from burnlab.store.layout import COMPONENTS, MANIFEST, XL_COMPONENTS, components_of
 
 ALLOWED = (
     "a burnlab checkpoint folder (manifest.json), a diffusers pipeline folder (model_index.json), a hub id "
-    "in the local Hugging Face cache, an SD 1.x single-file checkpoint (.safetensors with A1111/LDM keys) "
+    "in the local Hugging Face cache, an SD 1.x or SDXL single-file checkpoint (.safetensors with A1111/LDM/SGM keys) "
     "or a LoRA file (.safetensors, diffusers or kohya keys) with --base"
 )
 SDXL_KEYS = ("conditioner.embedders.1.", "model.diffusion_model.label_emb")
+FAMILY_LABELS = {COMPONENTS: "SD 1.x", XL_COMPONENTS: "SDXL"}
+# each family's LoRA key prefixes per component: diffusers' (save_lora_weights) and kohya's, whose
+# SD 1.x files name the text encoder lora_te_ and whose SDXL files name the two lora_te1_, lora_te2_
 LORA_PREFIXES = {
-    "diffusers": {"unet": "unet.", "text_encoder": "text_encoder."},
-    "kohya": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
+    "diffusers": {family: {name: f"{name}." for name in family} for family in FAMILY_LABELS},
+    "kohya": {
+        COMPONENTS: {"unet": "lora_unet_", "text_encoder": "lora_te_"},
+        XL_COMPONENTS: {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+    },
+}
+# from_single_file's options per family, as burnlab.models.components.base_pipeline's: no safety
+# checker (SD), no watermarker (SDXL)
+SINGLE_FILE_OPTIONS = {
+    COMPONENTS: {"safety_checker": None, "requires_safety_checker": False},
+    XL_COMPONENTS: {"add_watermarker": False},
 }
 LORA_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight", ".lora_down.weight")
 
 
 @dataclass
 class LoadedModel:
-    """A model's UNet and text encoder: float32, eval mode, on the CPU, frozen."""
+    """A model's components (unet, text_encoder[, text_encoder_2]): float32, eval mode, on the CPU, frozen."""
 
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
+    components: Dict[str, torch.nn.Module]
     kind: str  # burnlab checkpoint, diffusers folder, hub id, single-file checkpoint, LoRA file (diffusers/kohya keys)
     description: str  # one line for a report
     lora_components: Tuple[str, ...] = ()  # the components a LoRA (file or checkpoint) has adapters for
@@ -114,8 +128,17 @@ def _base_folder(base: Optional[str], spec: Path, what: str) -> Path:
 def _load_folder(folder: Path, kind: str, description: str, allow_pickle: bool) -> LoadedModel:
     from burnlab.models.components import Source
 
-    models = {name: Source(str(folder), name, allow_pickle=allow_pickle).load(name) for name in COMPONENTS}
-    return LoadedModel(models["unet"], models["text_encoder"], kind, description, pipeline_folder=str(folder))
+    models = {
+        name: Source(str(folder), name, allow_pickle=allow_pickle).load(name) for name in folder_components(folder)
+    }
+    return LoadedModel(models, kind, description, pipeline_folder=str(folder))
+
+
+def folder_components(folder: Path) -> Tuple[str, ...]:
+    """The components of a diffusers pipeline folder: SDXL's where its model_index.json names a
+    text_encoder_2 (as burnlab.models.components.BaseModel reads a base model's)."""
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    return XL_COMPONENTS if "text_encoder_2" in index else COMPONENTS
 
 
 def _load_checkpoint(folder: Path) -> LoadedModel:
@@ -127,22 +150,22 @@ def _load_checkpoint(folder: Path) -> LoadedModel:
 
     manifest = read_manifest(folder)
     sources = component_sources(folder)
-    lora = tuple(name for name in COMPONENTS if sources[name].lora)
+    components = components_of(manifest["base"])
+    lora = tuple(name for name in components if sources[name].lora)
     if lora:
         pipeline = base_pipeline(manifest["base"])
-        for name in COMPONENTS:
+        for name in components:
             if not sources[name].lora and not manifest["components"][name].get("base"):
                 setattr(pipeline, name, sources[name].load(name))
         bake(pipeline, sources)
-        models = {name: getattr(pipeline, name) for name in COMPONENTS}
+        models = {name: getattr(pipeline, name) for name in components}
     else:
-        models = {name: sources[name].load(name) for name in COMPONENTS}
+        models = {name: sources[name].load(name) for name in components}
     base = manifest["base"]["path"]
     pipeline_folder = base if Path(base).is_dir() else str(cached_folder(base))
     what = f"LoRA checkpoint ({', '.join(lora)} adapters fused)" if lora else "checkpoint"
     return LoadedModel(
-        models["unet"],
-        models["text_encoder"],
+        models,
         "burnlab checkpoint",
         f"burnlab {what} {folder} (stage {manifest['stage']}, epoch {manifest['epoch']}), base {base}",
         lora_components=lora,
@@ -166,7 +189,7 @@ def _load_file(path: Path, base: Optional[str], allow_pickle: bool) -> LoadedMod
     kind = _file_kind(path, keys)
     if kind == "single-file checkpoint":
         folder = _base_folder(base, path, "a single-file checkpoint")
-        return _load_single_file(path, folder)
+        return _load_single_file(path, folder, keys)
     folder = _base_folder(base, path, "a LoRA file")
     return _load_lora_file(path, weights, folder, kind, keys, allow_pickle)
 
@@ -199,40 +222,43 @@ def _read_pickle(path: Path) -> Dict[str, torch.Tensor]:
 
 def _file_kind(path: Path, keys: list) -> str:
     """What a weight file is, from its key names."""
-    if any(key.startswith(SDXL_KEYS) for key in keys):
-        raise UserError(
-            f"{path} is an SDXL checkpoint (it has `conditioner.embedders.1.` or `label_emb` weights): "
-            f"SDXL checkpoints are not supported yet; base is SD 1.x. Allowed: SD 1.x single-file "
-            f"checkpoints and LoRA files."
-        )
     if any(key.startswith("model.diffusion_model.") for key in keys):
         return "single-file checkpoint"
-    for style, prefixes in LORA_PREFIXES.items():
-        if any(key.startswith(tuple(prefixes.values())) and key.endswith(LORA_DOWN) for key in keys):
+    for style, families in LORA_PREFIXES.items():
+        prefixes = tuple({prefix for family in families.values() for prefix in family.values()})
+        if any(key.startswith(prefixes) and key.endswith(LORA_DOWN) for key in keys):
             return f"LoRA file ({style} keys)"
     shown = ", ".join(f"`{key}`" for key in keys[:3]) or "no weights at all"
     raise UserError(
         f"{path} is not a model burnlab knows: its keys ({len(keys)}, e.g. {shown}) match neither an "
-        f"SD 1.x single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
+        f"SD 1.x or SDXL single-file checkpoint (`model.diffusion_model.*`) nor a LoRA file "
         f"(`unet.*.lora_A.weight`, `lora_unet_*.lora_down.weight`); allowed: {ALLOWED}."
     )
 
 
-def _load_single_file(path: Path, base: Path) -> LoadedModel:
-    """An SD 1.x single file through diffusers' from_single_file with the base's configs; every
-    weight of the base's architecture must come from the file."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+def _load_single_file(path: Path, base: Path, keys: list) -> LoadedModel:
+    """An SD 1.x or SDXL single file through diffusers' from_single_file with the base's configs
+    (its family's pipeline); every weight of the base's architecture must come from the file."""
+    import diffusers
+    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
+    from burnlab.models.components import PIPELINE_CLASSES
+
+    components = folder_components(base)
+    label = FAMILY_LABELS[components]
+    made_for = XL_COMPONENTS if any(key.startswith(SDXL_KEYS) for key in keys) else COMPONENTS
+    if made_for != components:
+        raise UserError(
+            f"{path} is an {FAMILY_LABELS[made_for]} single-file checkpoint (SDXL's have "
+            f"`conditioner.embedders.1.` and `label_emb` weights, SD 1.x's `cond_stage_model.`) and its "
+            f"base {base} is an {label} model; the base must be the {FAMILY_LABELS[made_for]} model it "
+            f"was fine-tuned from."
+        )
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)  # the diagnosis uses the base's
     try:
-        pipeline = StableDiffusionPipeline.from_single_file(
-            str(path),
-            config=str(base),
-            local_files_only=True,
-            vae=vae,
-            safety_checker=None,
-            requires_safety_checker=False,
+        pipeline = getattr(diffusers, PIPELINE_CLASSES[components]).from_single_file(
+            str(path), config=str(base), local_files_only=True, vae=vae, **SINGLE_FILE_OPTIONS[components]
         )
     except (SingleFileComponentError, ValueError, RuntimeError, KeyError, OSError) as error:
         # diffusers builds the models with empty (meta) weights and fills in the file's: a UNet weight
@@ -244,58 +270,80 @@ def _load_single_file(path: Path, base: Path) -> LoadedModel:
         )
         raise UserError(
             f"{path} does not fit the architecture of the base {base}: {found}; the base must be the "
-            f"SD 1.x model it was fine-tuned from."
+            f"{label} model it was fine-tuned from."
         ) from None
-    # the text encoder is not moved: a weight the file lacks is still empty
-    missing = [key for key, value in pipeline.text_encoder.state_dict().items() if value.is_meta]
-    if missing:
-        raise UserError(
-            f"{path} does not fit the architecture of the base {base}: its text_encoder lacks "
-            f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the base "
-            f"must be the SD 1.x model it was fine-tuned from."
-        )
+    for name in components[1:]:  # the text encoders are not moved: a weight the file lacks is still empty
+        missing = [key for key, value in getattr(pipeline, name).state_dict().items() if value.is_meta]
+        if missing:
+            raise UserError(
+                f"{path} does not fit the architecture of the base {base}: its {name} lacks "
+                f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the "
+                f"base must be the {label} model it was fine-tuned from."
+            )
     return LoadedModel(
-        pipeline.unet,
-        pipeline.text_encoder,
+        {name: getattr(pipeline, name) for name in components},
         "single-file checkpoint",
-        f"single-file checkpoint {path} (A1111/LDM keys), configs from {base}",
+        f"single-file checkpoint {path} ({'SGM' if components == XL_COMPONENTS else 'A1111/LDM'} keys), "
+        f"configs from {base}",
         pipeline_folder=str(base),
     )
 
 
 def _load_lora_file(path: Path, weights, base: Path, kind: str, keys: list, allow_pickle: bool) -> LoadedModel:
     """A LoRA file fused into the base with diffusers' own loader (which converts kohya's keys);
-    each component the file has adapters for must have received them. `weights`: the file's path,
-    or a pickle's state dict already read."""
+    each component the file has adapters for must have received them, and every adapter must be
+    for a component of the base's family (diffusers would skip the others without a word).
+    `weights`: the file's path, or a pickle's state dict already read."""
     from burnlab.models.adapters import carries_adapter
     from burnlab.models.components import base_pipeline
 
-    pipeline = base_pipeline({"path": str(base), "allow_pickle_weights": allow_pickle})
-    prefixes = LORA_PREFIXES["kohya" if "kohya" in kind else "diffusers"]
-    in_file = {
-        name: sum(key.startswith(prefixes[name]) and key.endswith(LORA_DOWN) for key in keys) for name in COMPONENTS
-    }
+    components = folder_components(base)
+    family = f"the base {base} is an {FAMILY_LABELS[components]} model"
+    style = "kohya" if "kohya" in kind else "diffusers"
+    prefixes = LORA_PREFIXES[style][components]
+    modules = [key for key in keys if key.endswith(LORA_DOWN)]
+    foreign = [key for key in modules if not key.startswith(tuple(prefixes.values()))]
+    if foreign:
+        made_for = [
+            FAMILY_LABELS[other]
+            for other, table in LORA_PREFIXES[style].items()
+            if all(key.startswith(tuple(table.values())) for key in modules)
+        ]
+        raise UserError(
+            f"{path} is {'an ' + made_for[0] if made_for else 'a'} LoRA file ({style} keys) that does not "
+            f"fit its base: {len(foreign)} of its {len(modules)} adapter modules (e.g. `{foreign[0]}`) are "
+            f"for no component of the base, and {family}, whose LoRA modules' {style} keys start with "
+            f"{', '.join(f'`{prefix}`' for prefix in prefixes.values())}; the base must be the model the "
+            f"LoRA was trained on."
+        )
+    in_file = {name: sum(key.startswith(prefixes[name]) for key in modules) for name in components}
+    pipeline = base_pipeline({"path": str(base), "allow_pickle_weights": allow_pickle, "components": list(components)})
+    # diffusers logs a failed load's error in full before raising it; the paragraph below says it
+    peft_log = logging.getLogger("diffusers.loaders.peft")
+    level = peft_log.level
+    peft_log.setLevel(logging.CRITICAL)
     try:
         pipeline.load_lora_weights(weights, adapter_name="loaded")
     except (ValueError, RuntimeError, KeyError) as error:
         raise UserError(
             f"{path} does not fit the base {base}: diffusers could not load its adapters "
-            f"({_first_line(error)}); the base must be the SD 1.x model the LoRA was trained on."
+            f"({_first_line(error)}); the base must be the model the LoRA was trained on ({family})."
         ) from None
-    for name in COMPONENTS:
+    finally:
+        peft_log.setLevel(level)
+    for name in components:
         applied = _lora_layers(getattr(pipeline, name)) if carries_adapter(getattr(pipeline, name)) else 0
         if in_file[name] and applied < in_file[name]:
             raise UserError(
                 f"{path} does not fit the base {base}: {in_file[name] - applied} of its {in_file[name]} "
-                f"{name} adapter modules match no module of the base's {name}; the base must be the SD "
-                f"1.x model the LoRA was trained on."
+                f"{name} adapter modules match no module of the base's {name}; the base must be the "
+                f"model the LoRA was trained on ({family})."
             )
     pipeline.fuse_lora()
     pipeline.unload_lora_weights()
-    lora = tuple(name for name in COMPONENTS if in_file[name])
+    lora = tuple(name for name in components if in_file[name])
     return LoadedModel(
-        pipeline.unet,
-        pipeline.text_encoder,
+        {name: getattr(pipeline, name) for name in components},
         kind,
         f"{kind} {path} ({', '.join(lora)} adapters) fused into {base}",
         lora_components=lora,
@@ -318,10 +366,9 @@ def _first_line(error: Exception) -> str:
 
 def _frozen(loaded: LoadedModel) -> LoadedModel:
     """The models as load_model promises them: float32, eval mode, on the CPU, no gradients."""
-    for name in COMPONENTS:
-        model = getattr(loaded, name)
+    models = {}
+    for name, model in loaded.components.items():
         if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
             model = model.to("cpu", torch.float32)
-        model.eval().requires_grad_(False)
-        loaded = dataclasses.replace(loaded, **{name: model})
-    return loaded
+        models[name] = model.eval().requires_grad_(False)
+    return dataclasses.replace(loaded, components=models)

@@ -35,6 +35,19 @@ MODEL_CLASSES = {
 }
 # the pipeline class of each family's components, as model_index.json names it
 PIPELINE_CLASSES = {COMPONENTS: "StableDiffusionPipeline", XL_COMPONENTS: "StableDiffusionXLPipeline"}
+# what each family's pipeline is loaded without: SD's safety checker, SDXL's invisible watermark
+PIPELINE_OPTIONS = {
+    COMPONENTS: {"safety_checker": None, "requires_safety_checker": False},
+    XL_COMPONENTS: {"add_watermarker": False},
+}
+
+
+def index_components(index: dict) -> tuple:
+    """The components a pipeline's model_index.json (as a dict) describes: SDXL's where it names a
+    text_encoder_2, else SD's."""
+    return XL_COMPONENTS if "text_encoder_2" in index else COMPONENTS
+
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")  # weight files torch.load unpickles
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 log = logging.getLogger("burnlab")
@@ -74,16 +87,12 @@ def base_pipeline(base: dict, **kwargs):
     watermarker); `kwargs` go to from_pretrained (e.g. dtype)."""
     import diffusers
 
-    if components_of(base) == XL_COMPONENTS:
-        family = {"add_watermarker": False}
-    else:
-        family = {"safety_checker": None, "requires_safety_checker": False}
     return getattr(diffusers, PIPELINE_CLASSES[components_of(base)]).from_pretrained(
         base["path"],
         revision=base.get("revision"),
         variant=base.get("variant"),
         use_safetensors=_use_safetensors(base.get("allow_pickle_weights", False)),
-        **family,
+        **PIPELINE_OPTIONS[components_of(base)],
         **kwargs,
     )
 
@@ -221,7 +230,7 @@ class BaseModel:
                     f"sd or sdxl for a hub id whose model_index.json is neither in the local Hugging Face "
                     f"cache nor reachable ({self.root}: {first_line})",
                 ) from None
-        found = XL_COMPONENTS if "text_encoder_2" in index else COMPONENTS
+        found = index_components(index)
         if family and FAMILIES[family] != found:
             actual = next(name for name, components in FAMILIES.items() if components == found)
             raise ConfigError(

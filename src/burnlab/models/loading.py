@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from burnlab.errors import UserError
-from burnlab.models.components import PICKLE_SUFFIXES
+from burnlab.models.components import PICKLE_SUFFIXES, PIPELINE_OPTIONS, index_components
 from burnlab.store.layout import COMPONENTS, MANIFEST, XL_COMPONENTS, components_of
 
 ALLOWED = (
@@ -42,10 +42,6 @@ LORA_PREFIXES = {
 }
 # from_single_file's options per family, as burnlab.models.components.base_pipeline's: no safety
 # checker (SD), no watermarker (SDXL)
-SINGLE_FILE_OPTIONS = {
-    COMPONENTS: {"safety_checker": None, "requires_safety_checker": False},
-    XL_COMPONENTS: {"add_watermarker": False},
-}
 LORA_DOWN = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight", ".lora_down.weight")
 
 
@@ -135,10 +131,8 @@ def _load_folder(folder: Path, kind: str, description: str, allow_pickle: bool) 
 
 
 def folder_components(folder: Path) -> Tuple[str, ...]:
-    """The components of a diffusers pipeline folder: SDXL's where its model_index.json names a
-    text_encoder_2 (as burnlab.models.components.BaseModel reads a base model's)."""
-    index = json.loads((Path(folder) / "model_index.json").read_text())
-    return XL_COMPONENTS if "text_encoder_2" in index else COMPONENTS
+    """The components of a diffusers pipeline folder (burnlab.models.components.index_components)."""
+    return index_components(json.loads((Path(folder) / "model_index.json").read_text()))
 
 
 def _load_checkpoint(folder: Path) -> LoadedModel:
@@ -258,7 +252,7 @@ def _load_single_file(path: Path, base: Path, keys: list) -> LoadedModel:
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)  # the diagnosis uses the base's
     try:
         pipeline = getattr(diffusers, PIPELINE_CLASSES[components]).from_single_file(
-            str(path), config=str(base), local_files_only=True, vae=vae, **SINGLE_FILE_OPTIONS[components]
+            str(path), config=str(base), local_files_only=True, vae=vae, **PIPELINE_OPTIONS[components]
         )
     except (SingleFileComponentError, ValueError, RuntimeError, KeyError, OSError) as error:
         # diffusers builds the models with empty (meta) weights and fills in the file's: a UNet weight

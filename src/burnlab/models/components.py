@@ -291,14 +291,16 @@ def _build_once(architecture: str, folder: Path, seed: int) -> None:
     jobs) wait on a file lock, and one of them builds."""
     from filelock import FileLock
 
+    # the builder's own marker (BUILT), written last: checking the store's COMPLETE here took the
+    # lock and logged "building" on every run of a built model
+    from burnlab.models.architectures import COMPLETE as BUILT
     from burnlab.models.architectures import build_random_pipeline
-    from burnlab.store.layout import COMPLETE
 
-    if (folder / COMPLETE).exists():
+    if (folder / BUILT).exists():
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if not (folder / COMPLETE).exists():
+        if not (folder / BUILT).exists():
             log.info("building %s with random weights (seed %d) into %s", architecture, seed, folder)
             build_random_pipeline(architecture, folder, seed)
 

@@ -55,6 +55,11 @@ def pixels(images_uint8: torch.Tensor) -> torch.Tensor:
 def encode_latents(
     vae, images_uint8: torch.Tensor, device, time_ids: Optional[torch.Tensor] = None, batch_size: int = 32
 ) -> LatentCache:
+    if len(images_uint8) == 0:  # no validation images (validation.split_proportion=0), say: nothing to encode
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        size = (images_uint8.shape[-2] // factor, images_uint8.shape[-1] // factor)
+        empty = torch.zeros(0, 2, vae.config.latent_channels, *size)
+        return LatentCache(empty, empty.clone(), float(vae.config.scaling_factor), time_ids)
     means, stds = [], []
     dtype = next(vae.parameters()).dtype
     for start in range(0, len(images_uint8), batch_size):

@@ -9,7 +9,7 @@ ARGS ?=
 SWEEP_LRS ?= 1e-4,3e-4,1e-3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lint format test test-slow burn-unet burn-te followfox burn-lora base analyze report verify sweep-report verdicts bench bench-attribution bench-peers bench-train gpu-check gpu-wheelhouse clean
+.PHONY: help setup lint format test test-slow burn-unet burn-te followfox followfox-xl burn-lora base analyze report verify sweep-report verdicts bench bench-attribution bench-peers bench-train gpu-check gpu-wheelhouse clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ burn-te: setup ## the text-encoder burn study on the embedded toy world
 
 followfox: setup ## both burns on one shared baseline
 	$(BURNLAB) experiment=followfox $(ARGS)
+
+# the toy SDXL study's lengths: each branch's 500 + 500 epochs cut to 200 + 200, checkpoints every 100
+XL_TOY_LENGTHS := $(foreach s,unet te te2 tes,stages.$(s)_lo.epochs=200 stages.$(s)_hi.epochs=200 stages.$(s)_lo.save_epochs=[100,200] stages.$(s)_hi.save_epochs=[100,200])
+
+followfox-xl: setup ## the study on the toy SDXL: one baseline, then UNet, TE1, TE2 and both-TE burns (~15 min)
+	$(BURNLAB) experiment=followfox_xl $(XL_TOY_LENGTHS) $(ARGS)
 
 burn-lora: setup ## both burns on LoRA adapters (UNet-LoRA, text-encoder-LoRA) on one shared LoRA baseline
 	$(BURNLAB) experiment=lora_followfox $(ARGS)

@@ -79,3 +79,24 @@ def test_a_file_that_is_no_model_is_one_paragraph(models, tmp_path, capsys):
     assert main([str(picture), "--out", str(tmp_path / "bad"), *QUICK]) == 2
     error = capsys.readouterr().err
     assert str(picture) in error and len(error.strip().splitlines()) == 1 and "Traceback" not in error
+
+
+def test_the_diagnosis_samples_at_the_family_s_size_and_takes_a_prompts_file(tmp_path):
+    from types import SimpleNamespace
+
+    from burnlab.attribution.diagnose import sampling_config
+
+    options = dict(prompts_file=None, activation=None, seeds=None, steps=None, guidance=None, resolution=None)
+    sd, xl = (
+        sampling_config(False, SimpleNamespace(**options)),
+        sampling_config(False, SimpleNamespace(**options), xl=True),
+    )
+    assert (sd.width, xl.width, xl.batch_size) == (512, 1024, 3) and list(sd.prompts) == list(xl.prompts)
+    assert sampling_config(True, SimpleNamespace(**options)).width is None  # the toy's own 64 px
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of ada\na red house, zorblax\n")
+    mine = sampling_config(False, SimpleNamespace(**{**options, "prompts_file": str(prompts), "activation": "zorblax"}))
+    assert {name: (p.prompt, p.activation) for name, p in mine.prompts.items()} == {
+        "prompt_1": ("a photo of ada", False),
+        "prompt_2": ("a red house, zorblax", True),
+    }

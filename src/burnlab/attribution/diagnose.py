@@ -31,15 +31,20 @@ from burnlab.errors import UserError
 from burnlab.store.files import atomic_write_json, hash_json
 
 log = logging.getLogger("burnlab")
-TOY_PROMPTS, STUDY_PROMPTS = "toy.yaml", "study.yaml"  # sampling groups in the shipped configs
+# the sampling group of the shipped configs a diagnosis uses: the toy world's, else the study's
+# prompt sets at the family's native size (SD 1.5's 512 px, SDXL's 1024 px)
+TOY_PROMPTS, STUDY_PROMPTS, STUDY_XL_PROMPTS = "toy", "study", "study_xl"
 
 
-def sampling_config(toy: bool, args):
-    """The sampling group the study would use (toy world or SD 1.5), with the options applied."""
-    from burnlab.config.compose import CONF_DIR
+def sampling_config(toy: bool, args, xl: bool = False):
+    """The sampling group the study would use (the toy world's, SD 1.5's or SDXL's), with the
+    options applied."""
+    from burnlab.config.compose import compose_config
     from burnlab.config.schema import SamplingConfig
 
-    raw = OmegaConf.load(CONF_DIR / "sampling" / (TOY_PROMPTS if toy else STUDY_PROMPTS))
+    group = TOY_PROMPTS if toy else STUDY_XL_PROMPTS if xl else STUDY_PROMPTS
+    # as plain values: the prompt sets below are replaced, which the composed (typed) node refuses
+    raw = OmegaConf.create(OmegaConf.to_container(compose_config([f"sampling={group}"]).sampling))
     raw.testing_plan = False
     if args.prompts_file:
         raw.prompts = prompts_from_file(Path(args.prompts_file), args.activation)
@@ -132,12 +137,12 @@ def diagnose(args) -> int:
             f"(the toy SDXL's is {asset_dir('base_xl')})."
         )
     # the toy world's models (its base or toy SDXL, or a checkpoint burnlab trained from one) get
-    # the toy's prompts, size and probe; any other model the study's SD 1.5 prompt sets at 512 px
+    # the toy's prompts, size and probe; any other model the study's prompt sets at its native size
     toy = Path(pipeline_root).resolve() in (asset_dir("base").resolve(), asset_dir("base_xl").resolve())
     share_unchanged(reference, tuned)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = sampling_config(toy, args)
+    config = sampling_config(toy, args, xl="text_encoder_2" in components)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     base = {
         "path": pipeline_root,

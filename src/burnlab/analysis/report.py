@@ -245,7 +245,8 @@ def attribution_section(products) -> str:
     parts = [
         "<h2>Which component burned (component swap)</h2><p>For a reference R and a tuned checkpoint M, "
         "the same prompts and seeds are sampled with M's UNet beside R's text encoder and the other way "
-        "round. Distances are per image, from R's image of the same seed, in units of the distance "
+        "round (SDXL: every mix of the three components, eight corners). Distances are per image, from "
+        "R's image of the same seed, in units of the distance "
         "between two seeds of R (the feature space below); a component's share is its Shapley share of "
         "M's distance; the verdict holds each share's 95% interval against the threshold "
         f"{found[0].threshold:.2f} (<code>make verdicts</code>). Feature space: "

@@ -46,10 +46,17 @@ def run(cfg: DictConfig, run_dir: Path, epochs_swept: Collection[str] = ()) -> d
     flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     check_no_secrets(flat.items())  # first: the errors of load_config show values
     config = load_config(cfg)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     from burnlab.launch.runner import (
         StudyRunner,  # after the checks: a config error needs no torch or diffusers
     )
 
+    # a study loads components again and again (every stage, checkpoint and swap corner): the
+    # stages' own progress bars, not a loading bar per component, are what a user reads
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     with StudyRunner(config, Path(run_dir).resolve(), resolved, flat, epochs_swept) as runner:
         study = runner.run()

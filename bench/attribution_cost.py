@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     base = {"path": root, "revision": None, "variant": None, "allow_pickle_weights": False}
     pipeline = base_pipeline(base)
     tuned_pipeline = base_pipeline(base)
+    conditioner = TextConditioner({"text_encoder": pipeline.tokenizer})  # the SD toy's one text encoder
     tuned_unet, tuned_text_encoder = tuned_pipeline.unet, tuned_pipeline.text_encoder
     with torch.no_grad():  # both components moved: every corner is a model of its own
         generator = torch.Generator().manual_seed(0)
@@ -89,37 +90,25 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         sampler.checkpoint_samples("warm-up", tuned.components)
         one_corner = time.perf_counter() - start
-        start = time.perf_counter()
-        attribute_pair(
-            sampler,
-            reference,
-            tuned,
-            Path(cache),
-            TextConditioner({"text_encoder": pipeline.tokenizer}),
-            pipeline.scheduler,
-        )
-        all_four = time.perf_counter() - start
+
+        def attributed() -> float:  # seconds
+            start = time.perf_counter()
+            attribute_pair(sampler, reference, tuned, Path(cache), conditioner, pipeline.scheduler)
+            return time.perf_counter() - start
+
+        all_four = attributed()
         for corner in Path(cache).glob("*-*"):  # keep R's and M's samples, drop the hybrids'
             if corner.is_dir() and not corner.name.startswith((reference.id, tuned.id)):
                 for file in sorted(corner.rglob("*"), reverse=True):
                     file.unlink() if file.is_file() else file.rmdir()
                 corner.rmdir()
-        start = time.perf_counter()
-        attribute_pair(
-            sampler,
-            reference,
-            tuned,
-            Path(cache),
-            TextConditioner({"text_encoder": pipeline.tokenizer}),
-            pipeline.scheduler,
-        )
-        hybrids_only = time.perf_counter() - start
+        hybrids_only = attributed()
         prompts = list(dict.fromkeys(job["prompt"] for job in sample_jobs(config)))
         start = time.perf_counter()
         measure(
             reference.components,
             tuned.components,
-            TextConditioner({"text_encoder": pipeline.tokenizer}),
+            conditioner,
             pipeline.scheduler,
             prompts,
             sampler.device,

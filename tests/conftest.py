@@ -64,7 +64,14 @@ def tiny_model(tmp_path_factory) -> Path:
         attention_head_dim=4,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
+    vae = tiny_vae()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer)))
+    return save_pipeline(folder, vae, text_encoder, unet, tokenizer)
+
+
+def tiny_vae() -> AutoencoderKL:
+    """An 8-channel VAE for 32x32 images (drawn from torch's global generator)."""
+    return AutoencoderKL(
         block_out_channels=(8, 8, 8, 8),
         in_channels=3,
         out_channels=3,
@@ -74,20 +81,21 @@ def tiny_model(tmp_path_factory) -> Path:
         norm_num_groups=4,
         sample_size=TINY_RESOLUTION,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+
+
+def tiny_text_config(tokenizer) -> dict:
+    """A 2-layer 32-wide CLIP text encoder's settings for the toy tokenizer."""
+    return dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    return save_pipeline(folder, vae, text_encoder, unet, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -100,18 +108,7 @@ def tiny_xl_model(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny_xl") / "model"
     tokenizer = build_tokenizer(tmp_path_factory.mktemp("tok_xl"))
-    text_config = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        projection_dim=32,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text_config = dict(tiny_text_config(tokenizer), projection_dim=32)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
@@ -129,14 +126,7 @@ def tiny_xl_model(tmp_path_factory) -> Path:
         projection_class_embeddings_input_dim=32 + TIME_IDS * 8,  # the pooled vector and six size numbers
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),
-        latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        norm_num_groups=4,
-        sample_size=TINY_RESOLUTION,
-    )
+    vae = tiny_vae()
     return save_xl_pipeline(folder, text_encoder, text_encoder_2, unet, tokenizer, vae=vae)
 
 

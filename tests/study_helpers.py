@@ -81,6 +81,24 @@ QUICK_STUDY = [
 ]  # the toy followfox in seconds
 
 
+def shrunk_architecture(monkeypatch, folder: Path, shipped: str, name: str, edits: dict) -> str:
+    """A copy of a shipped architecture's config files (burnlab.models.architectures) under `name`
+    with `edits` merged into each part's JSON, made the only architecture there: the builder runs
+    on it in seconds."""
+    import json
+    import shutil
+
+    from burnlab.models import architectures
+
+    shutil.copytree(architectures.HERE / shipped, folder / name)
+    for part, changes in edits.items():
+        path = folder / name / f"{part}.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+    monkeypatch.setattr(architectures, "HERE", folder)
+    monkeypatch.setattr(architectures, "ARCHITECTURES", (name,))
+    return name
+
+
 def burnlab_in_process(argv: list, monkeypatch, capsys) -> tuple:
     """`burnlab <argv>` through burnlab.launch.cli.main, which must exit: (exit status, stderr)."""
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main sets it; monkeypatch restores it afterwards

@@ -1,9 +1,6 @@
 """Architectures shipped as config files: SD 1.5's sizes, and pipelines built from them with
 seeded random weights (model=sd15_random)."""
 
-import json
-import shutil
-
 import pytest
 import torch
 from accelerate import init_empty_weights
@@ -15,7 +12,7 @@ import burnlab.models.architectures as architectures
 from burnlab.config.schema import ModelConfig
 from burnlab.models.components import BaseModel
 from burnlab.store.files import read_jsonl
-from study_helpers import final_checkpoint
+from study_helpers import final_checkpoint, shrunk_architecture
 
 
 def parameters(model) -> int:
@@ -35,8 +32,6 @@ def test_sd15_configs_have_sd15s_parameter_counts():
 @pytest.fixture
 def tiny_architecture(monkeypatch, tmp_path):
     """A shipped-architecture folder for a tiny model, so the builder runs in seconds."""
-    folder = tmp_path / "architectures"
-    shutil.copytree(architectures.HERE / "sd15", folder / "tiny")
     edits = {
         "unet": dict(
             block_out_channels=[16, 32],
@@ -58,12 +53,7 @@ def tiny_architecture(monkeypatch, tmp_path):
         ),
         "vae": dict(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, layers_per_block=1, sample_size=32),
     }
-    for part, changes in edits.items():
-        path = folder / "tiny" / f"{part}.json"
-        path.write_text(json.dumps(json.loads(path.read_text()) | changes))
-    monkeypatch.setattr(architectures, "HERE", folder)
-    monkeypatch.setattr(architectures, "ARCHITECTURES", ("tiny",))
-    return "tiny"
+    return shrunk_architecture(monkeypatch, tmp_path / "architectures", "sd15", "tiny", edits)
 
 
 def test_a_built_pipeline_loads_and_its_weights_follow_the_seed(tiny_architecture, tmp_path):

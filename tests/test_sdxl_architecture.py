@@ -2,9 +2,6 @@
 counts, and an SDXL pipeline folder built from them with seeded random weights (at a tiny size
 here: the real one is ~14 GB)."""
 
-import json
-import shutil
-
 import pytest
 import torch
 from accelerate import init_empty_weights
@@ -16,6 +13,7 @@ import burnlab.models.architectures as architectures
 from burnlab.config.schema import ModelConfig
 from burnlab.models.components import BaseModel
 from burnlab.store.layout import XL_COMPONENTS
+from study_helpers import shrunk_architecture
 
 
 def parameters(model) -> int:
@@ -45,8 +43,6 @@ def test_sdxl_configs_have_sdxls_parameter_counts():
 @pytest.fixture
 def tiny_xl(monkeypatch, tmp_path):
     """SDXL's config files at a tiny size, so the builder runs in seconds."""
-    folder = tmp_path / "architectures"
-    shutil.copytree(architectures.HERE / "sdxl", folder / "tiny_xl")
     text = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=1000)
     edits = {
         "unet": dict(
@@ -66,12 +62,7 @@ def tiny_xl(monkeypatch, tmp_path):
         "text_encoder_2": dict(text, hidden_size=24, projection_dim=24),
         "vae": dict(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, layers_per_block=1, sample_size=32),
     }
-    for part, changes in edits.items():
-        path = folder / "tiny_xl" / f"{part}.json"
-        path.write_text(json.dumps(json.loads(path.read_text()) | changes))
-    monkeypatch.setattr(architectures, "HERE", folder)
-    monkeypatch.setattr(architectures, "ARCHITECTURES", ("tiny_xl",))
-    return "tiny_xl"
+    return shrunk_architecture(monkeypatch, tmp_path / "architectures", "sdxl", "tiny_xl", edits)
 
 
 def test_a_built_sdxl_pipeline_loads_and_its_weights_follow_the_seed(tiny_xl, tmp_path):

@@ -20,6 +20,8 @@ from burnlab.store.layout import XL_COMPONENTS, swap_corners
 from study_helpers import TINY_RESOLUTION, assert_same, compose_config, final_checkpoint, weights
 
 TE2_LR = 2e-3
+# the tiny SDXL study (~60 s) and the LoRA one (~15 s): make test-slow (CI runs it), to keep make test under 10 minutes
+SLOW = pytest.mark.slow
 
 
 def xl_overrides(tiny_xl_model: Path, tiny_data: Path, runs: Path, *extra: str, te1: bool = True) -> list:
@@ -81,6 +83,7 @@ def test_crop_sizes_are_the_original_size_and_the_crop_corner_flip_mirrored(tmp_
     assert sizes.tolist() == [[40, 81, 0, 16], [40, 81, 0, 17]]
 
 
+@SLOW
 def test_a_stage_without_a_train_list_trains_every_component_and_each_encoder_trains_apart(xl_study):
     study, run_dir, _ = xl_study
     stages = study["stages"]
@@ -104,6 +107,7 @@ def test_a_stage_without_a_train_list_trains_every_component_and_each_encoder_tr
                 assert_same(before, after)
 
 
+@SLOW
 def test_the_second_encoder_has_its_own_rate_and_the_losses_are_sdxl_s(xl_study):
     study, run_dir, _ = xl_study
     rows = list(read_jsonl(run_dir / study["stages"]["te2_lo"]["dir"] / "metrics.jsonl"))
@@ -114,6 +118,7 @@ def test_the_second_encoder_has_its_own_rate_and_the_losses_are_sdxl_s(xl_study)
     assert len(validation) == 3 and all(np.isfinite(row["val_loss"]) for row in validation)  # epochs 0, 1, 2
 
 
+@SLOW
 def test_the_swap_cube_has_eight_corners_and_drift_is_measured_per_encoder(xl_study):
     study, run_dir, _ = xl_study
     document = json.loads((run_dir / "attribution.json").read_text())
@@ -134,6 +139,7 @@ def test_the_swap_cube_has_eight_corners_and_drift_is_measured_per_encoder(xl_st
     assert len(rows) == sum(len(plan) for plan in study["testing_plan"].values()) * 3 * 2  # 3 prompts, 2 seeds
 
 
+@SLOW
 def test_an_sdxl_stage_resumed_from_its_state_ends_with_the_uninterrupted_weights(
     xl_study, tiny_xl_model, tiny_data, tmp_path
 ):
@@ -157,6 +163,7 @@ def test_an_sdxl_stage_resumed_from_its_state_ends_with_the_uninterrupted_weight
     assert_same(weights(original, "text_encoder_2"), weights(again, "text_encoder_2"))
 
 
+@SLOW
 def test_lora_adapters_of_the_second_encoder_are_saved_and_sampled(tiny_xl_model, tiny_data, tmp_path):
     from safetensors import safe_open
 

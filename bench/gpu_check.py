@@ -17,6 +17,10 @@ runs out of memory is recorded and the next one runs:
   study's prompt sets): images readable, not blank (a NaN decodes to black), seconds;
 - attribution: burnlab-diagnose on that checkpoint against the base, measured with a CLIP model:
   its verdict and seconds;
+- sdxl: SDXL's parts (two text encoders, the pooled vector, add_time_ids; StableDiffusionXLPipeline)
+  on the toy SDXL: a baseline of every component and the second text encoder's burn, one epoch
+  each, in bf16 autocast, sampled in float16, with the eight swap corners: images not blank, every
+  pair's eight corners sampled;
 - clip: the CLIP instruments (burnlab/analysis/features.py ClipModel) on CUDA against the CPU: image and
   text features agree. No CLIP can be downloaded on the device, so a CLIP with ViT-L/14's sizes
   and random weights is built (as the test suite builds a tiny one): it proves the code path and
@@ -60,6 +64,7 @@ LIMITS = {
     "resume_fp16": 100,
     "sampling_half": 45,
     "attribution": 45,
+    "sdxl": 60,
     "clip": 30,
 }
 DRY_LIMIT_S = 120  # each check on the CPU at toy size
@@ -303,6 +308,53 @@ def check_attribution(s: dict, out: Path, limit: float):
     return "pass", numbers, ""
 
 
+def check_sdxl(s: dict, out: Path, limit: float):
+    import numpy as np
+    from PIL import Image
+
+    runs = fresh(out / "sdxl")
+    args = [
+        "experiment=followfox_xl",  # the toy SDXL at its 64 px, on the GPU as in the dry run
+        "stages=[baseline,te2_burn]",
+        f"paths.runs={runs}",
+        "name=study",
+        f"train.mixed_precision={s['precision']['bf16']}",
+        "analyze=false",
+        "logger.wandb.mode=disabled",
+        "logger.progress=false",
+        "validation.every_n_epochs=0",
+        "sampling.dtype=float16",
+        "sampling.images_per_prompt=2",
+        "sampling.steps=10",
+        *[
+            f"stages.{stage}.{key}"
+            for stage in ("baseline", "te2_lo", "te2_hi")
+            for key in ("epochs=1", "save_epochs=[1]")
+        ],
+    ]
+    started = time.perf_counter()
+    done = cli(args, limit)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        return "fail", {"seconds": seconds}, failed(done, "the toy SDXL study")
+    rows = [json.loads(line) for line in (runs / "study" / "samples.jsonl").read_text().splitlines() if line.strip()]
+    spreads = [float(np.asarray(Image.open(runs / "study" / r["path"]).convert("RGB")).std()) for r in rows]
+    pairs = json.loads((runs / "study" / "attribution.json").read_text())["pairs"]
+    numbers = {
+        "seconds_whole_study": seconds,
+        "images": len(rows),
+        "smallest_pixel_std": min(spreads) if spreads else None,
+        "pairs": len(pairs),
+        "corners_per_pair": sorted({len(pair["corners"]) for pair in pairs}),
+    }
+    blank = sum(spread == 0 for spread in spreads)
+    if not rows or blank:
+        return "fail", numbers, f"{blank} of {len(rows)} images are one flat colour (NaN?)"
+    if numbers["corners_per_pair"] != [8]:
+        return "fail", numbers, f"swap pairs with {numbers['corners_per_pair']} corners, not SDXL's 8"
+    return "pass", numbers, ""
+
+
 def random_clip(folder: Path, size: str) -> Path:
     """A CLIP model folder with random weights: ViT-L/14's sizes (openai/clip-vit-large-patch14,
     what model=sd15 measures with) or tiny; the toy world's offline tokenizer."""
@@ -384,6 +436,7 @@ CHECKS = {
     "resume_fp16": check_resume,
     "sampling_half": check_sampling,
     "attribution": check_attribution,
+    "sdxl": check_sdxl,
     "clip": check_clip,
 }
 assert CHECKS.keys() == LIMITS.keys()

@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
-CHECKS = ["model", "train_bf16", "train_fp16", "resume_fp16", "sampling_half", "attribution", "clip"]
+CHECKS = ["model", "train_bf16", "train_fp16", "resume_fp16", "sampling_half", "attribution", "sdxl", "clip"]
 
 
+@pytest.mark.slow  # 8 checks in processes of their own, ~3 min on 2 cores: make test-slow (CI runs it)
 def test_the_dry_run_passes_every_check_and_writes_one_results_file(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
@@ -39,6 +42,9 @@ def test_the_dry_run_passes_every_check_and_writes_one_results_file(tmp_path):
         sampling["images"] == 2 * 3 * 2 and sampling["smallest_pixel_std"] > 1
     )  # 2 checkpoints x 3 prompt sets x 2 seeds
     assert checks["attribution"]["numbers"]["verdict"] in {"unet", "text_encoder", "both", "none", "undetermined"}
+    sdxl = checks["sdxl"]["numbers"]
+    # base + baseline + te2_lo e1 + te2_hi e1, 3 prompt sets x 2 seeds; 3 pairs (2 against the baseline, 1 the base)
+    assert sdxl["images"] == 4 * 3 * 2 and sdxl["pairs"] == 3 and sdxl["corners_per_pair"] == [8]
     assert checks["clip"]["numbers"]["lowest_cosine_device_vs_cpu"] > 0.999
     table = (tmp_path / "gpu_check.md").read_text().splitlines()
     assert [

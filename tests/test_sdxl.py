@@ -204,3 +204,31 @@ def test_the_conditioning_is_the_sdxl_pipeline_s_own(tiny_xl_model):
         ours = conditioner.encode(encoders, prompts, "cpu")
         states, _, pooled, _ = pipeline.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
     assert torch.equal(ours.states, states) and torch.equal(ours.pooled, pooled)
+
+
+def test_a_single_file_sdxl_checkpoint_is_converted_once_and_trained(tiny_data, tmp_path, monkeypatch, capsys):
+    from diffusers import StableDiffusionXLPipeline
+
+    from burnlab.models.components import MODEL_CLASSES
+    from burnlab.toy import asset_dir
+    from study_helpers import burnlab_in_process
+    from test_sdxl_models import sgm_single_file
+
+    toy_xl = asset_dir("base_xl")  # the SGM writer's round trip is checked on the toy SDXL (test_sdxl_models)
+    single = sgm_single_file(StableDiffusionXLPipeline.from_pretrained(toy_xl), tmp_path / "mine.safetensors")
+    quick = ["sampling.testing_plan=false", "validation.every_n_epochs=0", f"model.single_file_configs={toy_xl}"]
+    study, _ = run_xl(xl_overrides(single, tiny_data, tmp_path / "runs", *quick, te1=False))
+    converted = Path(study["base"]["path"])
+    assert converted.parent == tmp_path / "runs" / "cache" / "models" and converted.name.startswith("mine-")
+    assert study["base"]["components"] == list(XL_COMPONENTS)
+    for component in ("unet", "text_encoder_2"):  # the file's weights, in the folder the study trained from
+        ours = MODEL_CLASSES[component].from_pretrained(converted, subfolder=component).state_dict()
+        theirs = MODEL_CLASSES[component].from_pretrained(toy_xl, subfolder=component).state_dict()
+        assert_same({k: v.float() for k, v in ours.items()}, {k: v.float() for k, v in theirs.items()})
+    marker = (converted / "COMPLETE").stat().st_mtime_ns
+    again, _ = run_xl(xl_overrides(single, tiny_data, tmp_path / "runs", *quick, te1=False))
+    assert again["stages"] == study["stages"] and (converted / "COMPLETE").stat().st_mtime_ns == marker
+    # without the configs a single file cannot be completed: one paragraph naming the key
+    argv = xl_overrides(single, tiny_data, tmp_path / "runs2", *quick[:2], "model.single_file_configs=null", te1=False)
+    code, err = burnlab_in_process(argv, monkeypatch, capsys)
+    assert code == 2 and "model.single_file_configs" in err and "Traceback" not in err

@@ -63,6 +63,9 @@ class ModelConfig:
     # sd (one text encoder: SD 1.x, 2.x) or sdxl (two); null = read from the model's model_index.json (a hub id's
     # from the hub or its cache); a local folder's own must agree
     family: Optional[str] = None
+    # when `path` is a single-file checkpoint (A1111/LDM or SGM keys): the diffusers folder or cached hub id of its
+    # family whose configs, tokenizers and scheduler complete it (converted once into the run store's cache/models/)
+    single_file_configs: Optional[str] = None
 
     def __post_init__(self):
         _require(self.dtype in DTYPE_NAMES, "dtype", self.dtype, "one of " + ", ".join(DTYPE_NAMES))

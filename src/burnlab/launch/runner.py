@@ -70,6 +70,7 @@ from burnlab.store.layout import (
     STUDY,
     StageRecord,
     checkpoint_dir,
+    models_dir,
     samples_dir,
     stages_dir,
     training_samples_dir,
@@ -140,6 +141,8 @@ class StudyRunner:
             )
         self.is_main = self.accelerator.is_main_process
         self.stop = StopSignals()
+        if Path(config.model.path).expanduser().is_file():  # a single-file checkpoint: trained as a folder
+            config.model.path = str(self._converted_single_file(config.model))
         self.base = BaseModel(config.model)
         _check_timesteps(config.validation.timesteps, self.base.num_train_timesteps())
         self.frozen_dtype = self.base.frozen_dtype(self.accelerator.device)
@@ -179,6 +182,20 @@ class StudyRunner:
             self.observers.append(
                 PostRunAnalysis(self.run_dir, self.uses_toy_model(), config.analysis.clip_model, self.dashboards)
             )
+
+    def _converted_single_file(self, model) -> Path:
+        """`model.path`, a single file, converted once into the cache (burnlab.models.loading)."""
+        from burnlab.models.loading import converted_single_file
+
+        if not model.single_file_configs:
+            raise ConfigError(
+                "model.single_file_configs",
+                None,
+                f"the diffusers folder or cached hub id of the family of the single-file checkpoint "
+                f"model.path={model.path} (e.g. stabilityai/stable-diffusion-xl-base-1.0 for an SDXL file), "
+                f"whose configs, tokenizers and scheduler complete it",
+            )
+        return converted_single_file(Path(model.path), model.single_file_configs, models_dir(self.cache.parent))
 
     def _check_captions(self) -> dict:
         """study.json's `long_captions`, warned about once, by the main process."""

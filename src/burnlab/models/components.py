@@ -141,8 +141,8 @@ class BaseModel:
                 "model.path",
                 config.path,
                 "a diffusers pipeline folder (model_index.json, unet/, text_encoder/, vae/) or a hub "
-                "id, not a single-file checkpoint; convert one with diffusers' "
-                "scripts/convert_original_stable_diffusion_to_diffusers.py",
+                "id; a single-file checkpoint with model.single_file_configs set to the diffusers folder or "
+                "cached hub id of its family, from which the burnlab command converts it once",
             )
         if path.is_dir():
             self.root, self.is_local = str(path.resolve()), True

@@ -22,7 +22,8 @@ import torch
 
 from burnlab.errors import UserError
 from burnlab.models.components import PICKLE_SUFFIXES, PIPELINE_OPTIONS, index_components
-from burnlab.store.layout import COMPONENTS, MANIFEST, XL_COMPONENTS, components_of
+from burnlab.store.files import publish_dir, sha256_file, temp_dir_for
+from burnlab.store.layout import COMPLETE, COMPONENTS, MANIFEST, XL_COMPONENTS, components_of
 
 ALLOWED = (
     "a burnlab checkpoint folder (manifest.json), a diffusers pipeline folder (model_index.json), a hub id "
@@ -231,10 +232,26 @@ def _file_kind(path: Path, keys: list) -> str:
 
 
 def _load_single_file(path: Path, base: Path, keys: list) -> LoadedModel:
-    """An SD 1.x or SDXL single file through diffusers' from_single_file with the base's configs
-    (its family's pipeline); every weight of the base's architecture must come from the file."""
-    import diffusers
+    """An SD 1.x or SDXL single file with the base's configs, for a diagnosis: the VAE is the base's."""
     from diffusers import AutoencoderKL
+
+    components = folder_components(base)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)  # the diagnosis uses the base's
+    pipeline = single_file_pipeline(path, base, keys, vae)
+    return LoadedModel(
+        {name: getattr(pipeline, name) for name in components},
+        "single-file checkpoint",
+        f"single-file checkpoint {path} ({'SGM' if components == XL_COMPONENTS else 'A1111/LDM'} keys), "
+        f"configs from {base}",
+        pipeline_folder=str(base),
+    )
+
+
+def single_file_pipeline(path: Path, base: Path, keys: list, vae=None):
+    """An SD 1.x or SDXL single file through diffusers' from_single_file with the base's configs
+    (its family's pipeline); every weight of the base's architecture must come from the file, the
+    VAE's too unless `vae` is given."""
+    import diffusers
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     from burnlab.models.components import PIPELINE_CLASSES
@@ -249,10 +266,10 @@ def _load_single_file(path: Path, base: Path, keys: list) -> LoadedModel:
             f"base {base} is an {label} model; the base must be the {FAMILY_LABELS[made_for]} model it "
             f"was fine-tuned from."
         )
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)  # the diagnosis uses the base's
+    given = {"vae": vae} if vae is not None else {}
     try:
         pipeline = getattr(diffusers, PIPELINE_CLASSES[components]).from_single_file(
-            str(path), config=str(base), local_files_only=True, vae=vae, **PIPELINE_OPTIONS[components]
+            str(path), config=str(base), local_files_only=True, **given, **PIPELINE_OPTIONS[components]
         )
     except (SingleFileComponentError, ValueError, RuntimeError, KeyError, OSError) as error:
         # diffusers builds the models with empty (meta) weights and fills in the file's: a UNet weight
@@ -274,13 +291,37 @@ def _load_single_file(path: Path, base: Path, keys: list) -> LoadedModel:
                 f"{len(missing)} weight(s) that the base's architecture has (e.g. `{missing[0]}`); the "
                 f"base must be the {label} model it was fine-tuned from."
             )
-    return LoadedModel(
-        {name: getattr(pipeline, name) for name in components},
-        "single-file checkpoint",
-        f"single-file checkpoint {path} ({'SGM' if components == XL_COMPONENTS else 'A1111/LDM'} keys), "
-        f"configs from {base}",
-        pipeline_folder=str(base),
-    )
+    return pipeline
+
+
+def converted_single_file(path: Path, configs: str, cache: Path) -> Path:
+    """A single-file checkpoint (`model.path`) as a diffusers pipeline folder a study trains on:
+    converted once into cache/<file stem>-<sha256 of the file, 16 digits>/ with the configs,
+    tokenizers and scheduler of `configs` (`model.single_file_configs`: a diffusers folder or a
+    cached hub id of the same family) and the file's own weights, its VAE's too where it has one
+    (else the configs' VAE). Concurrent processes wait on a file lock; one converts."""
+    from diffusers import AutoencoderKL
+    from filelock import FileLock
+
+    path = Path(path).expanduser().resolve()
+    target = Path(cache) / f"{path.stem}-{sha256_file(path)[:16]}"
+    if (target / COMPLETE).exists():
+        return target
+    base = _base_folder(configs, path, "the single-file checkpoint model.path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / COMPLETE).exists():
+            keys = _safetensors_keys(path)
+            if _file_kind(path, keys) != "single-file checkpoint":
+                raise UserError(f"model.path {path} is a file but no single-file checkpoint; allowed: {ALLOWED}.")
+            has_vae = any(key.startswith("first_stage_model.") for key in keys)
+            vae = None if has_vae else AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)
+            pipeline = single_file_pipeline(path, base, keys, vae)
+            staging = temp_dir_for(target)
+            pipeline.save_pretrained(staging, safe_serialization=True)
+            (staging / COMPLETE).write_text(json.dumps({"single_file": str(path), "configs": str(base)}) + "\n")
+            publish_dir(staging, target)
+    return target
 
 
 def _load_lora_file(path: Path, weights, base: Path, kind: str, keys: list, allow_pickle: bool) -> LoadedModel:

@@ -65,6 +65,7 @@ ANALYSIS = "analysis"  # burnlab-analyze's products
 CACHE = "cache"
 STAGES = "stages"  # cache/stages/<stage identity>/
 SAMPLES = "samples"  # cache/samples/<checkpoint id>-<sampling hash>/ (and a stage's samples during training)
+MODELS = "models"  # cache/models/: built random-weight models, converted single-file checkpoints
 
 # -- a stage folder ---------------------------------------------------------------------------------
 STAGE_RECORD = "stage.json"  # what the stage is (its trajectory is found there)
@@ -90,6 +91,10 @@ def stages_dir(runs: Path) -> Path:
 
 def samples_dir(runs: Path) -> Path:
     return Path(runs) / CACHE / SAMPLES
+
+
+def models_dir(runs: Path) -> Path:
+    return Path(runs) / CACHE / MODELS
 
 
 def epoch_folder(epoch: int) -> str:

@@ -232,3 +232,20 @@ def test_a_single_file_sdxl_checkpoint_is_converted_once_and_trained(tiny_data, 
     argv = xl_overrides(single, tiny_data, tmp_path / "runs2", *quick[:2], "model.single_file_configs=null", te1=False)
     code, err = burnlab_in_process(argv, monkeypatch, capsys)
     assert code == 2 and "model.single_file_configs" in err and "Traceback" not in err
+
+
+def test_a_stage_naming_the_second_text_encoder_on_an_sd_model_is_one_paragraph():
+    from burnlab.config.compose import load_config
+    from burnlab.errors import ConfigError
+    from burnlab.plan.study import plan_stages
+    from burnlab.store.layout import COMPONENTS
+
+    config = load_config(compose_config(["experiment=followfox_xl", "model=toy"]))
+    with pytest.raises(ConfigError) as error:
+        plan_stages(config, "base", "data", "float32", components=COMPONENTS)
+    message = str(error.value)
+    assert "stages.te2_lo.train" in message and "unet, text_encoder" in message and "model=toy_xl" in message
+    assert "\n" not in message
+    # the baseline names no components: it trains every one of the model's
+    planned = plan_stages(load_config(compose_config(["experiment=burn_unet"])), "base", "data", "float32")
+    assert planned["baseline"].config.train == list(COMPONENTS)

@@ -249,3 +249,23 @@ def test_a_stage_naming_the_second_text_encoder_on_an_sd_model_is_one_paragraph(
     # the baseline names no components: it trains every one of the model's
     planned = plan_stages(load_config(compose_config(["experiment=burn_unet"])), "base", "data", "float32")
     assert planned["baseline"].config.train == list(COMPONENTS)
+
+
+def test_a_file_that_is_no_single_file_checkpoint_as_model_path_is_one_paragraph(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    from study_helpers import burnlab_in_process
+
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("a photo of ada")
+    argv = [
+        "experiment=burn_unet",
+        f"model.path={notes}",
+        f"paths.runs={tmp_path / 'runs'}",
+        "logger.wandb.mode=disabled",
+    ]
+    code, err = burnlab_in_process(argv, monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
+    message = err[err.index("burnlab: ") :].strip()
+    assert "\n" not in message and "`model.path`" in message and "single-file checkpoint" in message
+    assert "--base" not in message  # burnlab-diagnose's option is no help here

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from burnlab.errors import UserError
+from burnlab.errors import ConfigError, UserError
 from burnlab.models.components import PICKLE_SUFFIXES, PIPELINE_OPTIONS, index_components
 from burnlab.store.files import publish_dir, sha256_file, temp_dir_for
 from burnlab.store.layout import COMPLETE, COMPONENTS, MANIFEST, XL_COMPONENTS, components_of
@@ -311,9 +311,17 @@ def converted_single_file(path: Path, configs: str, cache: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / COMPLETE).exists():
-            keys = _safetensors_keys(path)
-            if _file_kind(path, keys) != "single-file checkpoint":
-                raise UserError(f"model.path {path} is a file but no single-file checkpoint; allowed: {ALLOWED}.")
+            allowed = (
+                "a diffusers pipeline folder, a hub id, or an SD 1.x or SDXL single-file checkpoint "
+                "(.safetensors with A1111/LDM or SGM keys)"
+            )
+            try:
+                keys = _safetensors_keys(path)
+                kind = _file_kind(path, keys)
+            except UserError as error:  # its words name burnlab-diagnose's options: say it for model.path
+                raise ConfigError("model.path", str(path), f"{allowed}; {str(error).split('; allowed:')[0]}") from None
+            if kind != "single-file checkpoint":
+                raise ConfigError("model.path", str(path), f"{allowed}; this file is a {kind}")
             has_vae = any(key.startswith("first_stage_model.") for key in keys)
             vae = None if has_vae else AutoencoderKL.from_pretrained(base, subfolder="vae", use_safetensors=True)
             pipeline = single_file_pipeline(path, base, keys, vae)

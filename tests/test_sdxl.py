@@ -206,12 +206,12 @@ def test_the_conditioning_is_the_sdxl_pipeline_s_own(tiny_xl_model):
     assert torch.equal(ours.states, states) and torch.equal(ours.pooled, pooled)
 
 
-def test_a_single_file_sdxl_checkpoint_is_converted_once_and_trained(tiny_data, tmp_path, monkeypatch, capsys):
+def test_a_single_file_sdxl_checkpoint_is_converted_once_and_trained(tiny_data, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
+    from burnlab.errors import ConfigError
     from burnlab.models.components import MODEL_CLASSES
     from burnlab.toy import asset_dir
-    from study_helpers import burnlab_in_process
     from test_sdxl_models import sgm_single_file
 
     toy_xl = asset_dir("base_xl")  # the SGM writer's round trip is checked on the toy SDXL (test_sdxl_models)
@@ -228,10 +228,10 @@ def test_a_single_file_sdxl_checkpoint_is_converted_once_and_trained(tiny_data, 
     marker = (converted / "COMPLETE").stat().st_mtime_ns
     again, _ = run_xl(xl_overrides(single, tiny_data, tmp_path / "runs", *quick, te1=False))
     assert again["stages"] == study["stages"] and (converted / "COMPLETE").stat().st_mtime_ns == marker
-    # without the configs a single file cannot be completed: one paragraph naming the key
+    # without the configs a single file cannot be completed: a ConfigError (one paragraph) naming the key
     argv = xl_overrides(single, tiny_data, tmp_path / "runs2", *quick[:2], "model.single_file_configs=null", te1=False)
-    code, err = burnlab_in_process(argv, monkeypatch, capsys)
-    assert code == 2 and "model.single_file_configs" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match="`model.single_file_configs` has value None"):
+        run_xl(argv)
 
 
 def test_a_stage_naming_the_second_text_encoder_on_an_sd_model_is_one_paragraph():
@@ -251,21 +251,13 @@ def test_a_stage_naming_the_second_text_encoder_on_an_sd_model_is_one_paragraph(
     assert planned["baseline"].config.train == list(COMPONENTS)
 
 
-def test_a_file_that_is_no_single_file_checkpoint_as_model_path_is_one_paragraph(
-    tiny_data, tmp_path, monkeypatch, capsys
-):
-    from study_helpers import burnlab_in_process
+def test_a_file_that_is_no_single_file_checkpoint_as_model_path_is_one_paragraph(tiny_data, tmp_path):
+    from burnlab.errors import ConfigError
 
     notes = tmp_path / "notes.safetensors"
     notes.write_text("a photo of ada")
-    argv = [
-        "experiment=burn_unet",
-        f"model.path={notes}",
-        f"paths.runs={tmp_path / 'runs'}",
-        "logger.wandb.mode=disabled",
-    ]
-    code, err = burnlab_in_process(argv, monkeypatch, capsys)
-    assert code == 2 and "Traceback" not in err
-    message = err[err.index("burnlab: ") :].strip()
+    with pytest.raises(ConfigError) as error:
+        run_xl(["experiment=burn_unet", f"model.path={notes}", f"paths.runs={tmp_path / 'runs'}"])
+    message = str(error.value)
     assert "\n" not in message and "`model.path`" in message and "single-file checkpoint" in message
     assert "--base" not in message  # burnlab-diagnose's option is no help here

@@ -55,7 +55,10 @@ def test_a_base_model_with_pickle_weights_is_refused_unless_opted_in(pickled_une
 
 def test_a_single_file_checkpoint_is_refused(tmp_path):
     (tmp_path / "model.ckpt").write_bytes(b"a pickle")
-    with pytest.raises(ConfigError, match=r"`model.path` has value '.*model.ckpt'.* not a single-file checkpoint"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`model.path` has value '.*model.ckpt'.*single-file checkpoint with model.single_file_configs",
+    ):
         BaseModel(ModelConfig(path=str(tmp_path / "model.ckpt")))
 
 

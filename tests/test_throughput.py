@@ -110,11 +110,17 @@ def test_a_te_only_stage_runs_a_unet_without_gradients_or_optimizer_state(tiny_m
 
 
 def test_a_unet_only_stage_encodes_each_caption_once(tiny_model, tiny_data, tmp_path, monkeypatch):
-    calls = []
-    import burnlab.training.trainer
+    from burnlab.models.encoding import TextConditioner
 
-    original = burnlab.training.trainer.encode_text
-    monkeypatch.setattr(burnlab.training.trainer, "encode_text", lambda *args: calls.append(args[2]) or original(*args))
+    calls = []  # the captions of each encoding
+    original = TextConditioner.encode
+    monkeypatch.setattr(
+        TextConditioner,
+        "encode",
+        lambda self, encoders, captions, device: (
+            calls.append(len(captions)) or original(self, encoders, captions, device)
+        ),
+    )
     study, _ = run_study(
         tiny_model,
         tiny_data,
@@ -125,7 +131,9 @@ def test_a_unet_only_stage_encodes_each_caption_once(tiny_model, tiny_data, tmp_
         "stages.baseline.save_epochs=[1]",
         experiment="burn_unet",
     )
-    assert len(calls) == 1 * 2  # the baseline's 2 steps; the UNet stages' 12 steps encode nothing
+    # the baseline's 2 steps of 4 captions; each UNet stage encodes its 4 distinct captions and the
+    # empty one once, and its 6 steps encode nothing
+    assert calls == [4, 4, 5, 5]
 
 
 def test_checkpoints_are_saved_in_save_dtype_but_the_finals_children_start_from(tiny_model, tiny_data, tmp_path):

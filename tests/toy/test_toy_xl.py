@@ -172,11 +172,10 @@ def test_model_config_composes():
     assert config.model.path == str(asset_dir("base_xl"))
 
 
-def test_a_study_on_the_toy_sdxl_stops_with_one_paragraph_until_the_harness_trains_it():
+def test_the_toy_sdxl_is_an_sdxl_base_model_a_study_trains():
     from burnlab.config.compose import compose_config
-    from burnlab.errors import ConfigError
     from burnlab.models.components import BaseModel
+    from burnlab.store.layout import XL_COMPONENTS
 
-    config = load_config(compose_config(["experiment=burn_unet", "model=toy_xl"]))
-    with pytest.raises(ConfigError, match="this one is SDXL, whose two text encoders the harness does not train"):
-        BaseModel(config.model)
+    base = BaseModel(load_config(compose_config(["experiment=followfox_xl"])).model)
+    assert base.components == XL_COMPONENTS and base.conditioner().encoders == XL_COMPONENTS[1:]

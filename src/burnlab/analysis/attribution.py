@@ -70,6 +70,11 @@ def component_names(components) -> dict[str, str]:
     return XL_NAMES if tuple(components) == XL_COMPONENTS else NAMES
 
 
+def short_labels(components) -> dict[str, str]:
+    """What each component is called in a table column or a swap grid's row."""
+    return XL_SHORT_LABELS if tuple(components) == XL_COMPONENTS else SHORT_LABELS
+
+
 @dataclass(frozen=True)
 class AttributionRule:
     threshold: float  # a component burned when its share (in seed spreads) lies above this
@@ -394,7 +399,7 @@ def corner_title(name: str, from_tuned: tuple, pair: Attribution) -> str:
     """R: <reference>, M: <tuned>, else e.g. "tuned UNet + ref. TE" (SDXL: "... + ref. TE1 + tuned TE2")."""
     if name in ("R", "M"):
         return f"{name}: {pair.reference if name == 'R' else pair.tuned}"
-    labels = XL_SHORT_LABELS if tuple(pair.components) == XL_COMPONENTS else SHORT_LABELS
+    labels = short_labels(pair.components)
     return " + ".join(("tuned " if c in from_tuned else "ref. ") + labels[c] for c in pair.components)
 
 

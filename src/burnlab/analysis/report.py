@@ -17,7 +17,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from burnlab.analysis.attribution import GROUPS, Attribution, shown
+from burnlab.analysis.attribution import GROUPS, Attribution, short_labels, shown
 from burnlab.analysis.loss_stats import SLOPE_EPOCHS
 from burnlab.analysis.measure import METRICS
 from burnlab.analysis.results import BaseProducts, Products
@@ -272,7 +272,7 @@ def attribution_section(products) -> str:
             f"<p>{escape(pair.sentence)}</p>{grids}"
         )
     components = tuple(found[0].components) if found else ()
-    labels = {"unet": "UNet", "text_encoder": "TE" if len(components) == 2 else "TE1", "text_encoder_2": "TE2"}
+    labels = short_labels(components)
     encoders = [c for c in components if c != "unet"]
     drift_keys = [*encoders, *(["pooled"] if "text_encoder_2" in encoders else [])]
     drift_labels = {**labels, "pooled": "TE2 pooled"}
@@ -320,7 +320,6 @@ def attribution_section(products) -> str:
 
 def write_diagnosis(out: Path, pair, grids: dict, problems: list[str], described: dict[str, str]) -> Path:
     """burnlab-diagnose's page: the verdict, its sentence, the numbers, a swap grid per prompt set."""
-    from burnlab.analysis.attribution import GROUPS
     from burnlab.store.layout import swap_corners
 
     corners = tuple(swap_corners(tuple(pair.components)))
